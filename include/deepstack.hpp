@@ -1,0 +1,7 @@
+// deepstack.hpp - run DeepStack vision-language models (Qwen3-VL) on a CPU.
+// The one header a host includes; it pulls in the modules below.
+#pragma once
+#include "deepstack/common.hpp"
+#include "deepstack/safetensors.hpp"
+#include "deepstack/config.hpp"
+#include "deepstack/kernels.hpp"

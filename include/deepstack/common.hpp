@@ -1,0 +1,86 @@
+// deepstack/common.hpp - error type, dtypes, numeric conversions, small helpers.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace deepstack {
+
+// Every failure the library reports (bad files, bad shapes, bad input) is a deepstack::Error whose
+// message names the file or field and the problem. Programs print it as "error: <what>".
+struct Error : std::runtime_error {
+    explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+// Storage dtypes of weights (as in safetensors) plus the quantized formats made at load time.
+enum class DType { F32, BF16, F16, I64, I32, Q8, Q4 };
+
+inline const char* dtype_name(DType t) {
+    switch (t) {
+        case DType::F32: return "F32";
+        case DType::BF16: return "BF16";
+        case DType::F16: return "F16";
+        case DType::I64: return "I64";
+        case DType::I32: return "I32";
+        case DType::Q8: return "Q8";
+        case DType::Q4: return "Q4";
+    }
+    return "?";
+}
+
+namespace detail {
+
+inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// Round to nearest even, NaN kept quiet (same as PyTorch's float -> bfloat16 cast).
+inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
+
+inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = uint32_t(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else {  // subnormal: renormalise
+            int e = -1;
+            do { ++e; man <<= 1; } while (!(man & 0x400u));
+            u = sign | uint32_t(127 - 15 - e) << 23 | (man & 0x3ffu) << 13;
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | man << 13;
+    } else {
+        u = sign | (exp + 127 - 15) << 23 | man << 13;
+    }
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+inline std::string shape_str(const std::vector<int64_t>& shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+}  // namespace detail
+}  // namespace deepstack

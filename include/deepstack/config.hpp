@@ -1,0 +1,315 @@
+// deepstack/config.hpp - model, preprocessor and generation configuration read from a Hugging Face
+// model folder. Every size comes from the files; every field is checked with an error naming it.
+#pragma once
+#include "common.hpp"
+
+#include <array>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace deepstack {
+
+// How visual features enter the decoder (../spec/fusion-schemes.md).
+struct FusionConfig {
+    enum class Type { Inject, Gated, Stack };
+    Type type = Type::Inject;
+    float eps = 1e-6f;      // gated: LayerNorm eps
+    int layer_start = 0;    // stack: first decoder layer whose input gets a stack
+    int layer_interval = 1; // stack: layers between stacks
+    int scale = 2;          // stack: high-resolution factor r (r*r stacks)
+};
+
+struct VisionConfig {
+    int depth = 0, hidden_size = 0, num_heads = 0, intermediate_size = 0;
+    int patch_size = 16, temporal_patch_size = 2, spatial_merge_size = 2, in_channels = 3;
+    int num_position_embeddings = 0, out_hidden_size = 0;
+    std::vector<int> deepstack_visual_indexes;
+    FusionConfig fusion;
+
+    int head_dim() const { return hidden_size / num_heads; }
+    int patch_dim() const { return in_channels * temporal_patch_size * patch_size * patch_size; }
+    int merged_dim() const { return hidden_size * spatial_merge_size * spatial_merge_size; }
+};
+
+struct TextConfig {
+    int hidden_size = 0, num_hidden_layers = 0, num_attention_heads = 0, num_key_value_heads = 0;
+    int head_dim = 0, intermediate_size = 0, vocab_size = 0;
+    float rms_norm_eps = 1e-6f;
+    double rope_theta = 5e6;
+    std::array<int, 3> mrope_section{24, 20, 20};  // frequency slots for (t, h, w); sums to head_dim/2
+    int64_t max_position_embeddings = 262144;
+};
+
+struct ModelConfig {
+    TextConfig text;
+    VisionConfig vision;
+    bool tie_word_embeddings = false;
+    int image_token_id = 151655, video_token_id = 151656;
+    int vision_start_token_id = 151652, vision_end_token_id = 151653;
+    std::vector<int> eos_token_ids;  // text_config.eos_token_id (int or list)
+};
+
+// preprocessor_config.json / video_preprocessor_config.json.
+struct PreprocessConfig {
+    int patch_size = 16, temporal_patch_size = 2, merge_size = 2;
+    int64_t min_pixels = 65536, max_pixels = 16777216;
+    std::array<float, 3> mean{0.5f, 0.5f, 0.5f}, std{0.5f, 0.5f, 0.5f};
+    double rescale_factor = 1.0 / 255.0;
+    // video only
+    double fps = 2.0;
+    int min_frames = 4, max_frames = 768;
+};
+
+namespace detail {
+
+inline nlohmann::json read_json_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(path + ": cannot open");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    try {
+        return nlohmann::json::parse(ss.str());
+    } catch (const std::exception& e) {
+        throw Error(path + ": not valid JSON (" + e.what() + ")");
+    }
+}
+
+// Typed field access with errors that name the file and the field.
+struct JsonReader {
+    const nlohmann::json& j;
+    std::string where;  // "config.json: vision_config"
+
+    const nlohmann::json* find(const char* key) const {
+        auto it = j.find(key);
+        return it == j.end() || it->is_null() ? nullptr : &*it;
+    }
+    int positive_int(const char* key) const {
+        const auto* v = find(key);
+        if (!v) throw Error(where + ": missing field '" + key + "'");
+        if (!v->is_number_integer()) throw Error(where + ": field '" + key + "' must be an integer");
+        int64_t x = v->get<int64_t>();
+        if (x <= 0 || x > (int64_t(1) << 30)) throw Error(where + ": field '" + key + "' must be a positive size, got " + std::to_string(x));
+        return int(x);
+    }
+    int positive_int(const char* key, int fallback) const { return find(key) ? positive_int(key) : fallback; }
+    int nonneg_int(const char* key, int fallback) const {
+        const auto* v = find(key);
+        if (!v) return fallback;
+        if (!v->is_number_integer() || v->get<int64_t>() < 0 || v->get<int64_t>() > (int64_t(1) << 30))
+            throw Error(where + ": field '" + key + "' must be a non-negative integer");
+        return int(v->get<int64_t>());
+    }
+    double number(const char* key, double fallback) const {
+        const auto* v = find(key);
+        if (!v) return fallback;
+        if (!v->is_number()) throw Error(where + ": field '" + key + "' must be a number");
+        return v->get<double>();
+    }
+    bool boolean(const char* key, bool fallback) const {
+        const auto* v = find(key);
+        if (!v) return fallback;
+        if (!v->is_boolean()) throw Error(where + ": field '" + key + "' must be true or false");
+        return v->get<bool>();
+    }
+    JsonReader object(const char* key) const {
+        const auto* v = find(key);
+        if (!v) throw Error(where + ": missing object '" + key + "'");
+        if (!v->is_object()) throw Error(where + ": field '" + key + "' must be an object");
+        return {*v, where + "." + key};
+    }
+    std::vector<int> int_list(const char* key) const {
+        const auto* v = find(key);
+        std::vector<int> out;
+        if (!v) return out;
+        if (v->is_number_integer()) return {v->get<int>()};
+        if (!v->is_array()) throw Error(where + ": field '" + key + "' must be an integer or a list of integers");
+        for (auto& e : *v) {
+            if (!e.is_number_integer()) throw Error(where + ": field '" + key + "' must hold integers");
+            out.push_back(e.get<int>());
+        }
+        return out;
+    }
+};
+
+inline FusionConfig parse_fusion(const JsonReader& vision) {
+    FusionConfig f;
+    const auto* v = vision.find("deepstack_fusion");
+    if (!v) return f;
+    const std::string where = vision.where + ".deepstack_fusion";
+    if (!v->is_object()) throw Error(where + ": must be an object");
+    JsonReader r{*v, where};
+    const auto* type = r.find("type");
+    if (!type) throw Error(where + ": missing field 'type' (one of inject, gated, stack)");
+    if (!type->is_string()) throw Error(where + ": field 'type' must be a string");
+    const std::string t = type->get<std::string>();
+    if (t == "inject") {
+        f.type = FusionConfig::Type::Inject;
+    } else if (t == "gated") {
+        f.type = FusionConfig::Type::Gated;
+        f.eps = float(r.number("eps", 1e-6));
+        if (!(f.eps > 0)) throw Error(where + ": field 'eps' must be positive");
+    } else if (t == "stack") {
+        f.type = FusionConfig::Type::Stack;
+        f.layer_start = r.nonneg_int("layer_start", 0);
+        f.layer_interval = r.positive_int("layer_interval", 1);
+        f.scale = r.positive_int("scale", 2);
+    } else {
+        throw Error(where + ": unknown type '" + t + "' (expected inject, gated or stack)");
+    }
+    return f;
+}
+
+}  // namespace detail
+
+// Parses config.json (already read). `file` is used in messages.
+inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file) {
+    if (!j.is_object()) throw Error(file + ": top level must be a JSON object");
+    detail::JsonReader top{j, file};
+    const auto* mt = top.find("model_type");
+    if (!mt || !mt->is_string()) throw Error(file + ": missing field 'model_type'");
+    if (mt->get<std::string>() != "qwen3_vl")
+        throw Error(file + ": model_type '" + mt->get<std::string>() + "' is not supported (expected qwen3_vl)");
+
+    ModelConfig c;
+    auto tc = top.object("text_config");
+    auto vc = top.object("vision_config");
+    TextConfig& t = c.text;
+    t.hidden_size = tc.positive_int("hidden_size");
+    t.num_hidden_layers = tc.positive_int("num_hidden_layers");
+    t.num_attention_heads = tc.positive_int("num_attention_heads");
+    t.num_key_value_heads = tc.positive_int("num_key_value_heads", t.num_attention_heads);
+    t.head_dim = tc.positive_int("head_dim", t.hidden_size / t.num_attention_heads);
+    t.intermediate_size = tc.positive_int("intermediate_size");
+    t.vocab_size = tc.positive_int("vocab_size");
+    t.rms_norm_eps = float(tc.number("rms_norm_eps", 1e-6));
+    t.max_position_embeddings = tc.positive_int("max_position_embeddings", 262144);
+    if (t.num_attention_heads % t.num_key_value_heads)
+        throw Error(file + ": text_config.num_attention_heads (" + std::to_string(t.num_attention_heads) +
+                    ") must be a multiple of num_key_value_heads (" + std::to_string(t.num_key_value_heads) + ")");
+    if (t.head_dim % 2) throw Error(file + ": text_config.head_dim must be even");
+
+    // Rope settings: transformers 4.57 (rope_theta + rope_scaling) or 5.x (rope_parameters).
+    t.rope_theta = tc.number("rope_theta", 0);
+    const char* rope_key = tc.find("rope_parameters") ? "rope_parameters" : tc.find("rope_scaling") ? "rope_scaling" : nullptr;
+    std::vector<int> section;
+    if (rope_key) {
+        auto rp = tc.object(rope_key);
+        if (t.rope_theta == 0) t.rope_theta = rp.number("rope_theta", 0);
+        section = rp.int_list("mrope_section");
+        if (!rp.boolean("mrope_interleaved", true))
+            throw Error(file + ": text_config." + rope_key + ".mrope_interleaved false (chunked M-RoPE) is not supported");
+        if (const auto* rt = rp.find("rope_type"); rt && (!rt->is_string() || rt->get<std::string>() != "default"))
+            throw Error(file + ": text_config." + rope_key + ".rope_type must be 'default'");
+    }
+    if (t.rope_theta == 0) t.rope_theta = 5e6;
+    if (!(t.rope_theta > 1)) throw Error(file + ": text_config.rope_theta must be greater than 1");
+    if (section.empty()) {
+        // HF default: [24, 20, 20] for head_dim 128; scale the same split to other head sizes.
+        const int half = t.head_dim / 2, hw = half * 20 / 64;
+        section = {half - 2 * hw, hw, hw};
+    }
+    if (section.size() != 3 || section[0] < 0 || section[1] < 0 || section[2] < 0 ||
+        section[0] + section[1] + section[2] != t.head_dim / 2)
+        throw Error(file + ": text_config mrope_section must be three non-negative numbers summing to head_dim/2 (" +
+                    std::to_string(t.head_dim / 2) + ")");
+    t.mrope_section = {section[0], section[1], section[2]};
+
+    VisionConfig& v = c.vision;
+    v.depth = vc.positive_int("depth");
+    v.hidden_size = vc.positive_int("hidden_size");
+    v.num_heads = vc.positive_int("num_heads");
+    v.intermediate_size = vc.positive_int("intermediate_size");
+    v.patch_size = vc.positive_int("patch_size", 16);
+    v.temporal_patch_size = vc.positive_int("temporal_patch_size", 2);
+    v.spatial_merge_size = vc.positive_int("spatial_merge_size", 2);
+    v.in_channels = vc.positive_int("in_channels", 3);
+    v.num_position_embeddings = vc.positive_int("num_position_embeddings");
+    v.out_hidden_size = vc.positive_int("out_hidden_size");
+    v.deepstack_visual_indexes = vc.int_list("deepstack_visual_indexes");
+    v.fusion = detail::parse_fusion(vc);
+    if (v.hidden_size % v.num_heads) throw Error(file + ": vision_config.hidden_size must be a multiple of num_heads");
+    if (v.head_dim() % 4) throw Error(file + ": vision head size (hidden_size/num_heads) must be a multiple of 4 for 2D rotary");
+    if (v.in_channels != 3) throw Error(file + ": vision_config.in_channels must be 3 (RGB)");
+    const int side = int(std::lround(std::sqrt(double(v.num_position_embeddings))));
+    if (side * side != v.num_position_embeddings)
+        throw Error(file + ": vision_config.num_position_embeddings (" + std::to_string(v.num_position_embeddings) + ") must be a square");
+    for (size_t i = 0; i < v.deepstack_visual_indexes.size(); ++i) {
+        int b = v.deepstack_visual_indexes[i];
+        if (b < 0 || b >= v.depth)
+            throw Error(file + ": vision_config.deepstack_visual_indexes[" + std::to_string(i) + "] = " + std::to_string(b) +
+                        " is outside the vision depth " + std::to_string(v.depth));
+    }
+    if (v.out_hidden_size != t.hidden_size)
+        throw Error(file + ": vision_config.out_hidden_size (" + std::to_string(v.out_hidden_size) +
+                    ") must equal text_config.hidden_size (" + std::to_string(t.hidden_size) + ")");
+    if (v.fusion.type == FusionConfig::Type::Inject && int(v.deepstack_visual_indexes.size()) > t.num_hidden_layers)
+        throw Error(file + ": more deepstack_visual_indexes than decoder layers");
+    if (v.fusion.type == FusionConfig::Type::Stack) {
+        const int stacks = v.fusion.scale * v.fusion.scale;
+        const int64_t last_layer = int64_t(v.fusion.layer_start) + int64_t(stacks - 1) * v.fusion.layer_interval;
+        if (last_layer >= t.num_hidden_layers)
+            throw Error(file + ": vision_config.deepstack_fusion: " + std::to_string(stacks) + " stacks from layer_start " +
+                        std::to_string(v.fusion.layer_start) + " every " + std::to_string(v.fusion.layer_interval) +
+                        " layers run past the last decoder layer (" + std::to_string(t.num_hidden_layers - 1) + ")");
+    }
+
+    c.tie_word_embeddings = top.boolean("tie_word_embeddings", tc.boolean("tie_word_embeddings", false));
+    auto token_id = [&](const char* key, int fallback) {
+        int id = top.nonneg_int(key, fallback);
+        if (id >= t.vocab_size) throw Error(file + ": " + key + " " + std::to_string(id) + " is outside the vocabulary");
+        return id;
+    };
+    c.image_token_id = token_id("image_token_id", 151655);
+    c.video_token_id = token_id("video_token_id", 151656);
+    c.vision_start_token_id = token_id("vision_start_token_id", 151652);
+    c.vision_end_token_id = token_id("vision_end_token_id", 151653);
+    c.eos_token_ids = tc.int_list("eos_token_id");
+    return c;
+}
+
+inline ModelConfig load_model_config(const std::string& path) { return parse_model_config(detail::read_json_file(path), path); }
+
+// Reads a preprocessor config; a missing file gives the Qwen3-VL defaults (with `video` choosing
+// the video processor's defaults).
+inline PreprocessConfig load_preprocess_config(const std::string& path, bool video) {
+    PreprocessConfig p;
+    if (video) { p.min_pixels = 128 * 32 * 32; p.max_pixels = 768 * 32 * 32; }
+    std::ifstream probe(path);
+    if (!probe) return p;
+    nlohmann::json j = detail::read_json_file(path);
+    if (!j.is_object()) throw Error(path + ": top level must be a JSON object");
+    detail::JsonReader r{j, path};
+    p.patch_size = r.positive_int("patch_size", p.patch_size);
+    p.temporal_patch_size = r.positive_int("temporal_patch_size", p.temporal_patch_size);
+    p.merge_size = r.positive_int("merge_size", p.merge_size);
+    if (r.find("size")) {
+        auto s = r.object("size");
+        p.min_pixels = int64_t(s.number("shortest_edge", double(p.min_pixels)));
+        p.max_pixels = int64_t(s.number("longest_edge", double(p.max_pixels)));
+    }
+    p.min_pixels = int64_t(r.number("min_pixels", double(p.min_pixels)));
+    p.max_pixels = int64_t(r.number("max_pixels", double(p.max_pixels)));
+    if (p.min_pixels <= 0 || p.max_pixels < p.min_pixels)
+        throw Error(path + ": size needs 0 < shortest_edge (min pixels) <= longest_edge (max pixels)");
+    for (const char* key : {"image_mean", "image_std"}) {
+        const auto* v = r.find(key);
+        if (!v) continue;
+        if (!v->is_array() || v->size() != 3) throw Error(path + ": field '" + key + "' must be a list of 3 numbers");
+        auto& dst = std::string(key) == "image_mean" ? p.mean : p.std;
+        for (int i = 0; i < 3; ++i) {
+            if (!(*v)[i].is_number()) throw Error(path + ": field '" + key + "' must be a list of 3 numbers");
+            dst[i] = (*v)[i].get<float>();
+        }
+    }
+    for (float s : p.std) if (!(s > 0)) throw Error(path + ": image_std must be positive");
+    p.rescale_factor = r.number("rescale_factor", p.rescale_factor);
+    p.fps = r.number("fps", p.fps);
+    p.min_frames = r.positive_int("min_frames", p.min_frames);
+    p.max_frames = r.positive_int("max_frames", p.max_frames);
+    if (!(p.fps > 0)) throw Error(path + ": fps must be positive");
+    return p;
+}
+
+}  // namespace deepstack

@@ -1,0 +1,152 @@
+// deepstack/kernels.hpp - the numeric kernels the forward pass is written in: matrix products
+// against weights in their stored dtype, norms, activations, rotary, attention.
+// Each kernel has a plain scalar form (the reference); SIMD forms are chosen at compile time.
+#pragma once
+#include "common.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace deepstack {
+
+// A weight matrix [rows, cols] in PyTorch [out, in] layout, in its stored dtype (a view into the
+// mapped file) or in a quantized format made at load time (then `storage` owns the bytes).
+struct Matrix {
+    DType dtype = DType::F32;
+    const void* data = nullptr;
+    int64_t rows = 0, cols = 0;
+    std::shared_ptr<const void> storage;  // owner of quantized data, empty for mapped weights
+};
+
+namespace detail {
+
+// Weight element (r, c) as float; used by the scalar reference and by small one-off reads.
+inline float weight_at(const Matrix& w, int64_t r, int64_t c) {
+    const int64_t i = r * w.cols + c;
+    switch (w.dtype) {
+        case DType::F32: return static_cast<const float*>(w.data)[i];
+        case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(w.data)[i]);
+        case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(w.data)[i]);
+        default: throw Error(std::string("weight_at: unsupported dtype ") + dtype_name(w.dtype));
+    }
+}
+
+// Row r of a weight matrix converted to float.
+inline void weight_row(const Matrix& w, int64_t r, float* out) {
+    for (int64_t c = 0; c < w.cols; ++c) out[c] = weight_at(w, r, c);
+}
+
+// y[M, rows] = x[M, cols] * W^T (+ bias[rows]). Scalar reference.
+inline void matmul_ref(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
+    const int64_t N = W.rows, K = W.cols;
+#pragma omp parallel
+    {
+        std::vector<float> row(static_cast<size_t>(K), 0.f);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            weight_row(W, n, row.data());
+            for (int64_t m = 0; m < M; ++m) {
+                const float* xm = x + m * K;
+                float acc = 0.f;
+                for (int64_t k = 0; k < K; ++k) acc += xm[k] * row[size_t(k)];
+                y[m * N + n] = acc + (bias ? bias[n] : 0.f);
+            }
+        }
+    }
+}
+
+inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
+    matmul_ref(x, M, W, y, bias);
+}
+
+// LayerNorm over the last dim (n) of rows [M, n], in place allowed (y may equal x).
+inline void layernorm(const float* x, int64_t M, int64_t n, const float* w, const float* b, float eps, float* y) {
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * n;
+        float* ym = y + m * n;
+        double mean = 0;
+        for (int64_t i = 0; i < n; ++i) mean += xm[i];
+        mean /= double(n);
+        double var = 0;
+        for (int64_t i = 0; i < n; ++i) var += (xm[i] - mean) * (xm[i] - mean);
+        var /= double(n);
+        const float inv = float(1.0 / std::sqrt(var + eps)), mu = float(mean);
+        for (int64_t i = 0; i < n; ++i) ym[i] = (xm[i] - mu) * inv * w[i] + b[i];
+    }
+}
+
+// RMSNorm over rows [M, n] (statistics in fp32), y may equal x.
+inline void rmsnorm(const float* x, int64_t M, int64_t n, const float* w, float eps, float* y) {
+    for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * n;
+        float* ym = y + m * n;
+        float ss = 0.f;
+        for (int64_t i = 0; i < n; ++i) ss += xm[i] * xm[i];
+        const float inv = 1.f / std::sqrt(ss / float(n) + eps);
+        for (int64_t i = 0; i < n; ++i) ym[i] = xm[i] * inv * w[i];
+    }
+}
+
+inline float gelu_tanh(float x) {
+    const float k = 0.7978845608028654f;  // sqrt(2/pi)
+    return 0.5f * x * (1.f + std::tanh(k * (x + 0.044715f * x * x * x)));
+}
+inline float gelu_erf(float x) { return 0.5f * x * (1.f + std::erf(x * 0.7071067811865476f)); }
+inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+
+// Rotate-half rotary on one head vector of size d with angles cos/sin[d/2]:
+// pair (j, j + d/2).
+inline void rope_rotate_half(float* v, int d, const float* cos_a, const float* sin_a) {
+    const int half = d / 2;
+    for (int j = 0; j < half; ++j) {
+        const float a = v[j], b = v[j + half];
+        v[j] = a * cos_a[j] - b * sin_a[j];
+        v[j + half] = b * cos_a[j] + a * sin_a[j];
+    }
+}
+
+// Attention with grouped KV heads.
+// q [Tq, Hq, d], k/v [Tk, Hkv, d] (row strides Hq*d and Hkv*d), out [Tq, Hq, d].
+// causal: query i sits at absolute position q_offset + i and sees keys 0..q_offset+i.
+inline void attention(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
+                      float scale, bool causal, int64_t q_offset, float* out) {
+    const int group = Hq / Hkv;
+#pragma omp parallel
+    {
+        std::vector<float> scores(static_cast<size_t>(Tk), 0.f);
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t i = 0; i < Tq; ++i) {
+            for (int h = 0; h < Hq; ++h) {
+                const float* qi = q + (i * Hq + h) * d;
+                const int kvh = h / group;
+                const int64_t n_keys = causal ? std::min(Tk, q_offset + i + 1) : Tk;
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < n_keys; ++j) {
+                    const float* kj = k + (j * Hkv + kvh) * d;
+                    float s = 0.f;
+                    for (int t = 0; t < d; ++t) s += qi[t] * kj[t];
+                    scores[size_t(j)] = s * scale;
+                    mx = std::max(mx, scores[size_t(j)]);
+                }
+                float sum = 0.f;
+                for (int64_t j = 0; j < n_keys; ++j) sum += scores[size_t(j)] = std::exp(scores[size_t(j)] - mx);
+                float* o = out + (i * Hq + h) * d;
+                std::fill(o, o + d, 0.f);
+                for (int64_t j = 0; j < n_keys; ++j) {
+                    const float p = scores[size_t(j)] / sum;
+                    const float* vj = v + (j * Hkv + kvh) * d;
+                    for (int t = 0; t < d; ++t) o[t] += p * vj[t];
+                }
+            }
+        }
+    }
+}
+
+}  // namespace detail
+}  // namespace deepstack

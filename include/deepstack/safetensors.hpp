@@ -1,0 +1,288 @@
+// deepstack/safetensors.hpp - memory-mapped safetensors files (single or sharded), strictly
+// validated, and a small writer used for dumps and for test models.
+#pragma once
+#include "common.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+namespace deepstack {
+
+// One tensor of a loaded file: a view into the mapping, never a copy.
+struct TensorInfo {
+    std::string name;
+    DType dtype = DType::F32;
+    std::vector<int64_t> shape;
+    const uint8_t* data = nullptr;
+    size_t nbytes = 0;
+    std::string file;  // the file it lives in, for error messages
+
+    int64_t numel() const {
+        int64_t n = 1;
+        for (int64_t d : shape) n *= d;
+        return n;
+    }
+};
+
+namespace detail {
+
+inline size_t dtype_size(DType t) {
+    switch (t) {
+        case DType::F32: case DType::I32: return 4;
+        case DType::BF16: case DType::F16: return 2;
+        case DType::I64: return 8;
+        default: return 0;
+    }
+}
+
+inline bool parse_dtype(const std::string& s, DType& out) {
+    static const std::pair<const char*, DType> table[] = {
+        {"F32", DType::F32}, {"BF16", DType::BF16}, {"F16", DType::F16},
+        {"I64", DType::I64}, {"I32", DType::I32}};
+    for (auto& [name, t] : table)
+        if (s == name) { out = t; return true; }
+    return false;
+}
+
+// A read-only file mapping that unmaps itself.
+class MappedFile {
+public:
+    explicit MappedFile(const std::string& path) : path_(path) {
+        int fd = ::open(path.c_str(), O_RDONLY);
+        if (fd < 0) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
+        struct stat st {};
+        if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            ::close(fd);
+            throw Error(path + ": not a regular file");
+        }
+        size_ = size_t(st.st_size);
+        if (size_ > 0) {
+            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (p == MAP_FAILED) {
+                ::close(fd);
+                throw Error(path + ": mmap failed (" + std::strerror(errno) + ")");
+            }
+            data_ = static_cast<const uint8_t*>(p);
+        }
+        ::close(fd);
+    }
+    ~MappedFile() {
+        if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    }
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+
+    const uint8_t* data() const { return data_; }
+    size_t size() const { return size_; }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+    const uint8_t* data_ = nullptr;
+    size_t size_ = 0;
+};
+
+// Parses and validates a safetensors buffer: 8-byte little-endian header length, JSON header,
+// then the data area. Every tensor must have a known dtype, a non-negative shape, and a
+// [begin, end) inside the data area whose size equals numel * dtype size; ranges must not overlap.
+inline std::vector<TensorInfo> parse_safetensors(const uint8_t* buf, size_t size, const std::string& file) {
+    if (size < 8) throw Error(file + ": truncated safetensors file (" + std::to_string(size) + " bytes, no header length)");
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = header_len << 8 | buf[i];
+    if (header_len > size - 8)
+        throw Error(file + ": safetensors header length " + std::to_string(header_len) + " runs past the end of the file (" +
+                    std::to_string(size) + " bytes)");
+    nlohmann::json header;
+    try {
+        header = nlohmann::json::parse(buf + 8, buf + 8 + header_len);
+    } catch (const std::exception& e) {
+        throw Error(file + ": safetensors header is not valid JSON (" + e.what() + ")");
+    }
+    if (!header.is_object()) throw Error(file + ": safetensors header is not a JSON object");
+    const uint8_t* data_area = buf + 8 + header_len;
+    const size_t data_size = size - 8 - header_len;
+
+    std::vector<TensorInfo> tensors;
+    for (auto it = header.begin(); it != header.end(); ++it) {
+        if (it.key() == "__metadata__") continue;
+        const std::string where = file + ": tensor '" + it.key() + "'";
+        const auto& v = it.value();
+        if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets") ||
+            !v["dtype"].is_string() || !v["shape"].is_array() || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2)
+            throw Error(where + ": header entry needs string dtype, array shape and two data_offsets");
+        TensorInfo t;
+        t.name = it.key();
+        t.file = file;
+        const std::string dt = v["dtype"].get<std::string>();
+        if (!parse_dtype(dt, t.dtype)) throw Error(where + ": unsupported dtype " + dt);
+        uint64_t numel = 1;
+        for (const auto& d : v["shape"]) {
+            if (!d.is_number_unsigned()) throw Error(where + ": shape entries must be non-negative integers");
+            uint64_t dim = d.get<uint64_t>();
+            if (dim != 0 && numel > (uint64_t(1) << 62) / dim) throw Error(where + ": shape is too large");
+            numel *= dim;
+            t.shape.push_back(int64_t(dim));
+        }
+        const auto& off = v["data_offsets"];
+        if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+            throw Error(where + ": data_offsets must be non-negative integers");
+        uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+        if (end < begin) throw Error(where + ": data_offsets are reversed (" + std::to_string(begin) + " > " + std::to_string(end) + ")");
+        if (end > data_size)
+            throw Error(where + ": data_offsets end " + std::to_string(end) + " is past the end of the data (" +
+                        std::to_string(data_size) + " bytes; file truncated?)");
+        const uint64_t expected = numel * dtype_size(t.dtype);
+        if (end - begin != expected)
+            throw Error(where + ": holds " + std::to_string(end - begin) + " bytes but " + dt + " " + shape_str(t.shape) +
+                        " needs " + std::to_string(expected));
+        t.data = data_area + begin;
+        t.nbytes = size_t(end - begin);
+        tensors.push_back(std::move(t));
+    }
+    // Overlap check on the sorted ranges.
+    std::vector<const TensorInfo*> by_offset;
+    for (const auto& t : tensors) by_offset.push_back(&t);
+    std::sort(by_offset.begin(), by_offset.end(), [](auto* a, auto* b) { return a->data < b->data; });
+    for (size_t i = 1; i < by_offset.size(); ++i)
+        if (by_offset[i - 1]->data + by_offset[i - 1]->nbytes > by_offset[i]->data)
+            throw Error(file + ": tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name + "' overlap");
+    return tensors;
+}
+
+}  // namespace detail
+
+// All tensors of a model folder: `model.safetensors`, or the shards listed by
+// `model.safetensors.index.json`. Files stay memory-mapped for the lifetime of the store.
+class WeightStore {
+public:
+    WeightStore() = default;
+
+    // Opens one .safetensors file.
+    void add_file(const std::string& path) {
+        files_.push_back(std::make_unique<detail::MappedFile>(path));
+        const auto& f = *files_.back();
+        for (auto& t : detail::parse_safetensors(f.data(), f.size(), path)) {
+            if (tensors_.count(t.name)) throw Error(path + ": tensor '" + t.name + "' also appears in " + tensors_[t.name].file);
+            std::string name = t.name;
+            tensors_.emplace(std::move(name), std::move(t));
+        }
+    }
+
+    // Opens a model folder (single file or sharded index).
+    static WeightStore open_folder(const std::string& dir) {
+        WeightStore ws;
+        const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+        struct stat st {};
+        if (::stat(single.c_str(), &st) == 0) {
+            ws.add_file(single);
+        } else if (::stat(index.c_str(), &st) == 0) {
+            std::ifstream in(index);
+            nlohmann::json j;
+            try {
+                in >> j;
+            } catch (const std::exception& e) {
+                throw Error(index + ": not valid JSON (" + e.what() + ")");
+            }
+            if (!j.contains("weight_map") || !j["weight_map"].is_object()) throw Error(index + ": missing object 'weight_map'");
+            std::vector<std::string> shards;
+            for (auto& v : j["weight_map"]) {
+                if (!v.is_string()) throw Error(index + ": weight_map values must be file names");
+                std::string s = v.get<std::string>();
+                if (s.find('/') != std::string::npos) throw Error(index + ": shard name '" + s + "' must be a plain file name");
+                if (std::find(shards.begin(), shards.end(), s) == shards.end()) shards.push_back(s);
+            }
+            for (auto& s : shards) ws.add_file(dir + "/" + s);
+            for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
+                if (!ws.tensors_.count(it.key()))
+                    throw Error(index + ": tensor '" + it.key() + "' is listed but not found in " + it.value().get<std::string>());
+        } else {
+            throw Error(dir + ": no model.safetensors or model.safetensors.index.json");
+        }
+        return ws;
+    }
+
+    const TensorInfo* find(const std::string& name) const {
+        auto it = tensors_.find(name);
+        return it == tensors_.end() ? nullptr : &it->second;
+    }
+
+    // The tensor `name`, checked for presence, a float dtype and the expected shape.
+    const TensorInfo& get(const std::string& name, const std::vector<int64_t>& shape) const {
+        const TensorInfo* t = find(name);
+        if (!t) throw Error("missing tensor '" + name + "'" + (files_.empty() ? "" : " in " + files_.front()->path()));
+        if (t->dtype != DType::F32 && t->dtype != DType::BF16 && t->dtype != DType::F16)
+            throw Error(t->file + ": tensor '" + name + "' has dtype " + dtype_name(t->dtype) + ", expected F32, BF16 or F16");
+        if (t->shape != shape)
+            throw Error(t->file + ": tensor '" + name + "' has shape " + detail::shape_str(t->shape) + ", expected " +
+                        detail::shape_str(shape));
+        return *t;
+    }
+
+    const std::unordered_map<std::string, TensorInfo>& tensors() const { return tensors_; }
+    size_t mapped_bytes() const {
+        size_t n = 0;
+        for (auto& f : files_) n += f->size();
+        return n;
+    }
+
+private:
+    std::vector<std::unique_ptr<detail::MappedFile>> files_;
+    std::unordered_map<std::string, TensorInfo> tensors_;
+};
+
+// A tensor to write: raw little-endian bytes with dtype and shape.
+struct TensorBlob {
+    std::string name;
+    DType dtype = DType::F32;
+    std::vector<int64_t> shape;
+    std::vector<uint8_t> bytes;
+};
+
+inline TensorBlob make_blob(const std::string& name, const std::vector<int64_t>& shape, const float* v) {
+    TensorBlob b{name, DType::F32, shape, {}};
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    b.bytes.resize(size_t(n) * 4);
+    std::memcpy(b.bytes.data(), v, b.bytes.size());
+    return b;
+}
+
+inline TensorBlob make_blob(const std::string& name, const std::vector<int64_t>& shape, const int64_t* v) {
+    TensorBlob b{name, DType::I64, shape, {}};
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    b.bytes.resize(size_t(n) * 8);
+    std::memcpy(b.bytes.data(), v, b.bytes.size());
+    return b;
+}
+
+// Writes tensors as one safetensors file (sorted by name, 8-byte aligned header).
+inline void write_safetensors(const std::string& path, std::vector<TensorBlob> blobs) {
+    std::sort(blobs.begin(), blobs.end(), [](auto& a, auto& b) { return a.name < b.name; });
+    nlohmann::json header = nlohmann::json::object();
+    uint64_t offset = 0;
+    for (auto& b : blobs) {
+        header[b.name] = {{"dtype", dtype_name(b.dtype)}, {"shape", b.shape}, {"data_offsets", {offset, offset + b.bytes.size()}}};
+        offset += b.bytes.size();
+    }
+    std::string h = header.dump();
+    while ((h.size() + 8) % 8) h += ' ';
+    std::ofstream out(path, std::ios::binary);
+    if (!out) throw Error(path + ": cannot open for writing");
+    uint64_t n = h.size();
+    for (int i = 0; i < 8; ++i) out.put(char((n >> (8 * i)) & 0xff));
+    out.write(h.data(), std::streamsize(h.size()));
+    for (auto& b : blobs) out.write(reinterpret_cast<const char*>(b.bytes.data()), std::streamsize(b.bytes.size()));
+    if (!out) throw Error(path + ": write failed");
+}
+
+}  // namespace deepstack
