@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstring>
 #include <chrono>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -30,6 +31,10 @@ inline const char* dtype_name(DType t) {
     }
     return "?";
 }
+
+// Receives named intermediate tensors of a forward pass (golden comparisons, debugging):
+// name as in the golden fixtures (e.g. "image.vision.block0"), shape, float data.
+using Trace = std::function<void(const std::string& name, const std::vector<int64_t>& shape, const float* data)>;
 
 namespace detail {
 

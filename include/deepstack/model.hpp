@@ -1,0 +1,205 @@
+// deepstack/model.hpp - the public face: load a model folder, turn images and videos into visual
+// inputs, and run a Session (prefill a prompt with its visuals, decode one token at a time).
+#pragma once
+#include "fusion.hpp"
+#include "image.hpp"
+
+#include <memory>
+#include <optional>
+#include <sys/stat.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace deepstack {
+
+struct LoadOptions {
+    int threads = 0;  // OpenMP threads for all kernels (process-wide); 0 keeps the OpenMP default
+};
+
+// A loaded model: configuration and weight views into the memory-mapped checkpoint. Immutable
+// after load, so one Model can serve many Sessions on many threads.
+struct Model {
+    std::string dir;
+    ModelConfig config;
+    PreprocessConfig image_config, video_config;
+    WeightStore store;
+    VisionWeights vision;
+    TextWeights text;
+    std::optional<GatedFusionWeights> gated;  // only for the gated fusion scheme
+
+    static std::shared_ptr<const Model> load(const std::string& dir, const LoadOptions& opt = {}) {
+        struct stat st {};
+        if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw Error(dir + ": model folder not found");
+#ifdef _OPENMP
+        if (opt.threads > 0) omp_set_num_threads(opt.threads);
+#endif
+        auto m = std::make_shared<Model>();
+        m->dir = dir;
+        m->config = load_model_config(dir + "/config.json");
+        m->image_config = load_preprocess_config(dir + "/preprocessor_config.json", false);
+        m->video_config = load_preprocess_config(dir + "/video_preprocessor_config.json", true);
+        for (const PreprocessConfig* p : {&m->image_config, &m->video_config})
+            if (p->patch_size != m->config.vision.patch_size || p->merge_size != m->config.vision.spatial_merge_size ||
+                p->temporal_patch_size != m->config.vision.temporal_patch_size)
+                throw Error(dir + ": preprocessor patch_size/merge_size/temporal_patch_size disagree with config.json vision_config");
+        m->store = WeightStore::open_folder(dir);
+        m->vision = load_vision_weights(m->store, m->config.vision);
+        m->text = load_text_weights(m->store, m->config.text, m->config.tie_word_embeddings);
+        if (m->config.vision.fusion.type == FusionConfig::Type::Gated) m->gated = load_gated_fusion_weights(m->store, m->config);
+        return m;
+    }
+};
+
+// One image or one video, preprocessed for the model.
+struct VisualInput {
+    bool is_video = false;
+    VisualPatches patches;  // the processor-sized stream
+    VisualPatches highres;  // DeepStack-L only: the same input at `scale` times the size
+    std::vector<double> timestamps;  // video: seconds of each temporal patch
+};
+
+// Preprocessing limits a host may override (0 = the model's preprocessor config).
+struct PixelBudget {
+    int64_t min_pixels = 0, max_pixels = 0;
+};
+
+namespace detail {
+inline PreprocessConfig with_budget(PreprocessConfig p, const PixelBudget& b) {
+    if (b.min_pixels > 0) p.min_pixels = b.min_pixels;
+    if (b.max_pixels > 0) p.max_pixels = b.max_pixels;
+    if (p.min_pixels > p.max_pixels) throw Error("min_pixels (" + std::to_string(p.min_pixels) + ") exceeds max_pixels (" + std::to_string(p.max_pixels) + ")");
+    return p;
+}
+}  // namespace detail
+
+inline VisualInput prepare_image(const Model& m, const Image& img, const PixelBudget& budget = {}) {
+    VisualInput in;
+    const PreprocessConfig cfg = detail::with_budget(m.image_config, budget);
+    in.patches = preprocess_image(img, cfg);
+    if (m.config.vision.fusion.type == FusionConfig::Type::Stack) {
+        const int r = m.config.vision.fusion.scale;
+        in.highres = preprocess_image_at(img, in.patches.height * r, in.patches.width * r, cfg);
+    }
+    return in;
+}
+
+// frames: the sampled frames in order; frame_indices/fps: where they came from (timestamps).
+inline VisualInput prepare_video(const Model& m, const std::vector<Image>& frames, const std::vector<int>& frame_indices,
+                                 double fps, const PixelBudget& budget = {}) {
+    if (m.config.vision.fusion.type == FusionConfig::Type::Stack)
+        throw Error("videos are not supported with the DeepStack-L (stack) fusion scheme");
+    VisualInput in;
+    in.is_video = true;
+    in.patches = preprocess_video(frames, detail::with_budget(m.video_config, budget));
+    in.timestamps = temporal_patch_timestamps(frame_indices, fps, m.config.vision.temporal_patch_size);
+    return in;
+}
+
+// Per-conversation state: the KV cache and the position counter. Not thread-safe itself; use one
+// Session per thread (they may share one Model).
+class Session {
+public:
+    struct Options {
+        int64_t max_context = 32768;  // tokens the KV cache may hold
+        FusionOptions fusion;
+    };
+
+    explicit Session(std::shared_ptr<const Model> model) : Session(std::move(model), Options{}) {}
+    Session(std::shared_ptr<const Model> model, Options opt) : model_(std::move(model)), opt_(std::move(opt)) {
+        cache_.max_tokens = std::min<int64_t>(opt_.max_context, model_->config.text.max_position_embeddings);
+    }
+
+    const Model& model() const { return *model_; }
+    int64_t length() const { return cache_.length; }          // tokens in the cache
+    int64_t next_position() const { return next_pos_; }       // M-RoPE position of the next token
+    void reset() { cache_.length = 0; next_pos_ = 0; }
+
+    // Appends `ids` to the conversation. Their image/video pad tokens take the `visuals` in order
+    // (an image one block of pad tokens, a video one block per temporal patch). Returns the
+    // logits of the last token [V], or of every token [T, V] when all_logits.
+    std::vector<float> prefill(const std::vector<int>& ids, const std::vector<VisualInput>& visuals = {}, bool all_logits = false,
+                               const Trace& trace = {}) {
+        const Model& m = *model_;
+        const ModelConfig& c = m.config;
+        if (ids.empty()) throw Error("prefill: empty token list");
+        if (cache_.length + int64_t(ids.size()) > cache_.max_tokens)
+            throw Error("prompt of " + std::to_string(ids.size()) + " tokens does not fit: the context holds " +
+                        std::to_string(cache_.max_tokens) + " tokens and " + std::to_string(cache_.length) + " are used");
+        const int merge = c.vision.spatial_merge_size;
+        std::vector<VisualBlock> blocks;
+        for (const auto& v : visuals) {
+            const auto& g = v.patches.grid_thw;
+            for (int tt = 0; tt < (v.is_video ? g[0] : 1); ++tt)
+                blocks.push_back({v.is_video ? c.video_token_id : c.image_token_id, g[1] / merge, g[2] / merge});
+        }
+        const Positions pos = mrope_positions(ids, blocks, next_pos_);
+        std::vector<float> h = embed_tokens(m.text, c.text, ids);
+        std::vector<int64_t> visual_rows;
+        for (size_t i = 0; i < ids.size(); ++i)
+            if (!visuals.empty() && (ids[i] == c.image_token_id || ids[i] == c.video_token_id)) visual_rows.push_back(int64_t(i));
+
+        VisualEmbedding vis;
+        if (!visuals.empty()) {
+            vis = encode_visuals(visuals, trace);
+            if (int64_t(visual_rows.size()) != vis.tokens)
+                throw Error("prompt has " + std::to_string(visual_rows.size()) + " image/video pad tokens but the visual inputs make " +
+                            std::to_string(vis.tokens) + " tokens");
+            const int64_t D = c.text.hidden_size;
+            for (size_t i = 0; i < visual_rows.size(); ++i)
+                std::copy(vis.embeds.begin() + int64_t(i) * D, vis.embeds.begin() + int64_t(i + 1) * D, h.begin() + visual_rows[i] * D);
+        }
+        if (trace) trace("text.inputs_embeds", {int64_t(ids.size()), c.text.hidden_size}, h.data());
+        auto logits = decode_tokens(m.text, c.text, cache_, h, pos, 0, visual_rows, vis.injections(), all_logits, trace);
+        next_pos_ = pos.next;
+        return logits;
+    }
+
+    // Appends one token; returns its logits [V].
+    std::vector<float> decode(int token) { return prefill({token}); }
+
+private:
+    VisualEmbedding encode_visuals(const std::vector<VisualInput>& visuals, const Trace& trace) const {
+        const Model& m = *model_;
+        const ModelConfig& c = m.config;
+        const int64_t D = c.text.hidden_size;
+        std::vector<std::array<int, 3>> grids;
+        std::vector<float> pixels;
+        bool any_image = false, any_video = false;
+        for (const auto& v : visuals) {
+            grids.push_back(v.patches.grid_thw);
+            pixels.insert(pixels.end(), v.patches.pixels.begin(), v.patches.pixels.end());
+            (v.is_video ? any_video : any_image) = true;
+        }
+        const std::string prefix = any_image && any_video ? "visual" : any_video ? "video" : "image";
+        VisionFeatures f = encode_vision(m.vision, c.vision, pixels.data(), grids, trace, prefix);
+        switch (c.vision.fusion.type) {
+            case FusionConfig::Type::Inject:
+                return fuse_inject(std::move(f), opt_.fusion);
+            case FusionConfig::Type::Gated:
+                return fuse_gated(f, *m.gated, c.vision.fusion.eps, D, trace, prefix);
+            case FusionConfig::Type::Stack: {
+                std::vector<std::array<int, 3>> hr_grids, merged;
+                std::vector<float> hr_pixels;
+                for (const auto& v : visuals) {
+                    hr_grids.push_back(v.highres.grid_thw);
+                    hr_pixels.insert(hr_pixels.end(), v.highres.pixels.begin(), v.highres.pixels.end());
+                    const auto& g = v.patches.grid_thw;
+                    merged.push_back({g[0], g[1] / c.vision.spatial_merge_size, g[2] / c.vision.spatial_merge_size});
+                }
+                VisionFeatures hr = encode_vision(m.vision, c.vision, hr_pixels.data(), hr_grids);
+                if (trace) trace(prefix + ".highres_embeds", {hr.tokens, D}, hr.embeds.data());
+                return fuse_stack(std::move(f), hr.embeds, merged, c.vision.fusion, D, opt_.fusion, trace, prefix);
+            }
+        }
+        throw Error("unknown fusion scheme");
+    }
+
+    std::shared_ptr<const Model> model_;
+    Options opt_;
+    KVCache cache_;
+    int64_t next_pos_ = 0;
+};
+
+}  // namespace deepstack

@@ -1,0 +1,136 @@
+// deepstack/text.hpp - the Qwen3 text decoder (spec §4): RMSNorm, GQA attention with per-head
+// q/k RMSNorm and interleaved M-RoPE, SwiGLU MLP, a growing KV cache, and the hook that adds
+// visual features to the hidden states at the visual positions (DeepStack, spec §5).
+#pragma once
+#include "rope.hpp"
+#include "weights.hpp"
+
+namespace deepstack {
+
+// Keys and values of every layer for the tokens seen so far: [length, Hkv, head_dim] per layer.
+struct KVCache {
+    int64_t length = 0;    // tokens cached
+    int64_t capacity = 0;  // tokens allocated
+    int64_t max_tokens = 0;  // hard limit (context size)
+    std::vector<std::vector<float>> k, v;
+
+    // Makes room for `extra` more tokens, growing geometrically up to max_tokens.
+    void reserve_more(int64_t extra, const TextConfig& c) {
+        const int64_t need = length + extra;
+        if (need > max_tokens)
+            throw Error("context is full: " + std::to_string(need) + " tokens needed, the context holds " +
+                        std::to_string(max_tokens) + " (raise max_context)");
+        if (need <= capacity) return;
+        const int64_t cap = std::min(max_tokens, std::max(need, capacity * 2));
+        const size_t row = size_t(c.num_key_value_heads) * size_t(c.head_dim);
+        k.resize(size_t(c.num_hidden_layers));
+        v.resize(size_t(c.num_hidden_layers));
+        for (int l = 0; l < c.num_hidden_layers; ++l) {
+            k[size_t(l)].resize(size_t(cap) * row);
+            v[size_t(l)].resize(size_t(cap) * row);
+        }
+        capacity = cap;
+    }
+};
+
+// Visual features added to the hidden states at the visual rows of a chunk: before layer `layer`
+// runs (its input) or after it (its output). Qwen3-VL adds DeepStack level k after layer k; the
+// DeepStack paper's scheme adds stack q before layer layer_start + q*interval.
+struct Injection {
+    int layer = 0;
+    bool before = false;
+    const float* rows = nullptr;  // [visual rows, D], one per entry of the chunk's visual_rows
+};
+
+namespace detail {
+
+inline void add_rows(float* h, int64_t D, const std::vector<int64_t>& visual_rows, const float* rows) {
+    for (size_t i = 0; i < visual_rows.size(); ++i) {
+        float* dst = h + visual_rows[i] * D;
+        const float* src = rows + int64_t(i) * D;
+        for (int64_t c = 0; c < D; ++c) dst[c] += src[c];
+    }
+}
+
+// One decoder layer on h [T, D] (in place); the T tokens are appended to the cache for `layer`.
+inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const TextConfig& c, KVCache& cache, int layer,
+                          const float* cos_t, const float* sin_t) {
+    const int64_t D = c.hidden_size, hd = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads,
+                  I = c.intermediate_size;
+    const int64_t past = cache.length;
+    std::vector<float> a(size_t(T * D)), q(size_t(T * Hq * hd)), o(size_t(T * Hq * hd));
+    float* kc = cache.k[size_t(layer)].data() + past * Hkv * hd;  // this chunk's rows in the cache
+    float* vc = cache.v[size_t(layer)].data() + past * Hkv * hd;
+
+    rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a.data());
+    matmul(a.data(), T, L.q, q.data());
+    matmul(a.data(), T, L.k, kc);
+    matmul(a.data(), T, L.v, vc);
+    rmsnorm(q.data(), T * Hq, hd, L.q_norm.data(), c.rms_norm_eps, q.data());
+    rmsnorm(kc, T * Hkv, hd, L.k_norm.data(), c.rms_norm_eps, kc);
+    for (int64_t t = 0; t < T; ++t) {
+        for (int64_t hh = 0; hh < Hq; ++hh) rope_rotate_half(q.data() + (t * Hq + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
+        for (int64_t hh = 0; hh < Hkv; ++hh) rope_rotate_half(kc + (t * Hkv + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
+    }
+    attention(q.data(), T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd),
+              1.f / std::sqrt(float(hd)), true, past, o.data());
+    std::vector<float> y(size_t(T * D));
+    matmul(o.data(), T, L.o, y.data());
+    for (int64_t i = 0; i < T * D; ++i) h[i] += y[size_t(i)];
+
+    std::vector<float> gate(size_t(T * I)), up(size_t(T * I));
+    rmsnorm(h, T, D, L.post_norm.data(), c.rms_norm_eps, a.data());
+    matmul(a.data(), T, L.gate, gate.data());
+    matmul(a.data(), T, L.up, up.data());
+    for (int64_t i = 0; i < T * I; ++i) gate[size_t(i)] = silu(gate[size_t(i)]) * up[size_t(i)];
+    matmul(gate.data(), T, L.down, y.data());
+    for (int64_t i = 0; i < T * D; ++i) h[i] += y[size_t(i)];
+}
+
+}  // namespace detail
+
+// Token embeddings [ids.size(), D].
+inline std::vector<float> embed_tokens(const TextWeights& W, const TextConfig& c, const std::vector<int>& ids) {
+    std::vector<float> x(ids.size() * size_t(c.hidden_size));
+    for (size_t i = 0; i < ids.size(); ++i) {
+        if (ids[i] < 0 || ids[i] >= c.vocab_size)
+            throw Error("token id " + std::to_string(ids[i]) + " is outside the vocabulary (" + std::to_string(c.vocab_size) + ")");
+        detail::weight_row(W.embed, ids[i], x.data() + i * size_t(c.hidden_size));
+    }
+    return x;
+}
+
+// Runs T tokens with hidden states h [T, D] (embeddings, visual features already scattered in)
+// through the decoder, appending them to `cache`. pos/pos_first: the 3D positions of these
+// tokens. visual_rows: rows of h holding visual tokens (for `injections`). Returns logits
+// [T, V] when all_logits, else [1, V] for the last token. Traces "text.layer{i}",
+// "text.final_norm".
+inline std::vector<float> decode_tokens(const TextWeights& W, const TextConfig& c, KVCache& cache, std::vector<float>& h,
+                                        const Positions& pos, size_t pos_first, const std::vector<int64_t>& visual_rows,
+                                        const std::vector<Injection>& injections, bool all_logits, const Trace& trace = {}) {
+    const int64_t T = int64_t(h.size()) / c.hidden_size, D = c.hidden_size;
+    cache.reserve_more(T, c);
+    std::vector<float> cos_t(size_t(T * c.head_dim / 2)), sin_t(size_t(T * c.head_dim / 2));
+    mrope_tables(pos, pos_first, size_t(T), c.head_dim, c.rope_theta, c.mrope_section, cos_t.data(), sin_t.data());
+    auto inject = [&](int layer, bool before) {
+        for (const auto& inj : injections)
+            if (inj.layer == layer && inj.before == before) detail::add_rows(h.data(), D, visual_rows, inj.rows);
+    };
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+        inject(l, true);
+        detail::decoder_layer(h.data(), T, W.layers[size_t(l)], c, cache, l, cos_t.data(), sin_t.data());
+        inject(l, false);
+        if (trace) trace("text.layer" + std::to_string(l), {T, D}, h.data());
+    }
+    cache.length += T;
+
+    const int64_t rows = all_logits ? T : 1;
+    const float* last = h.data() + (T - rows) * D;
+    std::vector<float> normed(size_t(rows * D)), logits(size_t(rows) * size_t(c.vocab_size));
+    detail::rmsnorm(last, rows, D, W.norm.data(), c.rms_norm_eps, normed.data());
+    if (trace) trace("text.final_norm", {rows, D}, normed.data());
+    detail::matmul(normed.data(), rows, W.lm_head, logits.data());
+    return logits;
+}
+
+}  // namespace deepstack

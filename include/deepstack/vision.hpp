@@ -1,0 +1,173 @@
+// deepstack/vision.hpp - the vision encoder (spec §3): patch embedding, interpolated learned
+// position embedding, 2D rotary, LayerNorm blocks, DeepStack taps and the patch mergers.
+#pragma once
+#include "rope.hpp"
+#include "weights.hpp"
+
+#include <array>
+
+namespace deepstack {
+
+// Output of the vision encoder for one or more visual items, in item order.
+struct VisionFeatures {
+    int64_t tokens = 0;                          // merged tokens over all items
+    std::vector<float> embeds;                   // [tokens, D] final merger
+    std::vector<std::vector<float>> deepstack;   // one [tokens, D] per deepstack_visual_indexes entry
+};
+
+namespace detail {
+
+// torch.linspace(0, end, steps) in float32 (symmetric evaluation from both ends).
+inline float linspace_at(float end, int steps, int i) {
+    if (steps == 1) return 0.f;
+    const float step = end / float(steps - 1);
+    return i < steps / 2 ? float(i) * step : end - float(steps - 1 - i) * step;
+}
+
+// Learned position embedding bilinearly interpolated (align corners) from the side x side table
+// to an h x w grid, tiled t times, in merge-window order, written to out [t*h*w, Dv].
+inline void position_embedding(const Matrix& table, int t, int h, int w, int merge, float* out) {
+    const int side = int(std::lround(std::sqrt(double(table.rows))));
+    const int64_t Dv = table.cols;
+    std::vector<float> grid(size_t(h) * size_t(w) * size_t(Dv), 0.f);  // [h, w, Dv] row-major
+    std::vector<float> r0(size_t(Dv), 0.f), r1(size_t(Dv), 0.f), r2(size_t(Dv), 0.f), r3(size_t(Dv), 0.f);
+    for (int i = 0; i < h; ++i) {
+        const float hs = linspace_at(float(side - 1), h, i);
+        const int h0 = int(hs), h1 = std::min(h0 + 1, side - 1);
+        const float dh = hs - float(h0);
+        for (int j = 0; j < w; ++j) {
+            const float ws = linspace_at(float(side - 1), w, j);
+            const int w0 = int(ws), w1 = std::min(w0 + 1, side - 1);
+            const float dw = ws - float(w0);
+            const float c00 = (1 - dh) * (1 - dw), c01 = (1 - dh) * dw, c10 = dh * (1 - dw), c11 = dh * dw;
+            weight_row(table, int64_t(h0) * side + w0, r0.data());
+            weight_row(table, int64_t(h0) * side + w1, r1.data());
+            weight_row(table, int64_t(h1) * side + w0, r2.data());
+            weight_row(table, int64_t(h1) * side + w1, r3.data());
+            float* g = grid.data() + (size_t(i) * size_t(w) + size_t(j)) * size_t(Dv);
+            for (int64_t c = 0; c < Dv; ++c) g[c] = c00 * r0[size_t(c)] + c01 * r1[size_t(c)] + c10 * r2[size_t(c)] + c11 * r3[size_t(c)];
+        }
+    }
+    size_t row = 0;
+    for (int tt = 0; tt < t; ++tt)
+        for (int bh = 0; bh < h / merge; ++bh)
+            for (int bw = 0; bw < w / merge; ++bw)
+                for (int ih = 0; ih < merge; ++ih)
+                    for (int iw = 0; iw < merge; ++iw, ++row) {
+                        const float* g = grid.data() + (size_t(bh * merge + ih) * size_t(w) + size_t(bw * merge + iw)) * size_t(Dv);
+                        std::copy(g, g + Dv, out + row * size_t(Dv));
+                    }
+}
+
+inline void linear_forward(const float* x, int64_t M, const Linear& l, float* y) {
+    matmul(x, M, l.w, y, l.b.empty() ? nullptr : l.b.data());
+}
+
+// One vision block over all patches S; `segments` are [begin, end) row ranges that attend
+// only within themselves; cos/sin [S, dh/2].
+inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, const VisionConfig& cfg,
+                         const std::vector<std::pair<int64_t, int64_t>>& segments, const float* cos_t, const float* sin_t) {
+    const int64_t Dv = cfg.hidden_size, I = cfg.intermediate_size;
+    const int heads = cfg.num_heads, dh = cfg.head_dim();
+    std::vector<float> y(size_t(S * Dv)), qkv(size_t(S * 3 * Dv)), q(size_t(S * Dv)), k(size_t(S * Dv)), v(size_t(S * Dv)),
+        attn(size_t(S * Dv));
+    layernorm(x, S, Dv, blk.norm1.w.data(), blk.norm1.b.data(), 1e-6f, y.data());
+    linear_forward(y.data(), S, blk.qkv, qkv.data());
+    // qkv row = [q heads | k heads | v heads]; split into three [S, heads, dh] arrays and rotate q, k.
+#pragma omp parallel for schedule(static)
+    for (int64_t s = 0; s < S; ++s) {
+        const float* src = qkv.data() + s * 3 * Dv;
+        std::copy(src, src + Dv, q.data() + s * Dv);
+        std::copy(src + Dv, src + 2 * Dv, k.data() + s * Dv);
+        std::copy(src + 2 * Dv, src + 3 * Dv, v.data() + s * Dv);
+        for (int h = 0; h < heads; ++h) {
+            rope_rotate_half(q.data() + s * Dv + h * dh, dh, cos_t + s * (dh / 2), sin_t + s * (dh / 2));
+            rope_rotate_half(k.data() + s * Dv + h * dh, dh, cos_t + s * (dh / 2), sin_t + s * (dh / 2));
+        }
+    }
+    const float scale = 1.f / std::sqrt(float(dh));
+    for (auto [b, e] : segments)
+        attention(q.data() + b * Dv, e - b, k.data() + b * Dv, v.data() + b * Dv, e - b, heads, heads, dh, scale, false, 0,
+                  attn.data() + b * Dv);
+    linear_forward(attn.data(), S, blk.proj, y.data());
+    for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[size_t(i)];
+
+    std::vector<float> hidden(size_t(S * I));
+    layernorm(x, S, Dv, blk.norm2.w.data(), blk.norm2.b.data(), 1e-6f, y.data());
+    linear_forward(y.data(), S, blk.fc1, hidden.data());
+    for (auto& e : hidden) e = gelu_tanh(e);
+    linear_forward(hidden.data(), S, blk.fc2, y.data());
+    for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[size_t(i)];
+}
+
+// Patch merger: x [S, Dv] in merge-window order -> out [S/m², D].
+inline std::vector<float> merge_patches(const float* x, int64_t S, const MergerWeights& m, const VisionConfig& cfg) {
+    const int64_t Dv = cfg.hidden_size, merged = cfg.merged_dim(), N = S * Dv / merged, D = cfg.out_hidden_size;
+    std::vector<float> z(size_t(S * Dv));  // viewed as [N, merged]: consecutive window rows concatenated
+    if (m.postshuffle)
+        layernorm(x, N, merged, m.norm.w.data(), m.norm.b.data(), 1e-6f, z.data());
+    else
+        layernorm(x, S, Dv, m.norm.w.data(), m.norm.b.data(), 1e-6f, z.data());
+    std::vector<float> hidden(size_t(N * merged)), out(size_t(N * D));
+    linear_forward(z.data(), N, m.fc1, hidden.data());
+    for (auto& e : hidden) e = gelu_erf(e);
+    linear_forward(hidden.data(), N, m.fc2, out.data());
+    return out;
+}
+
+}  // namespace detail
+
+// Runs the vision encoder on the patches of one or more items.
+// pixels: [sum_i t_i*h_i*w_i, patch_dim] in merge-window order per item (as the preprocessor
+// makes them); grids: (t, h, w) per item in patch units. `trace_prefix` (e.g. "image") names the
+// traced tensors "<prefix>.vision.block{i}", "<prefix>.embeds", "<prefix>.deepstack{k}".
+inline VisionFeatures encode_vision(const VisionWeights& W, const VisionConfig& cfg, const float* pixels,
+                                    const std::vector<std::array<int, 3>>& grids, const Trace& trace = {},
+                                    const std::string& trace_prefix = "image") {
+    using namespace detail;
+    const int merge = cfg.spatial_merge_size, dh = cfg.head_dim();
+    const int64_t Dv = cfg.hidden_size;
+    int64_t S = 0;
+    std::vector<std::pair<int64_t, int64_t>> segments;  // one per (item, temporal patch)
+    for (auto& g : grids) {
+        if (g[0] <= 0 || g[1] <= 0 || g[2] <= 0 || g[1] % merge || g[2] % merge)
+            throw Error("vision grid (" + std::to_string(g[0]) + ", " + std::to_string(g[1]) + ", " + std::to_string(g[2]) +
+                        ") must be positive with h and w multiples of " + std::to_string(merge));
+        for (int tt = 0; tt < g[0]; ++tt) {
+            segments.emplace_back(S, S + int64_t(g[1]) * g[2]);
+            S += int64_t(g[1]) * g[2];
+        }
+    }
+    std::vector<float> x(size_t(S * Dv));
+    linear_forward(pixels, S, W.patch_embed, x.data());
+    if (trace) trace(trace_prefix + ".vision.patch_embed", {S, Dv}, x.data());
+
+    std::vector<float> pos(size_t(S * Dv)), cos_t(size_t(S * dh / 2)), sin_t(size_t(S * dh / 2));
+    int64_t row = 0;
+    for (auto& g : grids) {
+        position_embedding(W.pos_embed, g[0], g[1], g[2], merge, pos.data() + row * Dv);
+        vision_rope_tables(g[0], g[1], g[2], merge, dh, cos_t.data() + row * (dh / 2), sin_t.data() + row * (dh / 2));
+        row += int64_t(g[0]) * g[1] * g[2];
+    }
+    if (trace) trace(trace_prefix + ".vision.pos_embed", {S, Dv}, pos.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += pos[i];
+
+    VisionFeatures out;
+    out.deepstack.resize(cfg.deepstack_visual_indexes.size());
+    for (int b = 0; b < cfg.depth; ++b) {
+        vision_block(x.data(), S, W.blocks[size_t(b)], cfg, segments, cos_t.data(), sin_t.data());
+        if (trace) trace(trace_prefix + ".vision.block" + std::to_string(b), {S, Dv}, x.data());
+        for (size_t k = 0; k < cfg.deepstack_visual_indexes.size(); ++k)
+            if (cfg.deepstack_visual_indexes[k] == b) out.deepstack[k] = merge_patches(x.data(), S, W.deepstack_mergers[k], cfg);
+    }
+    out.embeds = merge_patches(x.data(), S, W.merger, cfg);
+    out.tokens = S / (merge * merge);
+    if (trace) {
+        trace(trace_prefix + ".embeds", {out.tokens, cfg.out_hidden_size}, out.embeds.data());
+        for (size_t k = 0; k < out.deepstack.size(); ++k)
+            trace(trace_prefix + ".deepstack" + std::to_string(k), {out.tokens, cfg.out_hidden_size}, out.deepstack[k].data());
+    }
+    return out;
+}
+
+}  // namespace deepstack

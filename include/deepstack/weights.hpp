@@ -1,0 +1,172 @@
+// deepstack/weights.hpp - the model's tensors, looked up by their Hugging Face names and checked
+// for presence, dtype and shape. Large matrices stay views into the mapped file in their stored
+// dtype; only small vectors (norm weights, biases) are converted to float.
+#pragma once
+#include "config.hpp"
+#include "kernels.hpp"
+#include "safetensors.hpp"
+
+namespace deepstack {
+
+struct Linear {
+    Matrix w;              // [out, in]
+    std::vector<float> b;  // [out] or empty
+};
+
+struct LayerNormWeights {
+    std::vector<float> w, b;  // [n]
+};
+
+struct VisionBlockWeights {
+    LayerNormWeights norm1, norm2;
+    Linear qkv;   // [3*Dv, Dv]: rows q, then k, then v
+    Linear proj;  // [Dv, Dv]
+    Linear fc1;   // [Iv, Dv]
+    Linear fc2;   // [Dv, Iv]
+};
+
+// Patch merger: 2x2 window -> one text-width token.
+// postshuffle=false (final merger): LayerNorm(Dv) per patch, then concat.
+// postshuffle=true (DeepStack mergers): concat, then LayerNorm(4*Dv).
+struct MergerWeights {
+    bool postshuffle = false;
+    LayerNormWeights norm;
+    Linear fc1;  // [4Dv, 4Dv]
+    Linear fc2;  // [D, 4Dv]
+};
+
+struct VisionWeights {
+    Linear patch_embed;  // [Dv, 3*2*16*16] (Conv3d kernel flattened in (c, t, y, x) order)
+    Matrix pos_embed;    // [num_position_embeddings, Dv], row = y*side + x
+    std::vector<VisionBlockWeights> blocks;
+    MergerWeights merger;
+    std::vector<MergerWeights> deepstack_mergers;  // one per deepstack_visual_indexes entry
+};
+
+struct TextLayerWeights {
+    std::vector<float> input_norm, post_norm;  // [D]
+    std::vector<float> q_norm, k_norm;         // [head_dim]
+    Matrix q, k, v, o;                         // [Hq*hd, D], [Hkv*hd, D], [Hkv*hd, D], [D, Hq*hd]
+    Matrix gate, up, down;                     // [I, D], [I, D], [D, I]
+};
+
+struct TextWeights {
+    Matrix embed;  // [V, D]
+    std::vector<TextLayerWeights> layers;
+    std::vector<float> norm;  // [D]
+    Matrix lm_head;           // [V, D] (the embedding matrix when tied)
+};
+
+// Gated fusion module (fusion-schemes.md §2).
+struct GatedFusionWeights {
+    Linear gate_proj;        // [levels, D]
+    LayerNormWeights norm;   // [D]
+};
+
+namespace detail {
+
+inline Matrix matrix(const WeightStore& ws, const std::string& name, int64_t rows, int64_t cols) {
+    const TensorInfo& t = ws.get(name, {rows, cols});
+    return Matrix{t.dtype, t.data, rows, cols, {}};
+}
+
+inline std::vector<float> vec(const WeightStore& ws, const std::string& name, int64_t n) {
+    const TensorInfo& t = ws.get(name, {n});
+    Matrix m{t.dtype, t.data, 1, n, {}};
+    std::vector<float> out(static_cast<size_t>(n));
+    weight_row(m, 0, out.data());
+    return out;
+}
+
+inline Linear linear(const WeightStore& ws, const std::string& prefix, int64_t out, int64_t in, bool bias) {
+    Linear l{matrix(ws, prefix + ".weight", out, in), {}};
+    if (bias) l.b = vec(ws, prefix + ".bias", out);
+    return l;
+}
+
+inline LayerNormWeights layer_norm(const WeightStore& ws, const std::string& prefix, int64_t n) {
+    return {vec(ws, prefix + ".weight", n), vec(ws, prefix + ".bias", n)};
+}
+
+inline MergerWeights merger(const WeightStore& ws, const std::string& prefix, const VisionConfig& v, bool postshuffle) {
+    const int64_t merged = v.merged_dim();
+    MergerWeights m;
+    m.postshuffle = postshuffle;
+    m.norm = layer_norm(ws, prefix + ".norm", postshuffle ? merged : v.hidden_size);
+    m.fc1 = linear(ws, prefix + ".linear_fc1", merged, merged, true);
+    m.fc2 = linear(ws, prefix + ".linear_fc2", v.out_hidden_size, merged, true);
+    return m;
+}
+
+}  // namespace detail
+
+inline VisionWeights load_vision_weights(const WeightStore& ws, const VisionConfig& v) {
+    using namespace detail;
+    const std::string p = "model.visual.";
+    VisionWeights w;
+    // The Conv3d kernel [Dv, C, T, P, P] is read as the matrix [Dv, C*T*P*P].
+    const TensorInfo& pe = ws.get(p + "patch_embed.proj.weight",
+                                  {v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size});
+    w.patch_embed.w = Matrix{pe.dtype, pe.data, v.hidden_size, v.patch_dim(), {}};
+    w.patch_embed.b = vec(ws, p + "patch_embed.proj.bias", v.hidden_size);
+    w.pos_embed = matrix(ws, p + "pos_embed.weight", v.num_position_embeddings, v.hidden_size);
+    for (int i = 0; i < v.depth; ++i) {
+        const std::string b = p + "blocks." + std::to_string(i) + ".";
+        VisionBlockWeights blk;
+        blk.norm1 = layer_norm(ws, b + "norm1", v.hidden_size);
+        blk.norm2 = layer_norm(ws, b + "norm2", v.hidden_size);
+        blk.qkv = linear(ws, b + "attn.qkv", 3 * int64_t(v.hidden_size), v.hidden_size, true);
+        blk.proj = linear(ws, b + "attn.proj", v.hidden_size, v.hidden_size, true);
+        blk.fc1 = linear(ws, b + "mlp.linear_fc1", v.intermediate_size, v.hidden_size, true);
+        blk.fc2 = linear(ws, b + "mlp.linear_fc2", v.hidden_size, v.intermediate_size, true);
+        w.blocks.push_back(std::move(blk));
+    }
+    w.merger = merger(ws, p + "merger", v, false);
+    for (size_t k = 0; k < v.deepstack_visual_indexes.size(); ++k)
+        w.deepstack_mergers.push_back(merger(ws, p + "deepstack_merger_list." + std::to_string(k), v, true));
+    return w;
+}
+
+inline TextWeights load_text_weights(const WeightStore& ws, const TextConfig& t, bool tie_word_embeddings) {
+    using namespace detail;
+    const std::string p = "model.language_model.";
+    const int64_t D = t.hidden_size, q_out = int64_t(t.num_attention_heads) * t.head_dim,
+                  kv_out = int64_t(t.num_key_value_heads) * t.head_dim, I = t.intermediate_size;
+    TextWeights w;
+    w.embed = matrix(ws, p + "embed_tokens.weight", t.vocab_size, D);
+    for (int i = 0; i < t.num_hidden_layers; ++i) {
+        const std::string l = p + "layers." + std::to_string(i) + ".";
+        TextLayerWeights L;
+        L.input_norm = vec(ws, l + "input_layernorm.weight", D);
+        L.post_norm = vec(ws, l + "post_attention_layernorm.weight", D);
+        L.q_norm = vec(ws, l + "self_attn.q_norm.weight", t.head_dim);
+        L.k_norm = vec(ws, l + "self_attn.k_norm.weight", t.head_dim);
+        L.q = matrix(ws, l + "self_attn.q_proj.weight", q_out, D);
+        L.k = matrix(ws, l + "self_attn.k_proj.weight", kv_out, D);
+        L.v = matrix(ws, l + "self_attn.v_proj.weight", kv_out, D);
+        L.o = matrix(ws, l + "self_attn.o_proj.weight", D, q_out);
+        L.gate = matrix(ws, l + "mlp.gate_proj.weight", I, D);
+        L.up = matrix(ws, l + "mlp.up_proj.weight", I, D);
+        L.down = matrix(ws, l + "mlp.down_proj.weight", D, I);
+        w.layers.push_back(std::move(L));
+    }
+    w.norm = vec(ws, p + "norm.weight", D);
+    if (ws.find("lm_head.weight"))
+        w.lm_head = matrix(ws, "lm_head.weight", t.vocab_size, D);
+    else if (tie_word_embeddings)
+        w.lm_head = w.embed;
+    else
+        throw Error("missing tensor 'lm_head.weight' (config says tie_word_embeddings is false)");
+    return w;
+}
+
+inline GatedFusionWeights load_gated_fusion_weights(const WeightStore& ws, const ModelConfig& c) {
+    const std::string p = "model.visual.deepstack_fusion.";
+    const int64_t levels = int64_t(c.vision.deepstack_visual_indexes.size()) + 1, D = c.text.hidden_size;
+    GatedFusionWeights g;
+    g.gate_proj = detail::linear(ws, p + "gate_proj", levels, D, true);
+    g.norm = detail::layer_norm(ws, p + "norm", D);
+    return g;
+}
+
+}  // namespace deepstack
