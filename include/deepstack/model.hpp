@@ -35,16 +35,23 @@ struct Model {
 #ifdef _OPENMP
         if (opt.threads > 0) omp_set_num_threads(opt.threads);
 #endif
+        return from_store(load_model_config(dir + "/config.json"), load_preprocess_config(dir + "/preprocessor_config.json", false),
+                          load_preprocess_config(dir + "/video_preprocessor_config.json", true), WeightStore::open_folder(dir), dir);
+    }
+
+    // Builds a model from parsed configs and a weight store (e.g. one made in memory).
+    static std::shared_ptr<const Model> from_store(ModelConfig config, PreprocessConfig image_config, PreprocessConfig video_config,
+                                                   WeightStore store, const std::string& name = "(memory)") {
         auto m = std::make_shared<Model>();
-        m->dir = dir;
-        m->config = load_model_config(dir + "/config.json");
-        m->image_config = load_preprocess_config(dir + "/preprocessor_config.json", false);
-        m->video_config = load_preprocess_config(dir + "/video_preprocessor_config.json", true);
+        m->dir = name;
+        m->config = std::move(config);
+        m->image_config = image_config;
+        m->video_config = video_config;
         for (const PreprocessConfig* p : {&m->image_config, &m->video_config})
             if (p->patch_size != m->config.vision.patch_size || p->merge_size != m->config.vision.spatial_merge_size ||
                 p->temporal_patch_size != m->config.vision.temporal_patch_size)
-                throw Error(dir + ": preprocessor patch_size/merge_size/temporal_patch_size disagree with config.json vision_config");
-        m->store = WeightStore::open_folder(dir);
+                throw Error(name + ": preprocessor patch_size/merge_size/temporal_patch_size disagree with config.json vision_config");
+        m->store = std::move(store);
         m->vision = load_vision_weights(m->store, m->config.vision);
         m->text = load_text_weights(m->store, m->config.text, m->config.tie_word_embeddings);
         if (m->config.vision.fusion.type == FusionConfig::Type::Gated) m->gated = load_gated_fusion_weights(m->store, m->config);

@@ -166,15 +166,15 @@ class WeightStore {
 public:
     WeightStore() = default;
 
-    // Opens one .safetensors file.
+    // Opens one .safetensors file (memory-mapped).
     void add_file(const std::string& path) {
-        files_.push_back(std::make_unique<detail::MappedFile>(path));
-        const auto& f = *files_.back();
-        for (auto& t : detail::parse_safetensors(f.data(), f.size(), path)) {
-            if (tensors_.count(t.name)) throw Error(path + ": tensor '" + t.name + "' also appears in " + tensors_[t.name].file);
-            std::string name = t.name;
-            tensors_.emplace(std::move(name), std::move(t));
-        }
+        auto file = std::make_shared<detail::MappedFile>(path);
+        add_source(file->data(), file->size(), path, file);
+    }
+
+    // Adds a safetensors image held in memory (test and benchmark models); the store keeps it alive.
+    void add_buffer(std::shared_ptr<const std::vector<uint8_t>> bytes, const std::string& name) {
+        add_source(bytes->data(), bytes->size(), name, bytes);
     }
 
     // Opens a model folder (single file or sharded index).
@@ -218,7 +218,7 @@ public:
     // The tensor `name`, checked for presence, a float dtype and the expected shape.
     const TensorInfo& get(const std::string& name, const std::vector<int64_t>& shape) const {
         const TensorInfo* t = find(name);
-        if (!t) throw Error("missing tensor '" + name + "'" + (files_.empty() ? "" : " in " + files_.front()->path()));
+        if (!t) throw Error("missing tensor '" + name + "'" + (first_name_.empty() ? "" : " in " + first_name_));
         if (t->dtype != DType::F32 && t->dtype != DType::BF16 && t->dtype != DType::F16)
             throw Error(t->file + ": tensor '" + name + "' has dtype " + dtype_name(t->dtype) + ", expected F32, BF16 or F16");
         if (t->shape != shape)
@@ -228,15 +228,24 @@ public:
     }
 
     const std::unordered_map<std::string, TensorInfo>& tensors() const { return tensors_; }
-    size_t mapped_bytes() const {
-        size_t n = 0;
-        for (auto& f : files_) n += f->size();
-        return n;
-    }
+    size_t total_bytes() const { return total_bytes_; }  // bytes of all files/buffers
 
 private:
-    std::vector<std::unique_ptr<detail::MappedFile>> files_;
+    void add_source(const uint8_t* data, size_t size, const std::string& name, std::shared_ptr<const void> owner) {
+        for (auto& t : detail::parse_safetensors(data, size, name)) {
+            if (tensors_.count(t.name)) throw Error(name + ": tensor '" + t.name + "' also appears in " + tensors_[t.name].file);
+            std::string key = t.name;
+            tensors_.emplace(std::move(key), std::move(t));
+        }
+        if (first_name_.empty()) first_name_ = name;
+        owners_.push_back(std::move(owner));
+        total_bytes_ += size;
+    }
+
+    std::vector<std::shared_ptr<const void>> owners_;  // mappings / buffers the views point into
     std::unordered_map<std::string, TensorInfo> tensors_;
+    std::string first_name_;
+    size_t total_bytes_ = 0;
 };
 
 // A tensor to write: raw little-endian bytes with dtype and shape.
@@ -265,8 +274,8 @@ inline TensorBlob make_blob(const std::string& name, const std::vector<int64_t>&
     return b;
 }
 
-// Writes tensors as one safetensors file (sorted by name, 8-byte aligned header).
-inline void write_safetensors(const std::string& path, std::vector<TensorBlob> blobs) {
+// Serialises tensors as one safetensors image (sorted by name, 8-byte aligned header).
+inline std::vector<uint8_t> serialize_safetensors(std::vector<TensorBlob> blobs) {
     std::sort(blobs.begin(), blobs.end(), [](auto& a, auto& b) { return a.name < b.name; });
     nlohmann::json header = nlohmann::json::object();
     uint64_t offset = 0;
@@ -276,12 +285,19 @@ inline void write_safetensors(const std::string& path, std::vector<TensorBlob> b
     }
     std::string h = header.dump();
     while ((h.size() + 8) % 8) h += ' ';
+    std::vector<uint8_t> out;
+    out.reserve(8 + h.size() + offset);
+    for (int i = 0; i < 8; ++i) out.push_back(uint8_t((uint64_t(h.size()) >> (8 * i)) & 0xff));
+    out.insert(out.end(), h.begin(), h.end());
+    for (auto& b : blobs) out.insert(out.end(), b.bytes.begin(), b.bytes.end());
+    return out;
+}
+
+inline void write_safetensors(const std::string& path, std::vector<TensorBlob> blobs) {
+    const std::vector<uint8_t> bytes = serialize_safetensors(std::move(blobs));
     std::ofstream out(path, std::ios::binary);
     if (!out) throw Error(path + ": cannot open for writing");
-    uint64_t n = h.size();
-    for (int i = 0; i < 8; ++i) out.put(char((n >> (8 * i)) & 0xff));
-    out.write(h.data(), std::streamsize(h.size()));
-    for (auto& b : blobs) out.write(reinterpret_cast<const char*>(b.bytes.data()), std::streamsize(b.bytes.size()));
+    out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
     if (!out) throw Error(path + ": write failed");
 }
 
