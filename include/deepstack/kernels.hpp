@@ -3,6 +3,7 @@
 // Each kernel has a plain scalar form (the reference); SIMD forms are chosen at compile time.
 #pragma once
 #include "common.hpp"
+#include "kernels_simd.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +11,13 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+// GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (_mm512_undefined_* inside the
+// intrinsics) once inlined at -O3; silence that false positive for the kernels only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace deepstack {
@@ -24,6 +32,22 @@ struct Matrix {
 };
 
 namespace detail {
+
+// fp32 -> IEEE half, round to nearest even, overflow to inf, NaN kept (for tests and F16 caches).
+inline uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return uint16_t(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // >= 65520 rounds to inf
+    if (ax < 0x38800000u) {                                   // below 2^-14: subnormal half
+        float a;
+        std::memcpy(&a, &ax, 4);
+        return uint16_t(sign | uint32_t(std::nearbyint(a * 16777216.0f)));
+    }
+    const uint32_t r = ax + 0xc8000fffu + ((ax >> 13) & 1u);  // rebias exponent, round to nearest even
+    return uint16_t(sign | (r >> 13));
+}
 
 // Weight element (r, c) as float; used by the scalar reference and by small one-off reads.
 inline float weight_at(const Matrix& w, int64_t r, int64_t c) {
@@ -60,9 +84,13 @@ inline void matmul_ref(const float* x, int64_t M, const Matrix& W, float* y, con
     }
 }
 
-inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
-    matmul_ref(x, M, W, y, bias);
-}
+}  // namespace detail
+}  // namespace deepstack
+
+#include "kernels_gemm.hpp"
+
+namespace deepstack {
+namespace detail {
 
 // LayerNorm over the last dim (n) of rows [M, n], in place allowed (y may equal x).
 inline void layernorm(const float* x, int64_t M, int64_t n, const float* w, const float* b, float eps, float* y) {
@@ -148,5 +176,15 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
     }
 }
 
+// Quantized formats are not implemented yet.
+inline void dequant_row_segment(const Matrix& w, int64_t, int64_t, int64_t, float*) {
+    throw Error(std::string("matmul: unsupported weight dtype ") + dtype_name(w.dtype));
+}
+inline bool matmul_quant(const float*, int64_t, const Matrix&, float*, const float*) { return false; }
+
 }  // namespace detail
 }  // namespace deepstack
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

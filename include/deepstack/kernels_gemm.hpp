@@ -1,0 +1,336 @@
+// deepstack/kernels_gemm.hpp - y[M, N] = x[M, K] * W^T (+ bias) against weights in their stored
+// dtype (F32 / BF16 / F16, and the load-time quantized Q8 / Q4), fp32 activations, fp32 accumulation.
+//   M <= 4 : GEMV path, bandwidth bound: each weight row is streamed once, converted in registers,
+//            dotted with the (up to 4) activation rows; OpenMP over output rows.
+//   M >  4 : packed, register-blocked GEMM: per thread, blocks of KC x NC weights are converted to
+//            fp32 into a private panel [NC/NR][KC][NR] (never the whole matrix), blocks of MC x KC
+//            activations into [MC/MR][KC][MR], and an MR x NR micro-kernel (broadcast x, FMA with
+//            NR/W weight vectors) accumulates in registers. OpenMP over output columns (N).
+// Included from kernels.hpp (needs Matrix and weight_at).
+#pragma once
+#include "kernels_simd.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+// GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (_mm512_undefined_* inside the
+// intrinsics) once inlined at -O3; silence that false positive for the kernels only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace deepstack {
+namespace detail {
+
+inline int omp_threads() {
+#ifdef _OPENMP
+    return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+inline int omp_tid() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// Grow-only 64-byte aligned scratch buffer, one per thread and slot.
+template <int Slot>
+inline float* scratch(size_t n_floats) {
+    struct Buf {
+        float* p = nullptr;
+        size_t n = 0;
+        ~Buf() { std::free(p); }
+    };
+    static thread_local Buf b;
+    if (b.n < n_floats) {
+        std::free(b.p);
+        const size_t bytes = ((n_floats * sizeof(float) + 63) / 64) * 64;
+        b.p = static_cast<float*>(std::aligned_alloc(64, bytes));
+        if (!b.p) throw Error("out of memory for kernel scratch");
+        b.n = n_floats;
+    }
+    return b.p;
+}
+
+// Weight row n, columns [k0, k0 + kc), converted to fp32 into out. Implemented per dtype
+// (quantized formats provide their own in kernels_quant.hpp via dequant_row_segment).
+inline void dequant_row_segment(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out);
+
+template <class Src>
+inline void convert_segment(const typename Src::T* p, int64_t kc, float* out) {
+    using namespace simd;
+    int64_t k = 0;
+    for (; k + W <= kc; k += W) store(out + k, Src::load(p + k));
+    if (k < kc) store_n(out + k, Src::load_n(p + k, int(kc - k)), int(kc - k));
+}
+
+inline void weight_segment_f32(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out) {
+    const int64_t off = n * w.cols + k0;
+    switch (w.dtype) {
+        case DType::F32: convert_segment<simd::F32Src>(static_cast<const float*>(w.data) + off, kc, out); return;
+        case DType::BF16: convert_segment<simd::BF16Src>(static_cast<const uint16_t*>(w.data) + off, kc, out); return;
+        case DType::F16: convert_segment<simd::F16Src>(static_cast<const uint16_t*>(w.data) + off, kc, out); return;
+        default: dequant_row_segment(w, n, k0, kc, out); return;
+    }
+}
+
+namespace gemm {
+
+#if defined(DEEPSTACK_SIMD_AVX512)
+constexpr int MR = 12, NV = 2;
+#elif defined(DEEPSTACK_SIMD_AVX2)
+constexpr int MR = 6, NV = 2;
+#elif defined(DEEPSTACK_SIMD_NEON)
+constexpr int MR = 8, NV = 3;
+#else
+constexpr int MR = 4, NV = 4;
+#endif
+constexpr int NR = NV * simd::W;
+constexpr int64_t KC = 256;       // k depth of one packed block
+constexpr int64_t NC = NR * 8;    // weight columns per packed block
+constexpr int64_t MC = MR * 16;   // activation rows per packed block
+
+// c[mr, nvalid] (=|+=) a[MR x kc] * b[kc x NR]; a packed [kc][MR], b packed [kc][NR].
+// first: c = acc + bias (bias may be null); else c += acc.
+inline void micro_kernel(const float* __restrict a, const float* __restrict b, int64_t kc, float* c, int64_t ldc,
+                         int mr, int nvalid, bool first, const float* bias) {
+    using namespace simd;
+    vf acc[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[i][j] = zero();
+    for (int64_t k = 0; k < kc; ++k) {
+        vf bv[NV];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) bv[j] = load(b + k * NR + j * W);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const vf av = set1(a[k * MR + i]);
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; ++j) acc[i][j] = simd::fma(av, bv[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < mr; ++i) {
+        float* ci = c + i * ldc;
+        for (int j = 0; j < NV; ++j) {
+            const int col = j * W, cnt = std::min(W, nvalid - col);
+            if (cnt <= 0) break;
+            vf v = acc[i][j];
+            if (cnt == W) {
+                if (!first) v = add(v, load(ci + col));
+                else if (bias) v = add(v, load(bias + col));
+                store(ci + col, v);
+            } else {
+                if (!first) v = add(v, load_n(ci + col, cnt));
+                else if (bias) v = add(v, load_n(bias + col, cnt));
+                store_n(ci + col, v, cnt);
+            }
+        }
+    }
+}
+
+// Pack weight rows [n0, n0 + nvalid) x cols [k0, k0 + kc) as fp32 [kc][NR] (zero padded columns).
+inline void pack_b(const Matrix& w, int64_t n0, int nvalid, int64_t k0, int64_t kc, float* dst, float* row_tmp) {
+    for (int j = 0; j < NR; ++j) {
+        if (j < nvalid) {
+            weight_segment_f32(w, n0 + j, k0, kc, row_tmp);
+            for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = row_tmp[k];
+        } else {
+            for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = 0.f;
+        }
+    }
+}
+
+// Pack activation rows [m0, m0 + mr) x cols [k0, k0 + kc) as [kc][MR] (zero padded rows).
+inline void pack_a(const float* x, int64_t ldx, int64_t m0, int mr, int64_t k0, int64_t kc, float* dst) {
+    for (int i = 0; i < MR; ++i) {
+        if (i < mr) {
+            const float* xi = x + (m0 + i) * ldx + k0;
+            for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = xi[k];
+        } else {
+            for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = 0.f;
+        }
+    }
+}
+
+// The work of one thread: output rows [m_begin, m_end) x columns [n_begin, n_end).
+inline void gemm_block(const float* x, const Matrix& w, float* y, const float* bias, int64_t m_begin, int64_t m_end,
+                       int64_t n_begin, int64_t n_end) {
+    const int64_t N = w.rows, K = w.cols;
+    if (m_begin >= m_end || n_begin >= n_end) return;
+    float* bpanel = scratch<0>(size_t(NC * KC));
+    float* apanel = scratch<1>(size_t(MC * KC));
+    float* row_tmp = scratch<2>(size_t(KC));
+    for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += NC) {
+        const int64_t nc = std::min(NC, n_end - nc0);
+        const int64_t npanels = (nc + NR - 1) / NR;
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = std::min(KC, K - k0);
+            for (int64_t p = 0; p < npanels; ++p)
+                pack_b(w, nc0 + p * NR, int(std::min<int64_t>(NR, nc - p * NR)), k0, kc, bpanel + p * kc * NR, row_tmp);
+            for (int64_t mc0 = m_begin; mc0 < m_end; mc0 += MC) {
+                const int64_t mc = std::min(MC, m_end - mc0);
+                const int64_t mblocks = (mc + MR - 1) / MR;
+                for (int64_t mb = 0; mb < mblocks; ++mb)
+                    pack_a(x, K, mc0 + mb * MR, int(std::min<int64_t>(MR, mc - mb * MR)), k0, kc, apanel + mb * kc * MR);
+                for (int64_t p = 0; p < npanels; ++p) {
+                    const int64_t n0 = nc0 + p * NR;
+                    const int nvalid = int(std::min<int64_t>(NR, nc - p * NR));
+                    for (int64_t mb = 0; mb < mblocks; ++mb) {
+                        const int64_t m0 = mc0 + mb * MR;
+                        micro_kernel(apanel + mb * kc * MR, bpanel + p * kc * NR, kc, y + m0 * N + n0, N,
+                                     int(std::min<int64_t>(MR, mc - mb * MR)), nvalid, k0 == 0, bias ? bias + n0 : nullptr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
+    const int64_t N = w.rows;
+    const int nt = omp_threads();
+    const int64_t nblocks = (N + NR - 1) / NR;
+    // Split the output over a tn x tm thread grid: columns first (weights read once), rows if N is small.
+    const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
+    const int tm = std::max(1, nt / tn);
+    auto run = [&](int t) {
+        const int ti = t / tn, tj = t % tn;
+        const int64_t nb0 = nblocks * tj / tn, nb1 = nblocks * (tj + 1) / tn;
+        const int64_t mb0 = M * ti / tm, mb1 = M * (ti + 1) / tm;
+        gemm_block(x, w, y, bias, mb0, mb1, std::min(N, nb0 * NR), std::min(N, nb1 * NR));
+    };
+    if (nt == 1 || tn * tm == 1) {
+        run(0);
+        return;
+    }
+#pragma omp parallel for schedule(static, 1) num_threads(tn * tm)
+    for (int t = 0; t < tn * tm; ++t) run(t);
+}
+
+// ---- GEMV (M <= 4): stream each weight row once ----
+
+// y[m, n] for n in [n0, n1), MM activation rows, R weight rows at a time.
+template <class Src, int MM, int R>
+inline void gemv_rows(const float* x, int64_t K, const typename Src::T* wdata, float* y, int64_t N, const float* bias,
+                      int64_t n0, int64_t n1) {
+    using namespace simd;
+    int64_t n = n0;
+    for (; n + R <= n1; n += R) {
+        vf acc[MM][R];
+#pragma GCC unroll 4
+        for (int m = 0; m < MM; ++m)
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) acc[m][r] = zero();
+        const typename Src::T* wr = wdata + n * K;
+        int64_t k = 0;
+        for (; k + W <= K; k += W) {
+            vf xv[MM];
+#pragma GCC unroll 4
+            for (int m = 0; m < MM; ++m) xv[m] = load(x + m * K + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+                const vf wv = Src::load(wr + r * K + k);
+#pragma GCC unroll 4
+                for (int m = 0; m < MM; ++m) acc[m][r] = simd::fma(xv[m], wv, acc[m][r]);
+            }
+        }
+        if (k < K) {
+            const int t = int(K - k);
+            vf xv[MM];
+            for (int m = 0; m < MM; ++m) xv[m] = load_n(x + m * K + k, t);
+            for (int r = 0; r < R; ++r) {
+                const vf wv = Src::load_n(wr + r * K + k, t);
+                for (int m = 0; m < MM; ++m) acc[m][r] = simd::fma(xv[m], wv, acc[m][r]);
+            }
+        }
+        for (int m = 0; m < MM; ++m)
+            for (int r = 0; r < R; ++r) y[m * N + n + r] = hsum(acc[m][r]) + (bias ? bias[n + r] : 0.f);
+    }
+    if (n < n1) gemv_rows<Src, MM, 1>(x, K, wdata, y, N, bias, n, n1);
+}
+
+template <class Src, int MM>
+inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* bias) {
+    const int64_t N = w.rows, K = w.cols;
+    const auto* wd = static_cast<const typename Src::T*>(w.data);
+#if defined(DEEPSTACK_SIMD_AVX512)
+    constexpr int R = 4;
+#else
+    constexpr int R = MM <= 2 ? 4 : 2;
+#endif
+    const int nt = omp_threads();
+    const int64_t chunks = (N + R - 1) / R;
+    if (nt == 1 || chunks < 2) {
+        gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, 0, N);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_tid(), T = nt;
+        const int64_t c0 = chunks * t / T, c1 = chunks * (t + 1) / T;
+        gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, std::min(N, c0 * R), std::min(N, c1 * R));
+    }
+}
+
+template <class Src>
+inline void gemv(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
+    switch (M) {
+        case 1: gemv_typed<Src, 1>(x, w, y, bias); return;
+        case 2: gemv_typed<Src, 2>(x, w, y, bias); return;
+        case 3: gemv_typed<Src, 3>(x, w, y, bias); return;
+        default: gemv_typed<Src, 4>(x, w, y, bias); return;
+    }
+}
+
+}  // namespace gemm
+
+// Quantized weights (declared here, defined in kernels_quant.hpp).
+inline bool matmul_quant(const float* x, int64_t M, const Matrix& W, float* y, const float* bias);
+
+// y[M, W.rows] = x[M, W.cols] * W^T (+ bias[W.rows]), fp32 accumulation ("exact" mode).
+inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
+    if (M <= 0 || W.rows <= 0) return;
+    if (W.cols <= 0) {
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < W.rows; ++n) y[m * W.rows + n] = bias ? bias[n] : 0.f;
+        return;
+    }
+    if (M <= 4) {
+        switch (W.dtype) {
+            case DType::F32: gemm::gemv<simd::F32Src>(x, M, W, y, bias); return;
+            case DType::BF16: gemm::gemv<simd::BF16Src>(x, M, W, y, bias); return;
+            case DType::F16: gemm::gemv<simd::F16Src>(x, M, W, y, bias); return;
+            default:
+                if (matmul_quant(x, M, W, y, bias)) return;
+                break;
+        }
+    }
+    switch (W.dtype) {
+        case DType::F32:
+        case DType::BF16:
+        case DType::F16:
+        case DType::Q8:
+        case DType::Q4: gemm::gemm(x, M, W, y, bias); return;
+        default: throw Error(std::string("matmul: unsupported weight dtype ") + dtype_name(W.dtype));
+    }
+}
+
+}  // namespace detail
+}  // namespace deepstack
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

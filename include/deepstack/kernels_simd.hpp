@@ -1,0 +1,248 @@
+// deepstack/kernels_simd.hpp - a thin fp32 vector layer for the kernels, chosen at compile time:
+// AVX-512 (F+BW+VL), AVX2+FMA (+F16C), NEON (aarch64), or a 4-lane portable struct that the compiler
+// may auto-vectorise. Only what the kernels need: loads (f32, bf16, f16; full and partial), stores,
+// fma, horizontal sum, max, exp.
+#pragma once
+#include "common.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define DEEPSTACK_SIMD_AVX512 1
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#define DEEPSTACK_SIMD_AVX2 1
+#include <immintrin.h>
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#define DEEPSTACK_SIMD_NEON 1
+#include <arm_neon.h>
+#else
+#define DEEPSTACK_SIMD_SCALAR 1
+#endif
+
+// GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (_mm512_undefined_* inside the
+// intrinsics) once inlined at -O3; silence that false positive for the kernels only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace deepstack {
+namespace detail {
+namespace simd {
+
+#if defined(DEEPSTACK_SIMD_AVX512)
+inline constexpr const char* kName = "avx512";
+constexpr int W = 16;
+using vf = __m512;
+inline vf zero() { return _mm512_setzero_ps(); }
+inline vf set1(float x) { return _mm512_set1_ps(x); }
+inline vf load(const float* p) { return _mm512_loadu_ps(p); }
+inline void store(float* p, vf v) { _mm512_storeu_ps(p, v); }
+inline __mmask16 tail_mask(int n) { return __mmask16((1u << n) - 1u); }
+inline vf load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
+inline void store_n(float* p, vf v, int n) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+inline vf fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vf add(vf a, vf b) { return _mm512_add_ps(a, b); }
+inline vf sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+inline vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf max(vf a, vf b) { return _mm512_max_ps(a, b); }
+// (not _mm512_reduce_*_ps: GCC 12's header for those trips -Wmaybe-uninitialized)
+inline float hsum(vf v) {
+    __m256 h = _mm256_add_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+inline float hmax(vf v) {
+    __m256 h = _mm256_max_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+inline vf bf16x16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+inline vf load_bf16(const uint16_t* p) { return bf16x16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline vf load_bf16_n(const uint16_t* p, int n) { return bf16x16(_mm256_maskz_loadu_epi16(tail_mask(n), p)); }
+inline vf load_f16(const uint16_t* p) { return _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline vf load_f16_n(const uint16_t* p, int n) { return _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_maskz_loadu_epi16(tail_mask(n), p)); }
+
+#elif defined(DEEPSTACK_SIMD_AVX2)
+inline constexpr const char* kName = "avx2";
+constexpr int W = 8;
+using vf = __m256;
+inline vf zero() { return _mm256_setzero_ps(); }
+inline vf set1(float x) { return _mm256_set1_ps(x); }
+inline vf load(const float* p) { return _mm256_loadu_ps(p); }
+inline void store(float* p, vf v) { _mm256_storeu_ps(p, v); }
+inline __m256i tail_mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline vf load_n(const float* p, int n) { return _mm256_maskload_ps(p, tail_mask(n)); }
+inline void store_n(float* p, vf v, int n) { _mm256_maskstore_ps(p, tail_mask(n), v); }
+inline vf fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vf add(vf a, vf b) { return _mm256_add_ps(a, b); }
+inline vf sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+inline vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf max(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline float hsum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+inline float hmax(vf v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+inline vf bf16x8(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+inline vf load_bf16(const uint16_t* p) { return bf16x8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline vf load_bf16_n(const uint16_t* p, int n) {
+    alignas(16) uint16_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::memcpy(t, p, size_t(n) * 2);
+    return bf16x8(_mm_load_si128(reinterpret_cast<const __m128i*>(t)));
+}
+#if defined(__F16C__)
+inline vf load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#else
+inline vf load_f16(const uint16_t* p) {
+    alignas(32) float t[8];
+    for (int i = 0; i < 8; ++i) t[i] = f16_to_f32(p[i]);
+    return _mm256_load_ps(t);
+}
+#endif
+inline vf load_f16_n(const uint16_t* p, int n) {
+    alignas(16) uint16_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::memcpy(t, p, size_t(n) * 2);
+    return load_f16(t);
+}
+
+#elif defined(DEEPSTACK_SIMD_NEON)
+inline constexpr const char* kName = "neon";
+constexpr int W = 4;
+using vf = float32x4_t;
+inline vf zero() { return vdupq_n_f32(0.f); }
+inline vf set1(float x) { return vdupq_n_f32(x); }
+inline vf load(const float* p) { return vld1q_f32(p); }
+inline void store(float* p, vf v) { vst1q_f32(p, v); }
+inline vf load_n(const float* p, int n) {
+    float t[4] = {0, 0, 0, 0};
+    for (int i = 0; i < n; ++i) t[i] = p[i];
+    return vld1q_f32(t);
+}
+inline void store_n(float* p, vf v, int n) {
+    float t[4];
+    vst1q_f32(t, v);
+    for (int i = 0; i < n; ++i) p[i] = t[i];
+}
+inline vf fma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
+inline vf add(vf a, vf b) { return vaddq_f32(a, b); }
+inline vf sub(vf a, vf b) { return vsubq_f32(a, b); }
+inline vf mul(vf a, vf b) { return vmulq_f32(a, b); }
+inline vf max(vf a, vf b) { return vmaxq_f32(a, b); }
+inline float hsum(vf v) { return vaddvq_f32(v); }
+inline float hmax(vf v) { return vmaxvq_f32(v); }
+inline vf load_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+inline vf load_bf16_n(const uint16_t* p, int n) {
+    uint16_t t[4] = {0, 0, 0, 0};
+    for (int i = 0; i < n; ++i) t[i] = p[i];
+    return load_bf16(t);
+}
+inline vf load_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+inline vf load_f16_n(const uint16_t* p, int n) {
+    uint16_t t[4] = {0, 0, 0, 0};
+    for (int i = 0; i < n; ++i) t[i] = p[i];
+    return load_f16(t);
+}
+
+#else
+inline constexpr const char* kName = "scalar";
+constexpr int W = 4;
+struct vf {
+    float v[4];
+};
+inline vf zero() { return vf{{0.f, 0.f, 0.f, 0.f}}; }
+inline vf set1(float x) { return vf{{x, x, x, x}}; }
+inline vf load(const float* p) { return vf{{p[0], p[1], p[2], p[3]}}; }
+inline void store(float* p, vf v) {
+    for (int i = 0; i < 4; ++i) p[i] = v.v[i];
+}
+inline vf load_n(const float* p, int n) {
+    vf r = zero();
+    for (int i = 0; i < n; ++i) r.v[i] = p[i];
+    return r;
+}
+inline void store_n(float* p, vf v, int n) {
+    for (int i = 0; i < n; ++i) p[i] = v.v[i];
+}
+inline vf fma(vf a, vf b, vf c) {
+    for (int i = 0; i < 4; ++i) c.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);
+    return c;
+}
+inline vf add(vf a, vf b) {
+    for (int i = 0; i < 4; ++i) a.v[i] += b.v[i];
+    return a;
+}
+inline vf sub(vf a, vf b) {
+    for (int i = 0; i < 4; ++i) a.v[i] -= b.v[i];
+    return a;
+}
+inline vf mul(vf a, vf b) {
+    for (int i = 0; i < 4; ++i) a.v[i] *= b.v[i];
+    return a;
+}
+inline vf max(vf a, vf b) {
+    for (int i = 0; i < 4; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+    return a;
+}
+inline float hsum(vf v) { return (v.v[0] + v.v[1]) + (v.v[2] + v.v[3]); }
+inline float hmax(vf v) {
+    float a = v.v[0] > v.v[1] ? v.v[0] : v.v[1], b = v.v[2] > v.v[3] ? v.v[2] : v.v[3];
+    return a > b ? a : b;
+}
+inline vf load_bf16(const uint16_t* p) { return vf{{bf16_to_f32(p[0]), bf16_to_f32(p[1]), bf16_to_f32(p[2]), bf16_to_f32(p[3])}}; }
+inline vf load_bf16_n(const uint16_t* p, int n) {
+    vf r = zero();
+    for (int i = 0; i < n; ++i) r.v[i] = bf16_to_f32(p[i]);
+    return r;
+}
+inline vf load_f16(const uint16_t* p) { return vf{{f16_to_f32(p[0]), f16_to_f32(p[1]), f16_to_f32(p[2]), f16_to_f32(p[3])}}; }
+inline vf load_f16_n(const uint16_t* p, int n) {
+    vf r = zero();
+    for (int i = 0; i < n; ++i) r.v[i] = f16_to_f32(p[i]);
+    return r;
+}
+#endif
+
+// Loads of W weights of a given storage type as fp32 (tag dispatch for the templated kernels).
+struct F32Src {
+    using T = float;
+    static vf load(const float* p) { return simd::load(p); }
+    static vf load_n(const float* p, int n) { return simd::load_n(p, n); }
+    static float scalar(const float* p) { return *p; }
+};
+struct BF16Src {
+    using T = uint16_t;
+    static vf load(const uint16_t* p) { return simd::load_bf16(p); }
+    static vf load_n(const uint16_t* p, int n) { return simd::load_bf16_n(p, n); }
+    static float scalar(const uint16_t* p) { return bf16_to_f32(*p); }
+};
+struct F16Src {
+    using T = uint16_t;
+    static vf load(const uint16_t* p) { return simd::load_f16(p); }
+    static vf load_n(const uint16_t* p, int n) { return simd::load_f16_n(p, n); }
+    static float scalar(const uint16_t* p) { return f16_to_f32(*p); }
+};
+
+}  // namespace simd
+}  // namespace detail
+}  // namespace deepstack
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

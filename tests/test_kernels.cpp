@@ -1,0 +1,134 @@
+// SIMD kernels against their scalar references, on random data with awkward sizes.
+#include <doctest/doctest.h>
+#include <deepstack/kernels.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+using namespace deepstack;
+using namespace deepstack::detail;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.f) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = nd(rng);
+    return v;
+}
+
+// A weight matrix in the requested storage dtype (the backing bytes live in `bytes`).
+struct TestWeight {
+    std::vector<float> f32;
+    std::vector<uint16_t> u16;
+    Matrix m;
+};
+TestWeight make_weight(int64_t N, int64_t K, DType dt, uint32_t seed, float scale = 0.5f) {
+    TestWeight t;
+    auto v = randn(size_t(N * K), seed, scale);
+    t.m.rows = N;
+    t.m.cols = K;
+    t.m.dtype = dt;
+    if (dt == DType::F32) {
+        t.f32 = v;
+        t.m.data = t.f32.data();
+    } else {
+        t.u16.resize(v.size());
+        for (size_t i = 0; i < v.size(); ++i) t.u16[i] = dt == DType::BF16 ? f32_to_bf16(v[i]) : f32_to_f16(v[i]);
+        t.m.data = t.u16.data();
+    }
+    return t;
+}
+
+}  // namespace
+
+namespace {
+
+// Largest |a - b| relative to the per-element magnitude scale[i] (plus a tiny absolute floor).
+double max_rel_err(const std::vector<float>& a, const std::vector<float>& b, const std::vector<double>& scale) {
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        const double e = std::fabs(double(a[i]) - double(b[i])) / (scale[i] + 1e-30);
+        if (!(e <= worst)) worst = std::isnan(e) ? INFINITY : e;
+    }
+    return worst;
+}
+
+// sum_k |x[m,k] * w[n,k]| + |bias[n]|: the scale of the rounding error of output (m, n).
+std::vector<double> dot_scale(const std::vector<float>& x, int64_t M, const Matrix& w, const float* bias) {
+    const int64_t N = w.rows, K = w.cols;
+    std::vector<double> s(size_t(M * N));
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+            double a = bias ? std::fabs(bias[n]) : 0.0;
+            for (int64_t k = 0; k < K; ++k) a += std::fabs(double(x[size_t(m * K + k)]) * weight_at(w, n, k));
+            s[size_t(m * N + n)] = a + 1e-20;
+        }
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("matmul (exact mode) matches the scalar reference for all dtypes and odd shapes") {
+    INFO("simd: " << simd::kName);
+    const int64_t Ms[] = {1, 2, 3, 4, 5, 13, 17, 40};
+    const int64_t Ns[] = {1, 7, 33, 100};
+    const int64_t Ks[] = {1, 15, 17, 100, 300};
+    const DType dts[] = {DType::F32, DType::BF16, DType::F16};
+    uint32_t seed = 1;
+    for (DType dt : dts)
+        for (int64_t K : Ks)
+            for (int64_t N : Ns) {
+                auto w = make_weight(N, K, dt, seed++);
+                auto bias = randn(size_t(N), seed++);
+                for (int64_t M : Ms)
+                    for (int with_bias = 0; with_bias < 2; ++with_bias) {
+                        const float* b = with_bias ? bias.data() : nullptr;
+                        auto x = randn(size_t(M * K), seed++);
+                        std::vector<float> y(size_t(M * N), NAN), yr(size_t(M * N), NAN);
+                        matmul(x.data(), M, w.m, y.data(), b);
+                        matmul_ref(x.data(), M, w.m, yr.data(), b);
+                        const double err = max_rel_err(y, yr, dot_scale(x, M, w.m, b));
+                        INFO(dtype_name(dt) << " M=" << M << " N=" << N << " K=" << K << " bias=" << with_bias);
+                        CHECK(err < 1e-5);
+                    }
+            }
+}
+
+TEST_CASE("matmul blocks: K, N and M larger than one cache block") {
+    // Sizes past KC (256), NC (<= 8 micro-panels) and MC, with tails in every dimension.
+    for (DType dt : {DType::F32, DType::BF16}) {
+        const int64_t M = 203, N = 517, K = 1031;
+        auto w = make_weight(N, K, dt, 77);
+        auto x = randn(size_t(M * K), 78);
+        auto bias = randn(size_t(N), 79);
+        std::vector<float> y(size_t(M * N)), yr(size_t(M * N));
+        matmul(x.data(), M, w.m, y.data(), bias.data());
+        matmul_ref(x.data(), M, w.m, yr.data(), bias.data());
+        INFO(dtype_name(dt));
+        CHECK(max_rel_err(y, yr, dot_scale(x, M, w.m, bias.data())) < 1e-5);
+    }
+}
+
+TEST_CASE("matmul inside an OpenMP parallel region runs single-threaded and stays correct") {
+    auto w = make_weight(37, 70, DType::BF16, 5);
+    auto x = randn(size_t(2 * 9 * 70), 6);
+    std::vector<float> y(size_t(2 * 9 * 37)), yr(size_t(2 * 9 * 37));
+#pragma omp parallel for num_threads(2)
+    for (int part = 0; part < 2; ++part) matmul(x.data() + part * 9 * 70, 9, w.m, y.data() + part * 9 * 37);
+    matmul_ref(x.data(), 18, w.m, yr.data());
+    CHECK(max_rel_err(y, yr, dot_scale(x, 18, w.m, nullptr)) < 1e-5);
+}
+
+TEST_CASE("f32_to_f16 rounds like the hardware conversion") {
+    const float vals[] = {0.f, -0.f, 1.f, -2.5f, 65504.f, 65519.f, 65520.f, 1e-5f, 6.1e-5f, 5.96e-8f, 2.9e-8f, 3.1e-8f, 0.1f, 1.00048828125f};
+    const uint16_t want[] = {0x0000, 0x8000, 0x3c00, 0xc100, 0x7bff, 0x7bff, 0x7c00, 0x00a8, 0x03ff, 0x0001, 0x0000, 0x0001, 0x2e66, 0x3c00};
+    for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); ++i) {
+        INFO(vals[i]);
+        CHECK(f32_to_f16(vals[i]) == want[i]);
+    }
+    for (float v : {0.1f, -3.75f, 1234.5f, 1e-6f}) CHECK(std::fabs(f16_to_f32(f32_to_f16(v)) - v) <= std::fabs(v) * 1e-3f + 6e-8f);
+}
