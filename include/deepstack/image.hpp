@@ -1,0 +1,460 @@
+// deepstack/image.hpp - image decoding (stb_image) and the Qwen3-VL image / video preprocessing:
+// smart_resize, Pillow-exact bicubic resize, normalisation and patchify (spec §3.1, §7, §8).
+//
+// Parity target: the Hugging Face slow image processor (Qwen2VLImageProcessor, Pillow resize) for
+// images and Qwen3VLVideoProcessor (torchvision) for videos. Decoding lossless formats (PNG, BMP,
+// TGA, PNM, GIF) gives the same pixels as Pillow; JPEG goes through stb_image's own IDCT and chroma
+// upsampling, a few levels away from libjpeg; 16-bit PNGs keep their high byte (as Pillow does for
+// colour, while Pillow clips 16-bit grey to 255). EXIF orientation is not applied (HF does not
+// apply it either when handed a PIL image).
+#pragma once
+#include "common.hpp"
+#include "config.hpp"
+#include "safetensors.hpp"
+
+#include <stb_image.h>
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace deepstack {
+
+// 8-bit RGB, row-major HWC: pixel (x, y) channel c is rgb[(y * width + x) * 3 + c].
+struct Image {
+    int width = 0, height = 0;
+    std::vector<uint8_t> rgb;
+};
+
+// Decoder limits, checked on the header before any pixel buffer exists. The pixel limit is
+// Pillow's DecompressionBombError threshold (2 * Image.MAX_IMAGE_PIXELS), so anything Pillow opens
+// without error fits; the side limit keeps every later size computation comfortably in int.
+constexpr int kMaxImageSide = 1 << 16;
+constexpr int64_t kMaxImagePixels = 2 * int64_t(89478485);
+
+// Patches of one image or video as the vision encoder takes them.
+struct VisualPatches {
+    std::vector<float> pixels;      // [grid_t*grid_h*grid_w, 3*temporal*patch*patch], rows in merge-window order (spec §3.1)
+    std::array<int, 3> grid_thw{};  // (t, h, w) in patch units
+    int height = 0, width = 0;      // resized size in pixels
+};
+
+namespace detail {
+
+// Python round(): half to even, independent of the floating-point environment.
+inline double round_half_even(double x) {
+    double r = std::round(x);  // half away from zero
+    if (std::fabs(x - std::trunc(x)) == 0.5) r = 2.0 * std::round(x / 2.0);
+    return r;
+}
+
+inline std::string dims_str(int width, int height) { return std::to_string(width) + "x" + std::to_string(height); }
+
+inline int checked_side(double v, const char* what) {
+    if (!(v >= 1 && v <= double(INT_MAX))) throw Error(std::string("smart_resize: ") + what + " out of range");
+    return int(v);
+}
+
+// ---- Pillow ImagingResample, BICUBIC, 8 bits per channel (src/libImaging/Resample.c) ----
+
+constexpr int kResamplePrecisionBits = 32 - 8 - 2;  // fixed-point coefficient bits
+
+// Keys cubic convolution kernel with a = -0.5, support 2.
+inline double bicubic_weight(double x) {
+    constexpr double a = -0.5;
+    x = std::fabs(x);
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+    if (x < 2.0) return (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+    return 0.0;
+}
+
+// Per output index: the first input index, how many inputs it reads, and their fixed-point weights.
+struct ResampleCoeffs {
+    int ksize = 0;                  // weights stored per output index
+    std::vector<int> first, count;  // [out]
+    std::vector<int32_t> k;         // [out, ksize]
+};
+
+// Pillow's precompute_coeffs + normalize_coeffs_8bpc for the box (0, in_size): the support grows
+// with the downscale factor (antialiasing), weights are normalised in double, then rounded half
+// away from zero to PRECISION_BITS fixed point.
+inline ResampleCoeffs resample_coeffs(int in_size, int out_size) {
+    const double scale = double(float(in_size)) / out_size;
+    const double filterscale = std::max(scale, 1.0);
+    const double support = 2.0 * filterscale;
+    ResampleCoeffs c;
+    c.ksize = int(std::ceil(support)) * 2 + 1;
+    c.first.resize(size_t(out_size));
+    c.count.resize(size_t(out_size));
+    c.k.assign(size_t(out_size) * size_t(c.ksize), 0);
+    std::vector<double> w(size_t(c.ksize));
+    for (int xx = 0; xx < out_size; ++xx) {
+        const double center = (xx + 0.5) * scale;
+        const double ss = 1.0 / filterscale;
+        const int xmin = std::max(int(center - support + 0.5), 0);
+        const int xmax = std::min(int(center + support + 0.5), in_size) - xmin;
+        double ww = 0.0;
+        for (int x = 0; x < xmax; ++x) {
+            w[size_t(x)] = bicubic_weight((x + xmin - center + 0.5) * ss);
+            ww += w[size_t(x)];
+        }
+        int32_t* k = &c.k[size_t(xx) * size_t(c.ksize)];
+        for (int x = 0; x < xmax; ++x) {
+            const double v = ww != 0.0 ? w[size_t(x)] / ww : w[size_t(x)];
+            k[x] = v < 0 ? int32_t(-0.5 + v * (1 << kResamplePrecisionBits)) : int32_t(0.5 + v * (1 << kResamplePrecisionBits));
+        }
+        c.first[size_t(xx)] = xmin;
+        c.count[size_t(xx)] = xmax;
+    }
+    return c;
+}
+
+inline uint8_t clip8(int32_t v) {
+    v >>= kResamplePrecisionBits;
+    return uint8_t(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+// dst [rows, out_w, 3] = horizontal resample of src rows [row0, row0 + rows).
+inline void resample_horizontal(const Image& src, int row0, int rows, const ResampleCoeffs& c, Image& dst) {
+    const int out_w = int(c.first.size());
+    dst.width = out_w;
+    dst.height = rows;
+    dst.rgb.assign(size_t(out_w) * size_t(rows) * 3, 0);
+#pragma omp parallel for schedule(static)
+    for (int y = 0; y < rows; ++y) {
+        const uint8_t* in = &src.rgb[size_t(row0 + y) * size_t(src.width) * 3];
+        uint8_t* out = &dst.rgb[size_t(y) * size_t(out_w) * 3];
+        for (int xx = 0; xx < out_w; ++xx) {
+            const int32_t* k = &c.k[size_t(xx) * size_t(c.ksize)];
+            const uint8_t* p = in + size_t(c.first[size_t(xx)]) * 3;
+            int32_t s0 = 1 << (kResamplePrecisionBits - 1), s1 = s0, s2 = s0;
+            for (int x = 0; x < c.count[size_t(xx)]; ++x) {
+                s0 += p[x * 3 + 0] * k[x];
+                s1 += p[x * 3 + 1] * k[x];
+                s2 += p[x * 3 + 2] * k[x];
+            }
+            out[xx * 3 + 0] = clip8(s0);
+            out[xx * 3 + 1] = clip8(s1);
+            out[xx * 3 + 2] = clip8(s2);
+        }
+    }
+}
+
+// dst [out_h, src.width, 3] = vertical resample of src, whose row 0 is input row `row0`.
+inline void resample_vertical(const Image& src, int row0, const ResampleCoeffs& c, Image& dst) {
+    const int out_h = int(c.first.size()), w = src.width;
+    dst.width = w;
+    dst.height = out_h;
+    dst.rgb.assign(size_t(w) * size_t(out_h) * 3, 0);
+#pragma omp parallel for schedule(static)
+    for (int yy = 0; yy < out_h; ++yy) {
+        const int32_t* k = &c.k[size_t(yy) * size_t(c.ksize)];
+        const uint8_t* in = &src.rgb[size_t(c.first[size_t(yy)] - row0) * size_t(w) * 3];
+        uint8_t* out = &dst.rgb[size_t(yy) * size_t(w) * 3];
+        for (int i = 0; i < w * 3; ++i) {
+            int32_t s = 1 << (kResamplePrecisionBits - 1);
+            for (int y = 0; y < c.count[size_t(yy)]; ++y) s += in[size_t(y) * size_t(w) * 3 + size_t(i)] * k[y];
+            out[i] = clip8(s);
+        }
+    }
+}
+
+// ---- normalisation and patchify ----
+
+// Normalised value of every 8-bit level per channel: lut[c * 256 + u].
+// Image path (HF slow processor): float32(u * rescale_factor in double), then (x - mean) / std in
+// float32. Video path (HF video processor, torchvision): rescale fused into mean and std,
+// (float(u) - mean / rf) / (std / rf) in float32. The two differ by one ulp on about half the levels.
+inline std::vector<float> normalize_lut(const PreprocessConfig& cfg, bool fused) {
+    std::vector<float> lut(3 * 256);
+    const float inv = float(1.0 / cfg.rescale_factor);
+    for (int c = 0; c < 3; ++c) {
+        for (int u = 0; u < 256; ++u) {
+            lut[size_t(c * 256 + u)] = fused ? (float(u) - cfg.mean[size_t(c)] * inv) / (cfg.std[size_t(c)] * inv)
+                                             : (float(double(u) * cfg.rescale_factor) - cfg.mean[size_t(c)]) / cfg.std[size_t(c)];
+        }
+    }
+    return lut;
+}
+
+// Checks a resized size against the patch grid: both sides positive multiples of patch * merge.
+inline void check_patch_grid(int height, int width, const PreprocessConfig& cfg, const char* what) {
+    const int64_t factor = int64_t(cfg.patch_size) * cfg.merge_size;
+    if (height <= 0 || width <= 0 || height % factor || width % factor)
+        throw Error(std::string(what) + ": size " + dims_str(width, height) + " (WxH) must be positive multiples of patch_size*merge_size = " +
+                    std::to_string(factor) + " so the patch grid splits into " + std::to_string(cfg.merge_size) + "x" +
+                    std::to_string(cfg.merge_size) + " merge windows");
+}
+
+// frames: grid_t * temporal_patch_size images of one size (multiples of patch * merge).
+// Output rows in (t, block row, block col, row in block, col in block) order; each row is
+// [C=3][T][patch][patch] (spec §3.1).
+inline VisualPatches patchify(const std::vector<const Image*>& frames, const PreprocessConfig& cfg, bool fused_normalize) {
+    const int T = cfg.temporal_patch_size, P = cfg.patch_size, M = cfg.merge_size;
+    const int H = frames[0]->height, W = frames[0]->width;
+    VisualPatches out;
+    out.height = H;
+    out.width = W;
+    out.grid_thw = {int(frames.size()) / T, H / P, W / P};
+    const int gt = out.grid_thw[0], gh = out.grid_thw[1], gw = out.grid_thw[2];
+    const size_t dim = size_t(3) * size_t(T) * size_t(P) * size_t(P);
+    out.pixels.resize(size_t(gt) * size_t(gh) * size_t(gw) * dim);
+    const std::vector<float> lut = normalize_lut(cfg, fused_normalize);
+    const int64_t rows = int64_t(gt) * gh * gw;
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+        // row = ((tt * gh/M + bh) * gw/M + bw) * M*M + ih * M + iw
+        const int in_window = int(row % (M * M));
+        const int64_t window = row / (M * M);
+        const int iw = in_window % M, ih = in_window / M;
+        const int bw = int(window % (gw / M)), bh = int(window / (gw / M) % (gh / M)), tt = int(window / (gw / M) / (gh / M));
+        const int py0 = (bh * M + ih) * P, px0 = (bw * M + iw) * P;
+        float* dst = &out.pixels[size_t(row) * dim];
+        for (int c = 0; c < 3; ++c) {
+            const float* l = &lut[size_t(c) * 256];
+            for (int tau = 0; tau < T; ++tau) {
+                const std::vector<uint8_t>& rgb = frames[size_t(tt * T + tau)]->rgb;
+                for (int py = 0; py < P; ++py) {
+                    const uint8_t* src = &rgb[(size_t(py0 + py) * size_t(W) + size_t(px0)) * 3 + size_t(c)];
+                    for (int px = 0; px < P; ++px) *dst++ = l[src[px * 3]];
+                }
+            }
+        }
+    }
+    return out;
+}
+
+// Width and height from a PNG's IHDR chunk, when the data starts like a PNG. stb_image refuses
+// oversized PNG headers itself but then reports only "unknown image type", so PNG sizes are read
+// here to name the problem.
+inline bool png_declared_size(const uint8_t* d, size_t size, int64_t& width, int64_t& height) {
+    static const uint8_t sig[16] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R'};
+    if (size < 24 || std::memcmp(d, sig, sizeof sig) != 0) return false;
+    auto be32 = [&](size_t i) { return int64_t(d[i]) << 24 | int64_t(d[i + 1]) << 16 | int64_t(d[i + 2]) << 8 | int64_t(d[i + 3]); };
+    width = be32(16);
+    height = be32(20);
+    return true;
+}
+
+inline void check_image(const Image& img, const char* what) {
+    if (img.width <= 0 || img.height <= 0 || img.rgb.size() != size_t(img.width) * size_t(img.height) * 3)
+        throw Error(std::string(what) + ": image of " + dims_str(img.width, img.height) + " holds " + std::to_string(img.rgb.size()) +
+                    " bytes, expected width*height*3");
+}
+
+}  // namespace detail
+
+// Decodes an encoded image (PNG, JPEG, BMP, GIF first frame, TGA, PNM, PSD, HDR) to 8-bit RGB:
+// grey is replicated, alpha dropped (Pillow's convert("RGB")). The header is read first and sizes
+// above kMaxImageSide / kMaxImagePixels are refused before any pixel memory is allocated.
+// `name` (usually the path) starts every error message.
+inline Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
+    if (size == 0) throw Error(name + ": empty file, not an image");
+    if (size > size_t(INT_MAX)) throw Error(name + ": " + std::to_string(size) + " bytes is too large for the image decoder (limit 2 GiB)");
+    auto check_size = [&](int64_t w, int64_t h) {
+        if (w <= 0 || h <= 0) throw Error(name + ": image has a zero side (" + std::to_string(w) + "x" + std::to_string(h) + ")");
+        if (w > kMaxImageSide || h > kMaxImageSide || w * h > kMaxImagePixels)
+            throw Error(name + ": image declares " + std::to_string(w) + "x" + std::to_string(h) + " pixels, above the decoder limit (sides up to " +
+                        std::to_string(kMaxImageSide) + ", at most " + std::to_string(kMaxImagePixels) + " pixels)");
+    };
+    auto undecodable = [&] {
+        const char* why = stbi_failure_reason();
+        return Error(name + ": not a decodable image (" + (why ? why : "unknown error") + ")");
+    };
+    int64_t png_w = 0, png_h = 0;
+    if (detail::png_declared_size(data, size, png_w, png_h)) check_size(png_w, png_h);
+    int w = 0, h = 0, comp = 0;
+    if (!stbi_info_from_memory(data, int(size), &w, &h, &comp)) throw undecodable();
+    check_size(w, h);
+    int dw = 0, dh = 0;
+    std::unique_ptr<uint8_t, void (*)(void*)> pixels(stbi_load_from_memory(data, int(size), &dw, &dh, &comp, 3), stbi_image_free);
+    if (!pixels) throw undecodable();
+    if (dw != w || dh != h)
+        throw Error(name + ": decoded size " + detail::dims_str(dw, dh) + " differs from the header's " + detail::dims_str(w, h));
+    Image img;
+    img.width = w;
+    img.height = h;
+    img.rgb.assign(pixels.get(), pixels.get() + size_t(w) * size_t(h) * 3);
+    return img;
+}
+
+inline Image load_image(const std::string& path) {
+    detail::MappedFile f(path);
+    return decode_image(f.data(), f.size(), path);
+}
+
+// HF smart_resize (spec §7.2, §13): {height, width} as multiples of `factor` with area in
+// [min_pixels, max_pixels], in float64 with Python's half-to-even round. Tiny and extreme images
+// are resized (never a zero side); an aspect ratio above 200 is refused.
+inline std::pair<int, int> smart_resize(int height, int width, int factor, int64_t min_pixels, int64_t max_pixels) {
+    if (height <= 0 || width <= 0) throw Error("smart_resize: image size " + detail::dims_str(width, height) + " (WxH) must be positive");
+    if (factor <= 0 || min_pixels <= 0 || max_pixels < min_pixels)
+        throw Error("smart_resize: needs factor > 0 and 0 < min_pixels <= max_pixels");
+    const double aspect = double(std::max(height, width)) / double(std::min(height, width));
+    if (aspect > 200)
+        throw Error("image of " + detail::dims_str(width, height) + " (WxH) has aspect ratio " + std::to_string(aspect) +
+                    ", above the limit of 200 of the Qwen3-VL processor");
+    const double f = factor, h = height, w = width, area = double(int64_t(height) * width);
+    double h_bar = detail::round_half_even(h / f) * f, w_bar = detail::round_half_even(w / f) * f;
+    if (h_bar * w_bar > double(max_pixels)) {
+        const double beta = std::sqrt(area / double(max_pixels));
+        h_bar = std::max(f, std::floor(h / beta / f) * f);
+        w_bar = std::max(f, std::floor(w / beta / f) * f);
+    } else if (h_bar * w_bar < double(min_pixels)) {
+        const double beta = std::sqrt(double(min_pixels) / area);
+        h_bar = std::ceil(h * beta / f) * f;
+        w_bar = std::ceil(w * beta / f) * f;
+    }
+    return {detail::checked_side(h_bar, "height"), detail::checked_side(w_bar, "width")};
+}
+
+// Video smart_resize (HF Qwen3VLVideoProcessor, spec §8.3): the pixel budget counts all
+// `num_frames` frames (before padding to a multiple of temporal_factor); frames with a side below
+// `factor` are first scaled up so that side is `factor`. The optional per-frame cap
+// (`cap_pixels_per_frame`, off by default in HF) is not applied.
+inline std::pair<int, int> smart_resize_video(int num_frames, int height, int width, int factor, int64_t min_pixels, int64_t max_pixels,
+                                              int temporal_factor = 2) {
+    if (num_frames < temporal_factor)
+        throw Error("video has " + std::to_string(num_frames) + " frame(s); at least temporal_patch_size = " + std::to_string(temporal_factor) +
+                    " are needed");
+    if (height <= 0 || width <= 0) throw Error("smart_resize: frame size " + detail::dims_str(width, height) + " (WxH) must be positive");
+    if (factor <= 0 || min_pixels <= 0 || max_pixels < min_pixels)
+        throw Error("smart_resize: needs factor > 0 and 0 < min_pixels <= max_pixels");
+    if (height < factor || width < factor) {
+        const double scale = std::max(double(factor) / height, double(factor) / width);
+        height = detail::checked_side(std::trunc(height * scale), "height");
+        width = detail::checked_side(std::trunc(width * scale), "width");
+    }
+    const double aspect = double(std::max(height, width)) / double(std::min(height, width));
+    if (aspect > 200)
+        throw Error("video frames of " + detail::dims_str(width, height) + " (WxH) have aspect ratio " + std::to_string(aspect) +
+                    ", above the limit of 200 of the Qwen3-VL processor");
+    const double f = factor, h = height, w = width, volume = double(int64_t(num_frames) * height * width);
+    double h_bar = detail::round_half_even(h / f) * f, w_bar = detail::round_half_even(w / f) * f;
+    const double t_bar = detail::round_half_even(double(num_frames) / temporal_factor) * temporal_factor;
+    if (t_bar * h_bar * w_bar > double(max_pixels)) {
+        const double beta = std::sqrt(volume / double(max_pixels));
+        h_bar = std::max(f, std::floor(h / beta / f) * f);
+        w_bar = std::max(f, std::floor(w / beta / f) * f);
+    } else if (t_bar * h_bar * w_bar < double(min_pixels)) {
+        const double beta = std::sqrt(double(min_pixels) / volume);
+        h_bar = std::ceil(h * beta / f) * f;
+        w_bar = std::ceil(w * beta / f) * f;
+    }
+    return {detail::checked_side(h_bar, "height"), detail::checked_side(w_bar, "width")};
+}
+
+// Pillow Image.resize(..., BICUBIC) on 8-bit RGB, bit-exact: separable, horizontal pass first
+// (only over the rows the vertical pass reads), each pass clipped to uint8; a pass whose size does
+// not change is skipped, and so is the whole resize.
+inline Image resize_bicubic(const Image& src, int out_width, int out_height) {
+    detail::check_image(src, "resize_bicubic");
+    if (out_width <= 0 || out_height <= 0 || out_width > kMaxImageSide * 4 || out_height > kMaxImageSide * 4)
+        throw Error("resize_bicubic: target size " + detail::dims_str(out_width, out_height) + " is out of range");
+    if (out_width == src.width && out_height == src.height) return src;
+    const detail::ResampleCoeffs vert = detail::resample_coeffs(src.height, out_height);
+    const int row0 = vert.first.front(), row1 = vert.first.back() + vert.count.back();  // input rows the vertical pass reads
+    Image horiz;
+    const Image* cur = &src;
+    int cur_row0 = 0;
+    if (out_width != src.width) {
+        detail::resample_horizontal(src, row0, row1 - row0, detail::resample_coeffs(src.width, out_width), horiz);
+        cur = &horiz;
+        cur_row0 = row0;
+    }
+    if (out_height == src.height) return horiz;
+    Image out;
+    detail::resample_vertical(*cur, cur_row0, vert, out);
+    return out;
+}
+
+// A still image at a given resized size (multiples of patch*merge): bicubic resize, normalise,
+// temporal_patch_size identical frames (spec P14), patchify. Used directly by the DeepStack-L
+// high-resolution stream (the ORIGINAL image resized to exactly r x the processor size).
+inline VisualPatches preprocess_image_at(const Image& img, int height, int width, const PreprocessConfig& cfg) {
+    detail::check_image(img, "preprocess_image");
+    detail::check_patch_grid(height, width, cfg, "preprocess_image");
+    const Image resized = resize_bicubic(img, width, height);
+    const std::vector<const Image*> frames(size_t(cfg.temporal_patch_size), &resized);
+    return detail::patchify(frames, cfg, false);
+}
+
+// A still image as the HF processor prepares it: smart_resize, then preprocess_image_at.
+inline VisualPatches preprocess_image(const Image& img, const PreprocessConfig& cfg) {
+    detail::check_image(img, "preprocess_image");
+    const auto [h, w] = smart_resize(img.height, img.width, cfg.patch_size * cfg.merge_size, cfg.min_pixels, cfg.max_pixels);
+    return preprocess_image_at(img, h, w, cfg);
+}
+
+// A video from its already sampled frames (all the same size): video smart_resize over all
+// frames, bicubic resize of each, pad to a multiple of temporal_patch_size by repeating the last
+// frame, normalise (video processor arithmetic), patchify; consecutive frames form a temporal patch.
+// HF resizes video frames with torchvision's antialiased bicubic, which is close to but not
+// bit-exact with the Pillow resize used here; frames that need no resize match exactly.
+inline VisualPatches preprocess_video(const std::vector<Image>& frames, const PreprocessConfig& cfg) {
+    if (frames.empty()) throw Error("preprocess_video: no frames");
+    for (size_t i = 0; i < frames.size(); ++i) {
+        detail::check_image(frames[i], "preprocess_video");
+        if (frames[i].width != frames[0].width || frames[i].height != frames[0].height)
+            throw Error("preprocess_video: frame " + std::to_string(i) + " is " + detail::dims_str(frames[i].width, frames[i].height) +
+                        " but frame 0 is " + detail::dims_str(frames[0].width, frames[0].height) + "; all frames must have one size");
+    }
+    const auto [h, w] = smart_resize_video(int(frames.size()), frames[0].height, frames[0].width, cfg.patch_size * cfg.merge_size,
+                                           cfg.min_pixels, cfg.max_pixels, cfg.temporal_patch_size);
+    detail::check_patch_grid(h, w, cfg, "preprocess_video");
+    std::vector<Image> resized(frames.size());
+    for (size_t i = 0; i < frames.size(); ++i) resized[i] = resize_bicubic(frames[i], w, h);
+    std::vector<const Image*> ptrs;
+    for (const Image& f : resized) ptrs.push_back(&f);
+    while (ptrs.size() % size_t(cfg.temporal_patch_size)) ptrs.push_back(ptrs.back());
+    return detail::patchify(ptrs, cfg, true);
+}
+
+// Frame sampling in fps mode (HF Qwen3VLVideoProcessor.sample_frames, spec §8.1):
+// n = int(total / video_fps * cfg.fps) clamped to [min_frames, max_frames] and to total; indices
+// = round-half-even(linspace(0, total - 1, n)). video_fps <= 0 means unknown and is taken as 24,
+// as HF does.
+inline std::vector<int> sample_frame_indices(int total_frames, double video_fps, const PreprocessConfig& cfg) {
+    if (total_frames <= 0) throw Error("sample_frame_indices: the video has no frames");
+    if (!(video_fps > 0)) video_fps = 24.0;
+    const double wanted = double(total_frames) / video_fps * cfg.fps;
+    int n = wanted >= double(INT_MAX) ? INT_MAX : int(wanted);
+    n = std::min({std::max(n, cfg.min_frames), cfg.max_frames, total_frames});
+    std::vector<int> idx(size_t(n), 0);
+    if (n > 1) {
+        const double step = double(total_frames - 1) / double(n - 1);
+        for (int i = 0; i < n - 1; ++i) idx[size_t(i)] = int(detail::round_half_even(i * step));
+        idx[size_t(n - 1)] = total_frames - 1;  // numpy sets the endpoint exactly
+    }
+    return idx;
+}
+
+// Seconds of each temporal patch (spec §8.5, HF Qwen3VLProcessor._calculate_timestamps): the
+// index list is padded to a multiple of temporal_patch_size by repeating the last index, each
+// index becomes idx / video_fps, and patch j gets the mean of its first and last frame times.
+inline std::vector<double> temporal_patch_timestamps(const std::vector<int>& frame_indices, double video_fps, int temporal_patch_size) {
+    if (!(video_fps > 0)) throw Error("temporal_patch_timestamps: video_fps must be positive");
+    if (temporal_patch_size <= 0) throw Error("temporal_patch_timestamps: temporal_patch_size must be positive");
+    std::vector<int> idx = frame_indices;
+    while (!idx.empty() && idx.size() % size_t(temporal_patch_size)) idx.push_back(idx.back());
+    std::vector<double> out;
+    for (size_t j = 0; j < idx.size(); j += size_t(temporal_patch_size))
+        out.push_back((idx[j] / video_fps + idx[j + size_t(temporal_patch_size) - 1] / video_fps) / 2);
+    return out;
+}
+
+// "<T seconds>" with T as Python format(T, ".1f") (correctly rounded, ties to even on the exact
+// binary value, as glibc printf does).
+inline std::string timestamp_text(double seconds) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "<%.1f seconds>", seconds);
+    return buf;
+}
+
+}  // namespace deepstack

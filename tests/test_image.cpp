@@ -1,0 +1,353 @@
+// Image decoding and preprocessing against the golden fixtures (HF slow processor, Pillow resize)
+// and against Pillow reference data in tests/data/image (made by make_image_data.py there).
+#include <doctest/doctest.h>
+#include <deepstack/image.hpp>
+#include <deepstack/safetensors.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+
+using namespace deepstack;
+static const std::string kData = DEEPSTACK_TEST_DATA;
+static const std::string kFixtures = kData + "/fixtures/";
+static const std::string kImageData = kData + "/data/image/";
+
+static std::vector<uint8_t> read_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    REQUIRE_MESSAGE(in, "cannot open " << path);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Max |a - b| over a golden F32 tensor of shape [rows, cols].
+static float max_abs_diff(const VisualPatches& p, const TensorInfo& golden) {
+    REQUIRE(golden.dtype == DType::F32);
+    REQUIRE(golden.shape.size() == 2);
+    const int64_t dim = int64_t(3) * 2 * 16 * 16;
+    REQUIRE(golden.shape[1] == dim);
+    REQUIRE(int64_t(p.pixels.size()) == golden.numel());
+    const float* g = reinterpret_cast<const float*>(golden.data);
+    float m = 0;
+    for (size_t i = 0; i < p.pixels.size(); ++i) m = std::max(m, std::fabs(p.pixels[i] - g[i]));
+    return m;
+}
+
+static std::array<int, 3> golden_grid(const WeightStore& ws, const std::string& name) {
+    const TensorInfo* t = ws.find(name);
+    REQUIRE_MESSAGE(t, "missing " << name);
+    REQUIRE(t->dtype == DType::I64);
+    REQUIRE(t->numel() == 3);
+    const int64_t* v = reinterpret_cast<const int64_t*>(t->data);
+    return {int(v[0]), int(v[1]), int(v[2])};
+}
+
+static const float kOneLevel = 1.0f / 127.5f + 1e-6f;  // one 8-bit level after normalisation
+
+TEST_CASE("tiny-image: pixel_values and grid match the golden (bit-exact Pillow bicubic)") {
+    const std::string dir = kFixtures + "tiny-image/";
+    WeightStore ws;
+    ws.add_file(dir + "golden.safetensors");
+    const PreprocessConfig cfg = load_preprocess_config(dir + "model/preprocessor_config.json", false);
+    const Image img = load_image(dir + "inputs/image0_80x56.png");
+    CHECK(img.width == 80);
+    CHECK(img.height == 56);
+    const VisualPatches p = preprocess_image(img, cfg);
+    CHECK(p.height == 224);
+    CHECK(p.width == 320);
+    CHECK(p.grid_thw == golden_grid(ws, "image_grid_thw"));
+    const float d = max_abs_diff(p, *ws.find("pixel_values"));
+    MESSAGE("tiny-image pixel_values max abs diff: " << d);
+    CHECK(d <= kOneLevel);
+    CHECK(d == 0.0f);
+}
+
+TEST_CASE("tiny-stack: global and high-resolution streams match the golden") {
+    const std::string dir = kFixtures + "tiny-stack/";
+    WeightStore ws;
+    ws.add_file(dir + "golden.safetensors");
+    const PreprocessConfig cfg = load_preprocess_config(dir + "model/preprocessor_config.json", false);
+    const Image img = load_image(dir + "inputs/image0_80x56.png");
+
+    const VisualPatches p = preprocess_image(img, cfg);
+    CHECK(p.grid_thw == golden_grid(ws, "image_grid_thw"));
+    const float d = max_abs_diff(p, *ws.find("pixel_values"));
+    MESSAGE("tiny-stack pixel_values max abs diff: " << d);
+    CHECK(d == 0.0f);
+
+    const int r = 2;  // config.json deepstack_fusion.scale
+    const VisualPatches hi = preprocess_image_at(img, r * p.height, r * p.width, cfg);
+    CHECK(hi.height == 256);
+    CHECK(hi.width == 320);
+    CHECK(hi.grid_thw == golden_grid(ws, "image_grid_thw_highres"));
+    const float dh = max_abs_diff(hi, *ws.find("pixel_values_highres"));
+    MESSAGE("tiny-stack pixel_values_highres max abs diff: " << dh);
+    CHECK(dh <= kOneLevel);
+    CHECK(dh == 0.0f);
+}
+
+TEST_CASE("tiny-video-4raw: frame sampling, pixel_values_videos, grid and timestamps match the golden") {
+    const std::string dir = kFixtures + "tiny-video-4raw/";
+    WeightStore ws;
+    ws.add_file(dir + "golden.safetensors");
+    const PreprocessConfig cfg = load_preprocess_config(dir + "model/video_preprocessor_config.json", true);
+    const std::vector<int> idx = sample_frame_indices(4, 2.0, cfg);
+    CHECK(idx == std::vector<int>{0, 1, 2, 3});
+    std::vector<Image> frames;
+    for (int i : idx) frames.push_back(load_image(dir + "inputs/frame0" + std::to_string(i) + "_256x128.png"));
+
+    const VisualPatches v = preprocess_video(frames, cfg);
+    CHECK(v.height == 128);
+    CHECK(v.width == 256);
+    CHECK(v.grid_thw == golden_grid(ws, "video_grid_thw"));
+    const float d = max_abs_diff(v, *ws.find("pixel_values_videos"));
+    MESSAGE("tiny-video-4raw pixel_values_videos max abs diff: " << d);
+    CHECK(d == 0.0f);
+
+    const std::vector<double> ts = temporal_patch_timestamps(idx, cfg.fps, cfg.temporal_patch_size);
+    REQUIRE(ts.size() == 2);
+    CHECK(ts[0] == 0.25);
+    CHECK(ts[1] == 1.25);
+    CHECK(timestamp_text(ts[0]) == "<0.2 seconds>");
+    CHECK(timestamp_text(ts[1]) == "<1.2 seconds>");
+}
+
+TEST_CASE("normalisation: image path is HF's slow arithmetic, video path the fused torchvision one") {
+    PreprocessConfig cfg;
+    cfg.min_pixels = 1024;
+    cfg.rescale_factor = 0.00392156862745098;
+    Image img{32, 32, std::vector<uint8_t>(32 * 32 * 3)};
+    for (size_t i = 0; i < img.rgb.size(); ++i) img.rgb[i] = uint8_t(i * 7);
+    img.rgb[5] = 188;  // a level where the two formulas differ by one ulp
+    const VisualPatches p = preprocess_image_at(img, 32, 32, cfg);
+    const VisualPatches v = preprocess_video({img, img}, cfg);
+    REQUIRE(p.pixels.size() == v.pixels.size());
+    // first patch row: pixel (0, 0) channel 0 is level 0; pixel (1, 0) channel 2 is level 188
+    CHECK(p.pixels[0] == -1.0f);
+    const float slow = (float(double(img.rgb[5]) * cfg.rescale_factor) - 0.5f) / 0.5f;
+    const float fused = (float(img.rgb[5]) - 127.5f) / 127.5f;
+    CHECK(p.pixels[2 * 512 + 1] == slow);
+    CHECK(v.pixels[2 * 512 + 1] == fused);
+    CHECK(slow != fused);
+}
+
+TEST_CASE("patch layout: rows in merge-window order, values [C][T][16][16], images duplicated in time") {
+    // 64x96 image whose value encodes (x, y, c), no resize: grid 1 x 4 x 6.
+    PreprocessConfig cfg;
+    cfg.min_pixels = 1024;
+    const int W = 96, H = 64;
+    Image img{W, H, std::vector<uint8_t>(size_t(W) * H * 3)};
+    for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x)
+            for (int c = 0; c < 3; ++c) img.rgb[(size_t(y) * W + x) * 3 + c] = uint8_t((x + 3 * y + 50 * c) % 256);
+    const VisualPatches p = preprocess_image(img, cfg);
+    REQUIRE(p.grid_thw == std::array<int, 3>{1, 4, 6});
+    REQUIRE(p.pixels.size() == size_t(24) * 1536);
+    auto norm = [&](int u) { return (float(double(u) / 255.0) - 0.5f) / 0.5f; };
+    int row = 0;
+    for (int bh = 0; bh < 2; ++bh)
+        for (int bw = 0; bw < 3; ++bw)
+            for (int ih = 0; ih < 2; ++ih)
+                for (int iw = 0; iw < 2; ++iw, ++row) {
+                    const int r = 2 * bh + ih, col = 2 * bw + iw;
+                    for (int c = 0; c < 3; ++c)
+                        for (int t = 0; t < 2; ++t)
+                            for (int py = 0; py < 16; ++py)
+                                for (int px = 0; px < 16; ++px) {
+                                    const int x = col * 16 + px, y = r * 16 + py;
+                                    const float want = norm((x + 3 * y + 50 * c) % 256);
+                                    const float got = p.pixels[size_t(row) * 1536 + c * 512 + t * 256 + py * 16 + px];
+                                    if (got != want) {
+                                        FAIL("row " << row << " c " << c << " t " << t << " py " << py << " px " << px << ": " << got
+                                                    << " != " << want);
+                                    }
+                                }
+                }
+}
+
+TEST_CASE("video: odd frame count pads by repeating the last frame; frames of different sizes refused") {
+    PreprocessConfig cfg = load_preprocess_config(kFixtures + "tiny-video-4raw/model/video_preprocessor_config.json", true);
+    std::vector<Image> frames;
+    for (int i = 0; i < 3; ++i) frames.push_back(load_image(kFixtures + "tiny-video-4raw/inputs/frame0" + std::to_string(i) + "_256x128.png"));
+    const VisualPatches v = preprocess_video(frames, cfg);
+    // smart_resize_video(3, 128, 256): t_bar = round(1.5)*2 = 4, 4*128*256 = 131072 is not below min -> no resize
+    CHECK(v.grid_thw == std::array<int, 3>{2, 8, 16});
+    // temporal patch 1 holds frames 2 and 2: tau 0 and tau 1 halves equal
+    const size_t dim = 1536, per_t = 8 * 16;
+    for (size_t row = per_t; row < 2 * per_t; ++row)
+        for (int c = 0; c < 3; ++c)
+            for (int i = 0; i < 256; ++i)
+                REQUIRE(v.pixels[row * dim + c * 512 + i] == v.pixels[row * dim + c * 512 + 256 + i]);
+    frames.push_back(Image{128, 64, std::vector<uint8_t>(128 * 64 * 3)});
+    CHECK_THROWS_WITH_AS(preprocess_video(frames, cfg), doctest::Contains("frame 3 is 128x64 but frame 0 is 256x128"), Error);
+    CHECK_THROWS_WITH_AS(preprocess_video({frames[0]}, cfg), doctest::Contains("at least temporal_patch_size = 2"), Error);
+    CHECK_THROWS_WITH_AS(preprocess_video({}, cfg), doctest::Contains("no frames"), Error);
+}
+
+TEST_CASE("resize_bicubic matches Pillow's Image.resize(BICUBIC) exactly") {
+    const Image noise = load_image(kImageData + "noise_61x47.png");
+    const Image frame = load_image(kFixtures + "tiny-video-4raw/inputs/frame00_256x128.png");
+    const Image photo = load_image(kFixtures + "tiny-image/inputs/image0_80x56.png");
+    struct Case { const char* name; const Image* src; int w, h; };
+    const Case cases[] = {
+        {"noise", &noise, 23, 19}, {"noise", &noise, 150, 90}, {"noise", &noise, 61, 13}, {"noise", &noise, 7, 47},
+        {"noise", &noise, 5, 3},   {"noise", &noise, 200, 1},  {"frame", &frame, 100, 37}, {"frame", &frame, 64, 64},
+        {"frame", &frame, 300, 50}, {"frame", &frame, 256, 61}, {"frame", &frame, 97, 128}, {"frame", &frame, 301, 163},
+        {"photo", &photo, 33, 200}, {"photo", &photo, 320, 224}, {"photo", &photo, 161, 111},
+    };
+    for (const Case& c : cases) {
+        const std::string file = "resize_" + std::string(c.name) + "_to_" + std::to_string(c.w) + "x" + std::to_string(c.h) + ".png";
+        CAPTURE(file);
+        const Image want = load_image(kImageData + file);
+        const Image got = resize_bicubic(*c.src, c.w, c.h);
+        REQUIRE(got.width == c.w);
+        REQUIRE(got.height == c.h);
+        int max_diff = 0;
+        for (size_t i = 0; i < got.rgb.size(); ++i) max_diff = std::max(max_diff, std::abs(int(got.rgb[i]) - int(want.rgb[i])));
+        CHECK(max_diff == 0);
+    }
+    const Image same = resize_bicubic(noise, noise.width, noise.height);
+    CHECK(same.rgb == noise.rgb);
+    CHECK_THROWS_WITH_AS(resize_bicubic(noise, 0, 10), doctest::Contains("target size 0x10 is out of range"), Error);
+}
+
+TEST_CASE("decode: grey, grey+alpha, RGBA and palette PNGs become RGB as Pillow's convert(\"RGB\")") {
+    for (const char* mode : {"L", "LA", "RGBA", "P"}) {
+        CAPTURE(mode);
+        const Image got = load_image(kImageData + "mode_" + mode + ".png");
+        const Image want = load_image(kImageData + "mode_" + mode + "_rgb.png");
+        CHECK(got.width == 9);
+        CHECK(got.height == 7);
+        CHECK(got.rgb == want.rgb);
+    }
+}
+
+TEST_CASE("smart_resize: Python rounding, guards and limits (hand-checked against HF's formula)") {
+    const int64_t kMin = 65536, kMax = 16777216;
+    // ties round half to even: 80/32 = 2.5 -> 2, 112/32 = 3.5 -> 4
+    CHECK(smart_resize(80, 96, 32, 1024, kMax) == std::pair<int, int>{64, 96});
+    CHECK(smart_resize(80, 112, 32, 1024, kMax) == std::pair<int, int>{64, 128});
+    // fixtures: 56x80 (HxW) upscaled to the pixel minimum
+    CHECK(smart_resize(56, 80, 32, kMin, kMax) == std::pair<int, int>{224, 320});
+    CHECK(smart_resize(56, 80, 32, 16384, kMax) == std::pair<int, int>{128, 160});
+    // tiny images are upscaled, never given a zero side
+    CHECK(smart_resize(8, 100, 32, kMin, kMax) == std::pair<int, int>{96, 928});
+    CHECK(smart_resize(100, 8, 32, kMin, kMax) == std::pair<int, int>{928, 96});
+    CHECK(smart_resize(9, 9, 32, kMin, kMax) == std::pair<int, int>{256, 256});
+    CHECK(smart_resize(9, 9, 32, 1024, 4096) == std::pair<int, int>{32, 32});
+    // extreme aspect with a small budget: the max(factor, ...) guard keeps the short side at 32
+    CHECK(smart_resize(20, 3000, 32, 1024, 16384) == std::pair<int, int>{32, 1536});
+    CHECK(smart_resize(3000, 20, 32, 1024, 16384) == std::pair<int, int>{1536, 32});
+    CHECK(smart_resize(20, 3000, 32, 1024, 4096) == std::pair<int, int>{32, 768});
+    // downscale to the pixel maximum
+    CHECK(smart_resize(5000, 5000, 32, kMin, 1024 * 1024) == std::pair<int, int>{1024, 1024});
+    CHECK(smart_resize(4000, 3000, 32, kMin, kMax) == std::pair<int, int>{4000, 3008});
+    // aspect 200 is allowed, above is refused
+    CHECK(smart_resize(10, 2000, 32, kMin, kMax) == std::pair<int, int>{32, 3648});
+    CHECK_THROWS_WITH_AS(smart_resize(10, 2001, 32, kMin, kMax), doctest::Contains("above the limit of 200"), Error);
+    CHECK_THROWS_WITH_AS(smart_resize(0, 10, 32, kMin, kMax), doctest::Contains("must be positive"), Error);
+}
+
+TEST_CASE("smart_resize_video: budget over all frames, tiny frames scaled up first") {
+    const int64_t kMin = 131072, kMax = 786432;
+    CHECK(smart_resize_video(4, 128, 256, 32, kMin, kMax) == std::pair<int, int>{128, 256});
+    CHECK(smart_resize_video(4, 16, 64, 32, kMin, kMax) == std::pair<int, int>{96, 384});
+    CHECK(smart_resize_video(3, 100, 100, 32, kMin, kMax) == std::pair<int, int>{224, 224});
+    CHECK(smart_resize_video(8, 720, 1280, 32, kMin, kMax) == std::pair<int, int>{224, 416});
+    CHECK(smart_resize_video(5, 1080, 1920, 32, kMin, kMax) == std::pair<int, int>{288, 512});
+    CHECK(smart_resize_video(2, 10, 1000, 32, 4096, 1 << 20) == std::pair<int, int>{32, 3200});
+    CHECK_THROWS_WITH_AS(smart_resize_video(1, 128, 128, 32, kMin, kMax), doctest::Contains("1 frame(s)"), Error);
+}
+
+TEST_CASE("frame sampling, timestamps and their text") {
+    PreprocessConfig cfg;  // fps 2, min_frames 4, max_frames 768
+    CHECK(sample_frame_indices(4, 2.0, cfg) == std::vector<int>{0, 1, 2, 3});
+    // n = int(10 / 4 * 2) = 5; linspace(0, 9, 5) = 0, 2.25, 4.5, 6.75, 9 -> 4.5 rounds to 4
+    CHECK(sample_frame_indices(10, 4.0, cfg) == std::vector<int>{0, 2, 4, 7, 9});
+    // n = int(100 / 30 * 2) = 6; linspace(0, 99, 6) = 0, 19.8, 39.6, 59.4, 79.2, 99
+    CHECK(sample_frame_indices(100, 30.0, cfg) == std::vector<int>{0, 20, 40, 59, 79, 99});
+    // too few wanted -> min_frames, but never more than the video has
+    CHECK(sample_frame_indices(30, 30.0, cfg) == std::vector<int>{0, 10, 19, 29});
+    CHECK(sample_frame_indices(3, 30.0, cfg) == std::vector<int>{0, 1, 2});
+    CHECK(sample_frame_indices(1, 30.0, cfg) == std::vector<int>{0});
+    // unknown source fps is taken as 24: n = int(48 / 24 * 2) = 4
+    CHECK(sample_frame_indices(48, 0.0, cfg) == std::vector<int>{0, 16, 31, 47});
+    CHECK_THROWS_AS(sample_frame_indices(0, 30.0, cfg), Error);
+
+    CHECK(temporal_patch_timestamps({0, 2, 4}, 1.0, 2) == std::vector<double>{1.0, 4.0});
+    CHECK(timestamp_text(0.25) == "<0.2 seconds>");
+    CHECK(timestamp_text(1.25) == "<1.2 seconds>");
+    CHECK(timestamp_text(0.35) == "<0.3 seconds>");
+    CHECK(timestamp_text(0.75) == "<0.8 seconds>");
+    CHECK(timestamp_text(2.65) == "<2.6 seconds>");
+    CHECK(timestamp_text(12.05) == "<12.1 seconds>");
+}
+
+TEST_CASE("preprocess_image_at refuses sizes that do not split into merge windows") {
+    const PreprocessConfig cfg;
+    const Image img{40, 40, std::vector<uint8_t>(40 * 40 * 3)};
+    CHECK_THROWS_WITH_AS(preprocess_image_at(img, 48, 64, cfg), doctest::Contains("multiples of patch_size*merge_size = 32"), Error);
+    CHECK_THROWS_WITH_AS(preprocess_image_at(img, 0, 64, cfg), doctest::Contains("multiples"), Error);
+    const Image broken{40, 40, std::vector<uint8_t>(10)};
+    CHECK_THROWS_WITH_AS(preprocess_image(broken, cfg), doctest::Contains("expected width*height*3"), Error);
+}
+
+// Big-endian 32-bit value into a byte vector.
+static void put32(std::vector<uint8_t>& b, uint32_t v) {
+    for (int s = 24; s >= 0; s -= 8) b.push_back(uint8_t(v >> s));
+}
+
+// A PNG signature + IHDR chunk (RGB8) declaring width x height, then an IEND chunk; no pixel data.
+static std::vector<uint8_t> png_header_only(uint32_t width, uint32_t height) {
+    std::vector<uint8_t> b = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    put32(b, 13);
+    const size_t chunk = b.size();
+    for (char c : std::string("IHDR")) b.push_back(uint8_t(c));
+    put32(b, width);
+    put32(b, height);
+    for (uint8_t v : {8, 2, 0, 0, 0}) b.push_back(v);  // depth 8, colour type RGB, deflate, filter 0, no interlace
+    uint32_t crc = 0xffffffffu;  // CRC-32 over type and data, as PNG defines it
+    for (size_t i = chunk; i < b.size(); ++i) {
+        crc ^= b[i];
+        for (int k = 0; k < 8; ++k) crc = crc >> 1 ^ (0xedb88320u & (0u - (crc & 1u)));
+    }
+    put32(b, crc ^ 0xffffffffu);
+    put32(b, 0);
+    for (char c : std::string("IEND")) b.push_back(uint8_t(c));
+    put32(b, 0xae426082u);
+    return b;
+}
+
+TEST_CASE("decode: bad inputs are refused with the name and the problem") {
+    const std::vector<uint8_t> png = read_bytes(kFixtures + "tiny-image/inputs/image0_80x56.png");
+    CHECK_THROWS_WITH_AS(decode_image(png.data(), 0, "photo.png"), "photo.png: empty file, not an image", Error);
+    CHECK_THROWS_WITH_AS(decode_image(png.data(), png.size() / 2, "photo.png"), doctest::Contains("photo.png: not a decodable image ("), Error);
+    CHECK_THROWS_WITH_AS(decode_image(png.data(), 20, "photo.png"), doctest::Contains("photo.png: not a decodable image ("), Error);
+
+    std::vector<uint8_t> noise(4096);
+    uint32_t s = 12345;
+    for (auto& v : noise) v = uint8_t((s = s * 1664525u + 1013904223u) >> 24);
+    CHECK_THROWS_WITH_AS(decode_image(noise.data(), noise.size(), "noise.bin"), doctest::Contains("noise.bin: not a decodable image ("), Error);
+
+    // A header declaring 100000x100000 (30 GB of RGB) is refused from the header alone.
+    const std::vector<uint8_t> huge = png_header_only(100000, 100000);
+    CHECK_THROWS_WITH_AS(decode_image(huge.data(), huge.size(), "huge.png"), doctest::Contains("huge.png: image declares 100000x100000 pixels, above the decoder limit"), Error);
+    // Within stb_image's own limit but above ours: refused by our header check, before decoding.
+    const std::vector<uint8_t> big = png_header_only(20000, 10000);
+    CHECK_THROWS_WITH_AS(decode_image(big.data(), big.size(), "big.png"),
+                         doctest::Contains("big.png: image declares 20000x10000 pixels, above the decoder limit"), Error);
+    const std::vector<uint8_t> wide = png_header_only(70000, 10);
+    CHECK_THROWS_WITH_AS(decode_image(wide.data(), wide.size(), "wide.png"), doctest::Contains("wide.png: image declares 70000x10 pixels"), Error);
+    // A well-formed header with no image data behind it.
+    const std::vector<uint8_t> empty_png = png_header_only(16, 16);
+    CHECK_THROWS_WITH_AS(decode_image(empty_png.data(), empty_png.size(), "nodata.png"), doctest::Contains("nodata.png: not a decodable image ("),
+                         Error);
+    const std::vector<uint8_t> zero = png_header_only(0, 16);
+    CHECK_THROWS_WITH_AS(decode_image(zero.data(), zero.size(), "zero.png"), "zero.png: image has a zero side (0x16)",
+                         Error);
+
+    CHECK_THROWS_WITH_AS(load_image(kData + "/no/such/file.png"), doctest::Contains("no/such/file.png: cannot open"), Error);
+    // A decodable file after all that: the fixture itself.
+    const Image ok = decode_image(png.data(), png.size(), "photo.png");
+    CHECK(ok.width == 80);
+    CHECK(ok.height == 56);
+}
