@@ -132,3 +132,34 @@ TEST_CASE("f32_to_f16 rounds like the hardware conversion") {
     }
     for (float v : {0.1f, -3.75f, 1234.5f, 1e-6f}) CHECK(std::fabs(f16_to_f32(f32_to_f16(v)) - v) <= std::fabs(v) * 1e-3f + 6e-8f);
 }
+
+TEST_CASE("attention (tiled, online softmax) matches the scalar reference") {
+    struct Case {
+        int64_t Tq, Tk;
+        int Hq, Hkv, d;
+        bool causal;
+        int64_t q_offset;
+    };
+    const Case cases[] = {
+        {1, 1, 2, 1, 16, false, 0},    {7, 7, 4, 2, 64, false, 0},    {33, 33, 2, 2, 37, true, 0},
+        {65, 65, 3, 1, 128, true, 0},  {100, 130, 4, 4, 72, false, 0}, {1, 50, 8, 2, 64, true, 49},
+        {3, 200, 4, 2, 128, true, 197}, {17, 90, 2, 1, 8, true, 73},   {40, 40, 2, 1, 5, false, 0},
+        {70, 300, 2, 2, 64, true, 230},
+    };
+    uint32_t seed = 100;
+    for (const auto& c : cases) {
+        auto q = randn(size_t(c.Tq * c.Hq * c.d), seed++);
+        auto k = randn(size_t(c.Tk * c.Hkv * c.d), seed++);
+        auto v = randn(size_t(c.Tk * c.Hkv * c.d), seed++);
+        const float scale = 1.f / std::sqrt(float(c.d)) * 2.f;  // sharper than usual
+        std::vector<float> o(q.size(), NAN), r(q.size(), NAN);
+        attention(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, o.data());
+        attention_ref(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, r.data());
+        // outputs are convex combinations of v rows (|v| ~ 1): absolute error in units of max |v|
+        double worst = 0;
+        for (size_t i = 0; i < o.size(); ++i) worst = std::max(worst, std::isnan(o[i]) ? 1e9 : std::fabs(double(o[i]) - r[i]));
+        INFO("Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " d=" << c.d << " causal=" << c.causal
+                   << " off=" << c.q_offset);
+        CHECK(worst < 2e-5);
+    }
+}

@@ -139,10 +139,10 @@ inline void rope_rotate_half(float* v, int d, const float* cos_a, const float* s
     }
 }
 
-// Attention with grouped KV heads.
+// Attention with grouped KV heads. Scalar reference (full score row per query).
 // q [Tq, Hq, d], k/v [Tk, Hkv, d] (row strides Hq*d and Hkv*d), out [Tq, Hq, d].
 // causal: query i sits at absolute position q_offset + i and sees keys 0..q_offset+i.
-inline void attention(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
+inline void attention_ref(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
                       float scale, bool causal, int64_t q_offset, float* out) {
     const int group = Hq / Hkv;
 #pragma omp parallel
@@ -184,6 +184,8 @@ inline bool matmul_quant(const float*, int64_t, const Matrix&, float*, const flo
 
 }  // namespace detail
 }  // namespace deepstack
+
+#include "kernels_attention.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop

@@ -49,6 +49,18 @@ inline vf add(vf a, vf b) { return _mm512_add_ps(a, b); }
 inline vf sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 inline vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 inline vf max(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline vf min(vf a, vf b) { return _mm512_min_ps(a, b); }
+inline vf div(vf a, vf b) { return _mm512_div_ps(a, b); }
+inline vf abs(vf a) { return _mm512_andnot_ps(_mm512_set1_ps(-0.f), a); }
+inline vf copysign(vf mag, vf s) {  // |mag| with the sign of s
+    const vf m = _mm512_set1_ps(-0.f);
+    return _mm512_or_ps(_mm512_and_ps(s, m), _mm512_andnot_ps(m, mag));
+}
+inline vf round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// 2^n for integer-valued n in [-126, 127]
+inline vf pow2n(vf n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+}
 // (not _mm512_reduce_*_ps: GCC 12's header for those trips -Wmaybe-uninitialized)
 inline float hsum(vf v) {
     __m256 h = _mm256_add_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
@@ -88,6 +100,17 @@ inline vf add(vf a, vf b) { return _mm256_add_ps(a, b); }
 inline vf sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 inline vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 inline vf max(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf min(vf a, vf b) { return _mm256_min_ps(a, b); }
+inline vf div(vf a, vf b) { return _mm256_div_ps(a, b); }
+inline vf abs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), a); }
+inline vf copysign(vf mag, vf s) {
+    const vf m = _mm256_set1_ps(-0.f);
+    return _mm256_or_ps(_mm256_and_ps(s, m), _mm256_andnot_ps(m, mag));
+}
+inline vf round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vf pow2n(vf n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
 inline float hsum(vf v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -145,6 +168,14 @@ inline vf add(vf a, vf b) { return vaddq_f32(a, b); }
 inline vf sub(vf a, vf b) { return vsubq_f32(a, b); }
 inline vf mul(vf a, vf b) { return vmulq_f32(a, b); }
 inline vf max(vf a, vf b) { return vmaxq_f32(a, b); }
+inline vf min(vf a, vf b) { return vminq_f32(a, b); }
+inline vf div(vf a, vf b) { return vdivq_f32(a, b); }
+inline vf abs(vf a) { return vabsq_f32(a); }
+inline vf copysign(vf mag, vf s) { return vbslq_f32(vdupq_n_u32(0x80000000u), s, vabsq_f32(mag)); }
+inline vf round(vf a) { return vrndnq_f32(a); }
+inline vf pow2n(vf n) {
+    return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23));
+}
 inline float hsum(vf v) { return vaddvq_f32(v); }
 inline float hmax(vf v) { return vmaxvq_f32(v); }
 inline vf load_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
@@ -200,6 +231,30 @@ inline vf max(vf a, vf b) {
     for (int i = 0; i < 4; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
     return a;
 }
+inline vf min(vf a, vf b) {
+    for (int i = 0; i < 4; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i];
+    return a;
+}
+inline vf div(vf a, vf b) {
+    for (int i = 0; i < 4; ++i) a.v[i] /= b.v[i];
+    return a;
+}
+inline vf abs(vf a) {
+    for (int i = 0; i < 4; ++i) a.v[i] = std::fabs(a.v[i]);
+    return a;
+}
+inline vf copysign(vf mag, vf s) {
+    for (int i = 0; i < 4; ++i) mag.v[i] = std::copysign(mag.v[i], s.v[i]);
+    return mag;
+}
+inline vf round(vf a) {
+    for (int i = 0; i < 4; ++i) a.v[i] = std::nearbyint(a.v[i]);
+    return a;
+}
+inline vf pow2n(vf n) {
+    for (int i = 0; i < 4; ++i) n.v[i] = std::ldexp(1.f, int(n.v[i]));
+    return n;
+}
 inline float hsum(vf v) { return (v.v[0] + v.v[1]) + (v.v[2] + v.v[3]); }
 inline float hmax(vf v) {
     float a = v.v[0] > v.v[1] ? v.v[0] : v.v[1], b = v.v[2] > v.v[3] ? v.v[2] : v.v[3];
@@ -218,6 +273,26 @@ inline vf load_f16_n(const uint16_t* p, int n) {
     return r;
 }
 #endif
+
+// ---- math on vectors, written once over the primitives above ----
+
+// e^x, Cephes-style: range reduction by ln2 and a degree-6 polynomial. Max relative error ~2 ulp
+// (about 1.5e-7) on [-87.3, 88]; inputs are clamped to that range (so exp(-inf) gives ~1e-38, not 0).
+inline vf exp(vf x) {
+    x = min(max(x, set1(-87.33654f)), set1(88.0f));
+    const vf n = round(mul(x, set1(1.44269504088896341f)));
+    vf r = fma(n, set1(-0.693359375f), x);
+    r = fma(n, set1(2.12194440e-4f), r);
+    vf p = set1(1.9875691500e-4f);
+    p = fma(p, r, set1(1.3981999507e-3f));
+    p = fma(p, r, set1(8.3334519073e-3f));
+    p = fma(p, r, set1(4.1665795894e-2f));
+    p = fma(p, r, set1(1.6666665459e-1f));
+    p = fma(p, r, set1(5.0000001201e-1f));
+    const vf r2 = mul(r, r);
+    const vf y = add(fma(p, r2, r), set1(1.f));
+    return mul(y, pow2n(n));
+}
 
 // Loads of W weights of a given storage type as fp32 (tag dispatch for the templated kernels).
 struct F32Src {

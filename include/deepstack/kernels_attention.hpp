@@ -1,0 +1,261 @@
+// deepstack/kernels_attention.hpp - tiled attention with an online softmax (flash-attention style):
+// per task (block of BQ queries, one head) the keys are visited in blocks of BK; scores for the block
+// are computed against a transposed copy of the key block (SIMD over keys, no horizontal sums), the
+// running max / sum are updated and the output rows rescaled, then P*V is accumulated (SIMD over d).
+// Memory per thread is O(BQ*d + BK*d), never Tq x Tk. OpenMP over (query blocks x heads).
+// Included from kernels.hpp.
+#pragma once
+#include "kernels_simd.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace deepstack {
+namespace detail {
+namespace attn {
+
+constexpr int BQ = 32;             // queries per task
+constexpr int NVK = 4;             // vectors per key block
+constexpr int BK = NVK * simd::W;  // keys per block
+
+// o0/o1 [C*W floats at t0] += sum_jj p0[jj] * v_jj, p1[jj] * v_jj   (two queries share V loads)
+template <int C>
+inline void pv_chunk(const float* p0, const float* p1, int jmax, const float* vbase, int64_t vstride, int t0, float* o0,
+                     float* o1) {
+    using namespace simd;
+    vf a0[C], a1[C];
+    for (int c = 0; c < C; ++c) {
+        a0[c] = load(o0 + t0 + c * W);
+        a1[c] = load(o1 + t0 + c * W);
+    }
+    for (int jj = 0; jj < jmax; ++jj) {
+        const float* vr = vbase + jj * vstride + t0;
+        const vf b0 = set1(p0[jj]), b1 = set1(p1[jj]);
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) {
+            const vf vv = load(vr + c * W);
+            a0[c] = simd::fma(b0, vv, a0[c]);
+            a1[c] = simd::fma(b1, vv, a1[c]);
+        }
+    }
+    for (int c = 0; c < C; ++c) {
+        store(o0 + t0 + c * W, a0[c]);
+        store(o1 + t0 + c * W, a1[c]);
+    }
+}
+
+// One task: query rows [r0, r0 + bq) of kv head kvh, where row r is query position r / G of head
+// kvh * G + r % G (G = Hq / Hkv: the heads sharing this K/V are processed together). work: >= (2*BQ + 2)*d + (BQ + 1)*BK + 2*BQ floats.
+// ktall: keys transposed per (kv head, key block) as [Hkv][nkb][d][BK], or null (then scores are
+// direct dot products against the key rows: the decode path, where transposing would cost more).
+inline void attention_task(const float* q, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
+                           float scale, bool causal, int64_t q_offset, int64_t r0, int bq, int kvh, float* out,
+                           float* work, const float* ktall, int64_t nkb) {
+    using namespace simd;
+    const int G = Hq / Hkv;
+    const int64_t kvstride = int64_t(Hkv) * d;
+    float* qs = work;                          // [BQ + 1][d] scaled queries (row bq duplicates for odd counts)
+    float* o = qs + (BQ + 1) * d;              // [BQ + 1][d] unnormalised outputs
+    float* sc = o + (BQ + 1) * d;              // [BQ + 1][BK] scores, then probabilities
+    float* mrow = sc + (BQ + 1) * BK;          // [BQ] running max
+    float* lrow = mrow + BQ;                   // [BQ] running sum
+    for (int i = 0; i < bq; ++i) {
+        const int64_t r = r0 + i;
+        const float* qi = q + ((r / G) * Hq + kvh * G + r % G) * int64_t(d);
+        for (int t = 0; t < d; ++t) qs[i * d + t] = qi[t] * scale;
+        mrow[i] = -INFINITY;
+        lrow[i] = 0.f;
+    }
+    std::fill(o, o + (BQ + 1) * int64_t(d), 0.f);
+    std::fill(qs + bq * d, qs + (bq + 1) * d, 0.f);
+    // keys any query of the block can see
+    const int64_t n_keys = causal ? std::min<int64_t>(Tk, std::max<int64_t>(0, q_offset + (r0 + bq - 1) / G + 1)) : Tk;
+    for (int64_t j0 = 0; j0 < n_keys; j0 += BK) {
+        const int bk = int(std::min<int64_t>(BK, n_keys - j0));
+        if (ktall) {
+            // scores from the pre-transposed key block kt[t][jj], two queries at a time
+            const float* kt = ktall + (int64_t(kvh) * nkb + j0 / BK) * int64_t(d) * BK;
+            for (int i = 0; i < bq; i += 2) {
+                const float* q0 = qs + i * d;
+                const float* q1 = qs + std::min(i + 1, bq) * d;
+                vf a0[NVK], a1[NVK];
+                for (int c = 0; c < NVK; ++c) a0[c] = a1[c] = zero();
+                for (int t = 0; t < d; ++t) {
+                    const vf b0 = set1(q0[t]), b1 = set1(q1[t]);
+#pragma GCC unroll 4
+                    for (int c = 0; c < NVK; ++c) {
+                        const vf kv = load(kt + t * BK + c * W);
+                        a0[c] = simd::fma(b0, kv, a0[c]);
+                        a1[c] = simd::fma(b1, kv, a1[c]);
+                    }
+                }
+                for (int c = 0; c < NVK; ++c) {
+                    store(sc + i * BK + c * W, a0[c]);
+                    store(sc + (i + 1) * BK + c * W, a1[c]);
+                }
+            }
+        } else {
+            // few queries: direct dot products along d against the key rows, four keys at a time
+            const float* kb = k + j0 * kvstride + int64_t(kvh) * d;
+            for (int i = 0; i < bq; ++i) {
+                const float* qi = qs + i * d;
+                float* s = sc + i * BK;
+                int jj = 0;
+                for (; jj < bk; jj += 4) {
+                    const int nk = std::min(4, bk - jj);
+                    const float* kr[4];
+                    for (int u = 0; u < 4; ++u) kr[u] = kb + int64_t(jj + std::min(u, nk - 1)) * kvstride;
+                    vf a[4] = {zero(), zero(), zero(), zero()};
+                    int t = 0;
+                    for (; t + W <= d; t += W) {
+                        const vf qv = load(qi + t);
+                        for (int u = 0; u < 4; ++u) a[u] = simd::fma(qv, load(kr[u] + t), a[u]);
+                    }
+                    if (t < d) {
+                        const vf qv = load_n(qi + t, d - t);
+                        for (int u = 0; u < 4; ++u) a[u] = simd::fma(qv, load_n(kr[u] + t, d - t), a[u]);
+                    }
+                    for (int u = 0; u < nk; ++u) s[jj + u] = hsum(a[u]);
+                }
+            }
+        }
+        // online softmax update per query; probabilities overwrite the scores, zero past the limit
+        int jmax_all = 0;
+        for (int i = 0; i < bq; ++i) {
+            float* s = sc + i * BK;
+            const int64_t lim64 = causal ? std::min<int64_t>(bk, q_offset + (r0 + i) / G + 1 - j0) : bk;
+            const int lim = int(std::max<int64_t>(0, lim64));
+            if (lim == 0) {
+                std::fill(s, s + BK, 0.f);
+                continue;
+            }
+            jmax_all = std::max(jmax_all, lim);
+            vf mx = set1(-INFINITY);
+            int jj = 0;
+            for (; jj + W <= lim; jj += W) mx = simd::max(mx, load(s + jj));
+            float m_blk = hmax(mx);
+            for (; jj < lim; ++jj) m_blk = std::max(m_blk, s[jj]);
+            const float m_new = std::max(mrow[i], m_blk);
+            if (m_new > mrow[i]) {
+                const float alpha = std::exp(mrow[i] - m_new);
+                if (lrow[i] != 0.f) {
+                    lrow[i] *= alpha;
+                    float* oi = o + i * int64_t(d);
+                    const vf av = set1(alpha);
+                    int t = 0;
+                    for (; t + W <= d; t += W) store(oi + t, mul(load(oi + t), av));
+                    for (; t < d; ++t) oi[t] *= alpha;
+                }
+                mrow[i] = m_new;
+            }
+            const vf mv = set1(m_new);
+            vf sum = zero();
+            for (jj = 0; jj + W <= lim; jj += W) {
+                const vf p = simd::exp(sub(load(s + jj), mv));
+                store(s + jj, p);
+                sum = add(sum, p);
+            }
+            if (jj < lim) {
+                const int r = lim - jj;
+                const vf p = simd::exp(sub(load_n(s + jj, r), mv));
+                store_n(s + jj, p, r);  // (lanes past r are not summed: they hold exp(-m))
+                float tail = 0.f;
+                for (int u = jj; u < lim; ++u) tail += s[u];
+                lrow[i] += tail;
+                jj = lim;
+            }
+            lrow[i] += hsum(sum);
+            std::fill(s + lim, s + BK, 0.f);
+        }
+        if (jmax_all == 0) continue;
+        // O += P V, two queries at a time
+        const float* vbase = v + j0 * kvstride + int64_t(kvh) * d;
+        for (int i = 0; i < bq; i += 2) {
+            const int i1 = std::min(i + 1, bq);  // row bq of sc/o is scratch
+            if (i1 == bq) std::fill(sc + bq * BK, sc + (bq + 1) * BK, 0.f);
+            const float* p0 = sc + i * BK;
+            const float* p1 = sc + i1 * BK;
+            float* o0 = o + i * int64_t(d);
+            float* o1 = o + i1 * int64_t(d);
+            int t0 = 0;
+            for (; t0 + 4 * W <= d; t0 += 4 * W) pv_chunk<4>(p0, p1, jmax_all, vbase, kvstride, t0, o0, o1);
+            for (; t0 + W <= d; t0 += W) pv_chunk<1>(p0, p1, jmax_all, vbase, kvstride, t0, o0, o1);
+            for (; t0 < d; ++t0) {
+                float s0 = o0[t0], s1 = o1[t0];
+                for (int jj = 0; jj < jmax_all; ++jj) {
+                    const float vv = vbase[jj * kvstride + t0];
+                    s0 += p0[jj] * vv;
+                    s1 += p1[jj] * vv;
+                }
+                o0[t0] = s0;
+                o1[t0] = s1;
+            }
+        }
+    }
+    for (int i = 0; i < bq; ++i) {
+        const int64_t r = r0 + i;
+        float* dst = out + ((r / G) * Hq + kvh * G + r % G) * int64_t(d);
+        const float inv = lrow[i] > 0.f ? 1.f / lrow[i] : 0.f;
+        for (int t = 0; t < d; ++t) dst[t] = o[i * int64_t(d) + t] * inv;
+    }
+}
+
+}  // namespace attn
+
+// Attention with grouped KV heads (Hq a multiple of Hkv).
+// q [Tq, Hq, d], k/v [Tk, Hkv, d] (row strides Hq*d and Hkv*d), out [Tq, Hq, d].
+// causal: query i sits at absolute position q_offset + i and sees keys 0..q_offset+i.
+// Tiled with an online softmax; softmax uses simd::exp (~2 ulp), so results differ from
+// attention_ref by a few ulp of the output magnitude.
+inline void attention(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
+                      float scale, bool causal, int64_t q_offset, float* out) {
+    if (Tq <= 0 || Hq <= 0 || d <= 0) return;
+    if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
+    const int G = Hq / Hkv;
+    const int64_t rows = Tq * G;  // query rows per kv head
+    const int64_t nqb = (rows + attn::BQ - 1) / attn::BQ;
+    const int64_t tasks = nqb * Hkv;
+    const size_t work_floats = size_t(2 * (attn::BQ + 1) * int64_t(d) + (attn::BQ + 1) * attn::BK + 2 * attn::BQ);
+    const int nt = omp_threads();
+    // With many queries, transpose K once per call into [Hkv][nkb][d][BK] (zero padded) and share it.
+    const int64_t nkb = (Tk + attn::BK - 1) / attn::BK;
+    float* ktall = nullptr;
+    if (Tq >= 8 && Tk > 0) {
+        ktall = scratch<4>(size_t(Hkv) * size_t(nkb) * size_t(d) * attn::BK);
+        const int64_t kstride = int64_t(Hkv) * d;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t blk = 0; blk < Hkv * nkb; ++blk) {
+            const int kvh = int(blk / nkb);
+            const int64_t j0 = (blk % nkb) * attn::BK;
+            const int bk = int(std::min<int64_t>(attn::BK, Tk - j0));
+            float* kt = ktall + blk * int64_t(d) * attn::BK;
+            for (int jj = 0; jj < bk; ++jj) {
+                const float* kr = k + (j0 + jj) * kstride + int64_t(kvh) * d;
+                for (int t = 0; t < d; ++t) kt[t * attn::BK + jj] = kr[t];
+            }
+            for (int t = 0; t < d; ++t) std::fill(kt + t * attn::BK + bk, kt + (t + 1) * attn::BK, 0.f);
+        }
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1 && tasks > 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+        // kv heads innermost so that neighbouring tasks share the same query positions
+        const int64_t qb = task / Hkv;
+        const int kvh = int(task % Hkv);
+        const int64_t r0 = qb * attn::BQ;
+        const int bq = int(std::min<int64_t>(attn::BQ, rows - r0));
+        float* work = scratch<3>(work_floats);
+        attn::attention_task(q, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, r0, bq, kvh, out, work, ktall, nkb);
+    }
+}
+
+}  // namespace detail
+}  // namespace deepstack
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
