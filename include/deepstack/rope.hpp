@@ -81,30 +81,37 @@ inline void mrope_tables(const Positions& p, size_t first, size_t count, int hea
         }
 }
 
-// cos/sin tables for the vision encoder's 2D rotary, one row per patch in merge-window order
-// (t, block row, block col, row in block, col in block). head_dim dh; the first dh/4 angles use
-// the patch row, the next dh/4 the patch column. Output cos/sin [t*h*w, dh/2].
-inline void vision_rope_tables(int t, int h, int w, int merge, int head_dim, float* cos_out, float* sin_out) {
-    const int half = head_dim / 2, quarter = head_dim / 4;
-    std::vector<float> inv_freq(static_cast<size_t>(quarter));
-    for (int k = 0; k < quarter; ++k) inv_freq[size_t(k)] = float(1.0 / std::pow(10000.0, double(2 * k) / half));
-    size_t row_index = 0;
+// Calls fn(row, col) for each patch of a t x h x w grid in merge-window order (t, block row,
+// block col, row in block, col in block): the order of the preprocessor's patches (spec §3.1).
+template <typename Fn>
+inline void for_each_window_patch(int t, int h, int w, int merge, Fn&& fn) {
     for (int tt = 0; tt < t; ++tt)
         for (int bh = 0; bh < h / merge; ++bh)
             for (int bw = 0; bw < w / merge; ++bw)
                 for (int ih = 0; ih < merge; ++ih)
-                    for (int iw = 0; iw < merge; ++iw, ++row_index) {
-                        const float row = float(bh * merge + ih), col = float(bw * merge + iw);
-                        float* c = cos_out + row_index * size_t(half);
-                        float* s = sin_out + row_index * size_t(half);
-                        for (int k = 0; k < quarter; ++k) {
-                            const float a_row = row * inv_freq[size_t(k)], a_col = col * inv_freq[size_t(k)];
-                            c[k] = float(std::cos(double(a_row)));
-                            s[k] = float(std::sin(double(a_row)));
-                            c[quarter + k] = float(std::cos(double(a_col)));
-                            s[quarter + k] = float(std::sin(double(a_col)));
-                        }
-                    }
+                    for (int iw = 0; iw < merge; ++iw) fn(bh * merge + ih, bw * merge + iw);
+}
+
+// cos/sin tables for the vision encoder's 2D rotary, one row per patch in merge-window order.
+// head_dim dh; the first dh/4 angles use the patch row, the next dh/4 the patch column.
+// Output cos/sin [t*h*w, dh/2].
+inline void vision_rope_tables(int t, int h, int w, int merge, int head_dim, float* cos_out, float* sin_out) {
+    const int half = head_dim / 2, quarter = head_dim / 4;
+    std::vector<float> inv_freq(static_cast<size_t>(quarter));
+    for (int k = 0; k < quarter; ++k) inv_freq[size_t(k)] = float(1.0 / std::pow(10000.0, double(2 * k) / half));
+    size_t patch = 0;
+    for_each_window_patch(t, h, w, merge, [&](int row, int col) {
+        float* c = cos_out + patch * size_t(half);
+        float* s = sin_out + patch * size_t(half);
+        for (int k = 0; k < quarter; ++k) {
+            const float a_row = float(row) * inv_freq[size_t(k)], a_col = float(col) * inv_freq[size_t(k)];
+            c[k] = float(std::cos(double(a_row)));
+            s[k] = float(std::sin(double(a_row)));
+            c[quarter + k] = float(std::cos(double(a_col)));
+            s[quarter + k] = float(std::sin(double(a_col)));
+        }
+        ++patch;
+    });
 }
 
 }  // namespace deepstack

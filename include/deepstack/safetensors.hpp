@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 #include <unordered_map>
 
 namespace deepstack {
@@ -128,7 +129,9 @@ inline std::vector<TensorInfo> parse_safetensors(const uint8_t* buf, size_t size
         for (const auto& d : v["shape"]) {
             if (!d.is_number_unsigned()) throw Error(where + ": shape entries must be non-negative integers");
             uint64_t dim = d.get<uint64_t>();
-            if (dim != 0 && numel > (uint64_t(1) << 62) / dim) throw Error(where + ": shape is too large");
+            // At most 2^60 elements, so numel * dtype size (<= 8) cannot wrap around.
+            if (dim > (uint64_t(1) << 60) || (dim != 0 && numel > (uint64_t(1) << 60) / dim))
+                throw Error(where + ": shape is too large");
             numel *= dim;
             t.shape.push_back(int64_t(dim));
         }
@@ -256,20 +259,14 @@ struct TensorBlob {
     std::vector<uint8_t> bytes;
 };
 
-inline TensorBlob make_blob(const std::string& name, const std::vector<int64_t>& shape, const float* v) {
-    TensorBlob b{name, DType::F32, shape, {}};
+// A float (F32) or integer (I64) tensor to write, copied from v [prod(shape)].
+template <typename T>
+inline TensorBlob make_blob(const std::string& name, const std::vector<int64_t>& shape, const T* v) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, int64_t>, "make_blob takes float or int64_t data");
+    TensorBlob b{name, std::is_same_v<T, float> ? DType::F32 : DType::I64, shape, {}};
     int64_t n = 1;
     for (auto d : shape) n *= d;
-    b.bytes.resize(size_t(n) * 4);
-    std::memcpy(b.bytes.data(), v, b.bytes.size());
-    return b;
-}
-
-inline TensorBlob make_blob(const std::string& name, const std::vector<int64_t>& shape, const int64_t* v) {
-    TensorBlob b{name, DType::I64, shape, {}};
-    int64_t n = 1;
-    for (auto d : shape) n *= d;
-    b.bytes.resize(size_t(n) * 8);
+    b.bytes.resize(size_t(n) * sizeof(T));
     std::memcpy(b.bytes.data(), v, b.bytes.size());
     return b;
 }

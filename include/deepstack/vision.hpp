@@ -48,15 +48,11 @@ inline void position_embedding(const Matrix& table, int t, int h, int w, int mer
             for (int64_t c = 0; c < Dv; ++c) g[c] = c00 * r0[size_t(c)] + c01 * r1[size_t(c)] + c10 * r2[size_t(c)] + c11 * r3[size_t(c)];
         }
     }
-    size_t row = 0;
-    for (int tt = 0; tt < t; ++tt)
-        for (int bh = 0; bh < h / merge; ++bh)
-            for (int bw = 0; bw < w / merge; ++bw)
-                for (int ih = 0; ih < merge; ++ih)
-                    for (int iw = 0; iw < merge; ++iw, ++row) {
-                        const float* g = grid.data() + (size_t(bh * merge + ih) * size_t(w) + size_t(bw * merge + iw)) * size_t(Dv);
-                        std::copy(g, g + Dv, out + row * size_t(Dv));
-                    }
+    size_t patch = 0;
+    for_each_window_patch(t, h, w, merge, [&](int row, int col) {
+        const float* g = grid.data() + (size_t(row) * size_t(w) + size_t(col)) * size_t(Dv);
+        std::copy(g, g + Dv, out + patch++ * size_t(Dv));
+    });
 }
 
 inline void linear_forward(const float* x, int64_t M, const Linear& l, float* y) {
