@@ -163,3 +163,65 @@ TEST_CASE("attention (tiled, online softmax) matches the scalar reference") {
         CHECK(worst < 2e-5);
     }
 }
+
+TEST_CASE("layernorm and rmsnorm (SIMD) match the scalar references, in place too") {
+    for (int64_t n : {1, 7, 16, 33, 100, 1031}) {
+        for (int64_t M : {1, 3, 17}) {
+            auto x = randn(size_t(M * n), uint32_t(n * 7 + M), 2.f);
+            for (auto& v : x) v += 3.f;  // a mean offset exercises the two-pass variance
+            auto w = randn(size_t(n), 11), b = randn(size_t(n), 12);
+            std::vector<float> y(x.size()), r(x.size());
+            layernorm(x.data(), M, n, w.data(), b.data(), 1e-6f, y.data());
+            layernorm_ref(x.data(), M, n, w.data(), b.data(), 1e-6f, r.data());
+            INFO("n=" << n << " M=" << M);
+            for (size_t i = 0; i < y.size(); ++i) CHECK(std::fabs(y[i] - r[i]) <= 2e-5f * (std::fabs(r[i]) + std::fabs(b[i % size_t(n)]) + 1.f));
+            rmsnorm(x.data(), M, n, w.data(), 1e-6f, y.data());
+            rmsnorm_ref(x.data(), M, n, w.data(), 1e-6f, r.data());
+            for (size_t i = 0; i < y.size(); ++i) CHECK(std::fabs(y[i] - r[i]) <= 2e-6f * (std::fabs(r[i]) + 1e-6f));
+            auto z = x;  // in place
+            rmsnorm(z.data(), M, n, w.data(), 1e-6f, z.data());
+            for (size_t i = 0; i < y.size(); ++i) CHECK(z[i] == y[i]);
+        }
+    }
+}
+
+TEST_CASE("vector gelu_tanh, gelu_erf, silu, silu_mul against exact double formulas") {
+    std::vector<float> xs;
+    for (float v = -12.f; v <= 12.f; v += 0.00731f) xs.push_back(v);
+    for (float v : {0.f, -0.f, 1e-20f, -1e-20f, 1e-4f, -1e-4f, 30.f, -30.f, 90.f, -90.f}) xs.push_back(v);
+    xs.push_back(0.5f);  // odd length
+    const size_t n = xs.size();
+    auto check = [&](std::string name, void (*fn)(float*, int64_t), double (*exact)(double), double rel) {
+        auto y = xs;
+        fn(y.data(), int64_t(n));
+        double worst = 0;
+        for (size_t i = 0; i < n; ++i) {
+            const double e = exact(double(xs[i]));
+            // relative error, except results underflowing below 1e-30 |x| (exp clamps at ~1e-38)
+            const double err = std::fabs(double(y[i]) - e) / std::max(std::fabs(e), 1e-30 * std::fabs(double(xs[i])) + 1e-37);
+            worst = std::max(worst, err);
+        }
+        INFO(name << " worst relative error " << worst);
+        CHECK(worst <= rel);
+    };
+    // 0.5 x (1 + tanh u) written as x / (1 + e^(-2u)) so that double has no cancellation in the tail
+    auto gt = [](double x) { return x / (1 + std::exp(-2 * 0.7978845608028654 * (x + 0.044715 * x * x * x))); };
+    auto ge = [](double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); };
+    auto si = [](double x) { return x / (1 + std::exp(-x)); };
+    // the tails lose a little: the exponent argument (|u| up to ~30) carries its own fp32 rounding
+    check("gelu_tanh", gelu_tanh_inplace, gt, 2e-5);  // results there are < 1e-20
+    check("gelu_erf", gelu_erf_inplace, ge, 1e-6);
+    check("silu", silu_inplace, si, 1e-6);
+    // in the central range the bound is tighter
+    std::vector<float> mid;
+    for (float v = -4.f; v <= 4.f; v += 0.001f) mid.push_back(v);
+    auto y = mid;
+    gelu_tanh_inplace(y.data(), int64_t(y.size()));
+    double worst = 0;
+    for (size_t i = 0; i < mid.size(); ++i) worst = std::max(worst, std::fabs(y[i] - gt(mid[i])) / std::max(std::fabs(gt(mid[i])), 1e-30));
+    CHECK(worst <= 1.5e-6);
+    auto g = randn(1001, 3), u = randn(1001, 4);
+    std::vector<float> out(1001);
+    silu_mul(g.data(), u.data(), out.data(), 1001);
+    for (size_t i = 0; i < out.size(); ++i) CHECK(std::fabs(out[i] - silu(g[i]) * u[i]) <= 1e-6f * std::fabs(silu(g[i]) * u[i]) + 1e-30f);
+}

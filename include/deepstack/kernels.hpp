@@ -92,8 +92,8 @@ inline void matmul_ref(const float* x, int64_t M, const Matrix& W, float* y, con
 namespace deepstack {
 namespace detail {
 
-// LayerNorm over the last dim (n) of rows [M, n], in place allowed (y may equal x).
-inline void layernorm(const float* x, int64_t M, int64_t n, const float* w, const float* b, float eps, float* y) {
+// LayerNorm over the last dim (n) of rows [M, n], in place allowed (y may equal x). Scalar reference.
+inline void layernorm_ref(const float* x, int64_t M, int64_t n, const float* w, const float* b, float eps, float* y) {
 #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < M; ++m) {
         const float* xm = x + m * n;
@@ -109,8 +109,8 @@ inline void layernorm(const float* x, int64_t M, int64_t n, const float* w, cons
     }
 }
 
-// RMSNorm over rows [M, n] (statistics in fp32), y may equal x.
-inline void rmsnorm(const float* x, int64_t M, int64_t n, const float* w, float eps, float* y) {
+// RMSNorm over rows [M, n] (statistics in fp32), y may equal x. Scalar reference.
+inline void rmsnorm_ref(const float* x, int64_t M, int64_t n, const float* w, float eps, float* y) {
     for (int64_t m = 0; m < M; ++m) {
         const float* xm = x + m * n;
         float* ym = y + m * n;
@@ -127,6 +127,120 @@ inline float gelu_tanh(float x) {
 }
 inline float gelu_erf(float x) { return 0.5f * x * (1.f + std::erf(x * 0.7071067811865476f)); }
 inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+
+// Rows of a [M, n] elementwise/norm job spread over threads when there is enough work.
+inline bool worth_threads(int64_t elems) { return elems >= (int64_t(1) << 15) && omp_threads() > 1; }
+
+// LayerNorm over the last dim (n) of rows [M, n], y may equal x. SIMD, two-pass fp32 statistics
+// (mean, then mean of squared deviations); matches layernorm_ref to ~1e-6 relative.
+inline void layernorm(const float* x, int64_t M, int64_t n, const float* w, const float* b, float eps, float* y) {
+    using namespace simd;
+#pragma omp parallel for schedule(static) if (worth_threads(M * n))
+    for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * n;
+        float* ym = y + m * n;
+        vf s0 = zero(), s1 = zero();
+        int64_t i = 0;
+        for (; i + 2 * W <= n; i += 2 * W) {
+            s0 = add(s0, load(xm + i));
+            s1 = add(s1, load(xm + i + W));
+        }
+        for (; i + W <= n; i += W) s0 = add(s0, load(xm + i));
+        if (i < n) s1 = add(s1, load_n(xm + i, int(n - i)));
+        const float mu = hsum(add(s0, s1)) / float(n);
+        const vf muv = set1(mu);
+        s0 = zero();
+        float tail = 0.f;
+        for (i = 0; i + W <= n; i += W) {
+            const vf d = sub(load(xm + i), muv);
+            s0 = simd::fma(d, d, s0);
+        }
+        for (; i < n; ++i) tail += (xm[i] - mu) * (xm[i] - mu);
+        const float var = (hsum(s0) + tail) / float(n);
+        const float inv = 1.f / std::sqrt(var + eps);
+        const vf iv = set1(inv);
+        for (i = 0; i + W <= n; i += W) {
+            const vf v = mul(sub(load(xm + i), muv), iv);
+            store(ym + i, simd::fma(v, load(w + i), load(b + i)));
+        }
+        if (i < n) {
+            const int r = int(n - i);
+            const vf v = mul(sub(load_n(xm + i, r), muv), iv);
+            store_n(ym + i, simd::fma(v, load_n(w + i, r), load_n(b + i, r)), r);
+        }
+    }
+}
+
+// RMSNorm over rows [M, n] (statistics in fp32), y may equal x. SIMD.
+inline void rmsnorm(const float* x, int64_t M, int64_t n, const float* w, float eps, float* y) {
+    using namespace simd;
+#pragma omp parallel for schedule(static) if (worth_threads(M * n))
+    for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * n;
+        float* ym = y + m * n;
+        vf s0 = zero(), s1 = zero();
+        int64_t i = 0;
+        for (; i + 2 * W <= n; i += 2 * W) {
+            const vf a = load(xm + i), c = load(xm + i + W);
+            s0 = simd::fma(a, a, s0);
+            s1 = simd::fma(c, c, s1);
+        }
+        for (; i + W <= n; i += W) {
+            const vf a = load(xm + i);
+            s0 = simd::fma(a, a, s0);
+        }
+        if (i < n) {
+            const vf a = load_n(xm + i, int(n - i));
+            s1 = simd::fma(a, a, s1);
+        }
+        const float inv = 1.f / std::sqrt(hsum(add(s0, s1)) / float(n) + eps);
+        const vf iv = set1(inv);
+        for (i = 0; i + W <= n; i += W) store(ym + i, mul(mul(load(xm + i), iv), load(w + i)));
+        if (i < n) {
+            const int r = int(n - i);
+            store_n(ym + i, mul(mul(load_n(xm + i, r), iv), load_n(w + i, r)), r);
+        }
+    }
+}
+
+// Apply a vector function to x[0..n) in place (threads for large arrays).
+template <class F>
+inline void map_inplace(float* x, int64_t n, F f) {
+    using namespace simd;
+    constexpr int64_t CH = 4096;
+    const int64_t chunks = (n + CH - 1) / CH;
+#pragma omp parallel for schedule(static) if (worth_threads(n))
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t e = std::min(n, (c + 1) * CH);
+        int64_t i = c * CH;
+        for (; i + W <= e; i += W) store(x + i, f(load(x + i)));
+        if (i < e) store_n(x + i, f(load_n(x + i, int(e - i))), int(e - i));
+    }
+}
+
+// Array forms (SIMD; see simd::gelu_tanh / gelu_erf / silu for the approximations: relative error
+// <= ~1e-6 against the exact functions in double, except where the result underflows towards 0).
+inline void gelu_tanh_inplace(float* x, int64_t n) { map_inplace(x, n, [](simd::vf v) { return simd::gelu_tanh(v); }); }
+inline void gelu_erf_inplace(float* x, int64_t n) { map_inplace(x, n, [](simd::vf v) { return simd::gelu_erf(v); }); }
+inline void silu_inplace(float* x, int64_t n) { map_inplace(x, n, [](simd::vf v) { return simd::silu(v); }); }
+
+// SwiGLU: out[i] = silu(gate[i]) * up[i] (out may alias gate or up).
+inline void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+    using namespace simd;
+    constexpr int64_t CH = 4096;
+    const int64_t chunks = (n + CH - 1) / CH;
+#pragma omp parallel for schedule(static) if (worth_threads(n))
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t e = std::min(n, (c + 1) * CH);
+        int64_t i = c * CH;
+        for (; i + W <= e; i += W) store(out + i, mul(simd::silu(load(gate + i)), load(up + i)));
+        if (i < e) {
+            const int r = int(e - i);
+            store_n(out + i, mul(simd::silu(load_n(gate + i, r)), load_n(up + i, r)), r);
+        }
+    }
+}
+
 
 // Rotate-half rotary on one head vector of size d with angles cos/sin[d/2]:
 // pair (j, j + d/2).

@@ -56,6 +56,8 @@ inline vf copysign(vf mag, vf s) {  // |mag| with the sign of s
     const vf m = _mm512_set1_ps(-0.f);
     return _mm512_or_ps(_mm512_and_ps(s, m), _mm512_andnot_ps(m, mag));
 }
+// x < thr ? a : b
+inline vf select_lt(vf x, vf thr, vf a, vf b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, thr, _CMP_LT_OQ), b, a); }
 inline vf round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 // 2^n for integer-valued n in [-126, 127]
 inline vf pow2n(vf n) {
@@ -107,6 +109,7 @@ inline vf copysign(vf mag, vf s) {
     const vf m = _mm256_set1_ps(-0.f);
     return _mm256_or_ps(_mm256_and_ps(s, m), _mm256_andnot_ps(m, mag));
 }
+inline vf select_lt(vf x, vf thr, vf a, vf b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, thr, _CMP_LT_OQ)); }
 inline vf round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline vf pow2n(vf n) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
@@ -172,6 +175,7 @@ inline vf min(vf a, vf b) { return vminq_f32(a, b); }
 inline vf div(vf a, vf b) { return vdivq_f32(a, b); }
 inline vf abs(vf a) { return vabsq_f32(a); }
 inline vf copysign(vf mag, vf s) { return vbslq_f32(vdupq_n_u32(0x80000000u), s, vabsq_f32(mag)); }
+inline vf select_lt(vf x, vf thr, vf a, vf b) { return vbslq_f32(vcltq_f32(x, thr), a, b); }
 inline vf round(vf a) { return vrndnq_f32(a); }
 inline vf pow2n(vf n) {
     return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23));
@@ -247,6 +251,10 @@ inline vf copysign(vf mag, vf s) {
     for (int i = 0; i < 4; ++i) mag.v[i] = std::copysign(mag.v[i], s.v[i]);
     return mag;
 }
+inline vf select_lt(vf x, vf thr, vf a, vf b) {
+    for (int i = 0; i < 4; ++i) a.v[i] = x.v[i] < thr.v[i] ? a.v[i] : b.v[i];
+    return a;
+}
 inline vf round(vf a) {
     for (int i = 0; i < 4; ++i) a.v[i] = std::nearbyint(a.v[i]);
     return a;
@@ -292,6 +300,67 @@ inline vf exp(vf x) {
     const vf r2 = mul(r, r);
     const vf y = add(fma(p, r2, r), set1(1.f));
     return mul(y, pow2n(n));
+}
+
+// x * sigmoid(x) = x / (1 + e^-x); relative error ~3e-7 where the result is not tiny.
+inline vf silu(vf x) { return div(x, add(set1(1.f), exp(sub(zero(), x)))); }
+
+// tanh-approximated GELU via the identity 0.5 (1 + tanh(u)) = sigmoid(2u):
+// x / (1 + e^(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3). Relative error <= 1.5e-6 for |x| <= 4;
+// up to ~1e-5 further into the negative tail (x < -6, results < 1e-10), where the fp32 rounding of
+// the argument 2u (|2u| up to ~80) dominates (the scalar fp32 gelu_tanh has the same error there).
+inline vf gelu_tanh(vf x) {
+    const vf x3 = mul(mul(x, x), x);
+    const vf u2 = mul(fma(x3, set1(0.044715f), x), set1(-2.f * 0.7978845608028654f));
+    return div(x, add(set1(1.f), exp(u2)));
+}
+
+// erf-GELU 0.5 x (1 + erf(x / sqrt 2)) with Cephes' single-precision erf / erfc rational fits:
+// |z| < 1: z * T(z^2); |z| >= 1: erfc(|z|) = e^(-z^2) / |z| * P(1/z^2) (P for |z| < 2, R beyond),
+// with z^2 = x^2/2 split exactly (fma) before the exp. Relative error <= 1e-6 against the exact
+// function (~5e-7 typical), including the far negative tail where 1 + erf(z) = erfc(|z|) is tiny.
+inline vf gelu_erf(vf x) {
+    const vf z = mul(x, set1(0.7071067811865476f));
+    const vf a = abs(z);
+    const vf z2 = mul(z, z);
+    vf t = set1(7.853861353153693e-5f);
+    t = fma(t, z2, set1(-8.010193625184903e-4f));
+    t = fma(t, z2, set1(5.188327685732524e-3f));
+    t = fma(t, z2, set1(-2.685381193529856e-2f));
+    t = fma(t, z2, set1(1.128358514861418e-1f));
+    t = fma(t, z2, set1(-3.761262582423300e-1f));
+    t = fma(t, z2, set1(1.128379165726710e+0f));
+    const vf small = add(set1(1.f), mul(z, t));  // 1 + erf(z), |z| < 1
+    const vf q = div(set1(1.f), max(a, set1(1.f)));
+    const vf y = mul(q, q);
+    vf p = set1(2.326819970068386e-2f);
+    p = fma(p, y, set1(-1.387039388740657e-1f));
+    p = fma(p, y, set1(3.687424674597105e-1f));
+    p = fma(p, y, set1(-5.824733027278666e-1f));
+    p = fma(p, y, set1(6.210004621745983e-1f));
+    p = fma(p, y, set1(-4.944515323274145e-1f));
+    p = fma(p, y, set1(3.404879937665872e-1f));
+    p = fma(p, y, set1(-2.741127028184656e-1f));
+    p = fma(p, y, set1(5.638259427386472e-1f));
+    vf r = set1(-1.047766399936249e+1f);
+    r = fma(r, y, set1(1.297719955372516e+1f));
+    r = fma(r, y, set1(-7.495518717768503e+0f));
+    r = fma(r, y, set1(2.921019019210786e+0f));
+    r = fma(r, y, set1(-1.015265279202700e+0f));
+    r = fma(r, y, set1(4.218463358204948e-1f));
+    r = fma(r, y, set1(-2.820767439740514e-1f));
+    r = fma(r, y, set1(5.641895067754075e-1f));
+    const vf pr = select_lt(a, set1(2.f), p, r);
+    // z^2 = x^2 / 2 split exactly as hi + lo from x itself (z = x / sqrt 2 is already rounded and
+    // its error, times z^2 ~ 70 in the tail, would cost ~1e-5 relative)
+    const vf xx = mul(x, x);
+    const vf hi = mul(xx, set1(0.5f));
+    const vf lo = mul(fma(x, x, sub(zero(), xx)), set1(0.5f));
+    const vf erfc_a = mul(mul(exp(sub(zero(), hi)), sub(set1(1.f), lo)), mul(q, pr));
+    // 1 + erf(z): z >= 1 -> 2 - erfc(a); z <= -1 -> erfc(a)
+    const vf large = select_lt(z, zero(), erfc_a, sub(set1(2.f), erfc_a));
+    const vf onep = select_lt(a, set1(1.f), small, large);
+    return mul(mul(x, set1(0.5f)), onep);
 }
 
 // Loads of W weights of a given storage type as fp32 (tag dispatch for the templated kernels).
