@@ -12,3 +12,5 @@
 #include "deepstack/text.hpp"
 #include "deepstack/fusion.hpp"
 #include "deepstack/model.hpp"
+#include "deepstack/tokenizer.hpp"
+#include "deepstack/generate.hpp"
