@@ -1,0 +1,720 @@
+// deepstack-bench: speed and memory of a Qwen3-VL model on this machine, every figure printed
+// beside the machine limit that bounds it. The model is either a real folder (--model DIR) or a
+// synthetic one with the exact shapes of a released checkpoint (--shape 2b|4b|8b, random bf16
+// weights made in memory, nothing downloaded).
+//
+// Limits: decode reads every decoder and lm_head weight once per token, so its bound is
+// memory bandwidth / bytes read per token; vision and prefill do 2 FLOPs per weight per patch or
+// token (plus attention), so their bound is FLOPs / peak (fp32 FMA, or bf16 dot products in bf16
+// compute mode).
+#include <deepstack.hpp>
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdarg>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+using namespace deepstack;
+
+namespace {
+
+const char* kUsage =
+    "usage: deepstack-bench (--shape 2b|4b|8b | --model DIR) [options]\n"
+    "  --shape S            synthetic model with the shapes of Qwen3-VL-S-Instruct (random bf16 weights)\n"
+    "  --model DIR          a model folder (config.json + safetensors), memory-mapped\n"
+    "  --write DIR          with --shape: write the synthetic model to DIR (config.json, model.safetensors) and exit\n"
+    "  --weights bf16|int8|q4  weights at run time: as stored, or quantized at load to 8 / 4 bits\n"
+    "  --compute f32|bf16   activations of the matrix products (default f32)\n"
+    "  --threads N          OpenMP threads (default: all)\n"
+    "  --decode-steps N     decode steps timed at a 256-token context (default 16)\n"
+    "  --skip-vision  --skip-vision-896  --skip-prefill  --skip-prefill-1024  --skip-decode  --skip-peaks\n"
+    "  --json               one JSON line on stdout instead of the table\n";
+
+struct Args {
+    std::string shape, model_dir, write_dir, weights = "bf16", compute = "f32";
+    int threads = 0, decode_steps = 16;
+    bool json = false, skip_vision = false, skip_vision_896 = false, skip_prefill = false, skip_prefill_1024 = false,
+         skip_decode = false, skip_peaks = false;
+};
+
+void progress(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void progress(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    std::fputs("[bench] ", stderr);
+    std::vfprintf(stderr, fmt, ap);
+    std::fputc('\n', stderr);
+    va_end(ap);
+}
+
+using Clock = std::chrono::steady_clock;
+
+// ---- process memory ----
+
+// A field of /proc/self/status in bytes (VmHWM, VmRSS, RssAnon, RssFile), or -1.
+int64_t proc_status_bytes(const char* field) {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    const std::string key = std::string(field) + ":";
+    while (std::getline(in, line))
+        if (line.compare(0, key.size(), key) == 0) return std::stoll(line.substr(key.size())) * 1024;
+    return -1;
+}
+
+int64_t peak_rss_bytes() {
+    const int64_t hwm = proc_status_bytes("VmHWM");
+    if (hwm >= 0) return hwm;
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return int64_t(ru.ru_maxrss) * 1024;
+}
+
+std::string load_average() {
+    std::ifstream in("/proc/loadavg");
+    std::string a, b, c;
+    in >> a >> b >> c;
+    return a + " " + b + " " + c;
+}
+
+// ---- machine limits ----
+
+int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+// Streaming read of a buffer much larger than the caches, all threads; best of 5 passes.
+double memory_bandwidth_gbps() {
+    using namespace detail::simd;
+    const int64_t n = int64_t(1) << 28;  // 1 GiB of floats
+    std::unique_ptr<float[]> buf(new float[size_t(n)]);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) buf[size_t(i)] = 1.f;
+    double best = 0, sink = 0;
+    for (int pass = 0; pass < 5; ++pass) {
+        const auto t0 = Clock::now();
+        double total = 0;
+#pragma omp parallel reduction(+ : total)
+        {
+            vf a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n; i += 4 * W) {
+                a0 = add(a0, load(&buf[size_t(i)]));
+                a1 = add(a1, load(&buf[size_t(i + W)]));
+                a2 = add(a2, load(&buf[size_t(i + 2 * W)]));
+                a3 = add(a3, load(&buf[size_t(i + 3 * W)]));
+            }
+            total += hsum(add(add(a0, a1), add(a2, a3)));
+        }
+        best = std::max(best, double(n) * 4 / detail::seconds_since(t0) / 1e9);
+        sink += total;
+    }
+    if (sink != 5.0 * double(n)) progress("warning: bandwidth pass summed %g, expected %g", sink, 5.0 * double(n));
+    return best;
+}
+
+// `kernel(iters)` runs register-resident multiply-adds on one thread (flops_per_iter each
+// iteration) and returns a checksum; all threads run it together. Best of 3.
+template <class Kernel>
+double peak_gflops(double flops_per_iter, Kernel kernel) {
+    const int64_t iters = int64_t(1) << 24;
+    double best = 0, sink = 0;
+    for (int pass = 0; pass < 3; ++pass) {
+        const auto t0 = Clock::now();
+        int threads = 1;
+        double total = 0;
+#pragma omp parallel reduction(+ : total)
+        {
+#ifdef _OPENMP
+#pragma omp single
+            threads = omp_get_num_threads();
+#endif
+            total += kernel(iters);
+        }
+        best = std::max(best, double(threads) * double(iters) * flops_per_iter / detail::seconds_since(t0) / 1e9);
+        sink += total;
+    }
+    if (!(sink == sink)) progress("warning: peak loop produced NaN");
+    return best;
+}
+
+// Independent accumulator chains per thread: enough to hide the FMA latency on two pipes.
+constexpr int kChains = 12;
+
+// fp32 FMA with the widest vectors compiled in.
+double fma_peak_gflops() {
+    using namespace detail::simd;
+    return peak_gflops(2.0 * W * kChains, [](int64_t iters) {
+        const vf a = set1(0.9999999f), b = set1(1e-7f);
+        vf acc[kChains];
+        for (int k = 0; k < kChains; ++k) acc[k] = set1(float(k));
+        for (int64_t i = 0; i < iters; ++i)
+#pragma GCC unroll 16
+            for (int k = 0; k < kChains; ++k) acc[k] = detail::simd::fma(acc[k], a, b);
+        float s = 0;
+        for (const vf& x : acc) s += hsum(x);
+        return double(s);
+    });
+}
+
+// bf16 dot products (vdpbf16ps: 32 bf16 pairs multiplied and added into 16 fp32 lanes, 64 FLOPs);
+// 0 when not compiled with AVX-512 BF16.
+double bf16_peak_gflops() {
+#if defined(__AVX512BF16__)
+    return peak_gflops(64.0 * kChains, [](int64_t iters) {
+        const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
+        const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-4f), _mm512_set1_ps(1e-4f));
+        __m512 acc[kChains];
+        for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_ps(float(k));
+        for (int64_t i = 0; i < iters; ++i)
+#pragma GCC unroll 16
+            for (int k = 0; k < kChains; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], a, b);
+        float s = 0;
+        for (const __m512& x : acc) s += detail::simd::hsum(x);
+        return double(s);
+    });
+#else
+    return 0;
+#endif
+}
+
+// ---- synthetic model ----
+
+struct ShapeSpec {
+    int D, layers, heads, I, vdepth, Dv, Iv;
+    std::vector<int> deepstack;
+    bool tie;
+};
+
+ShapeSpec shape_spec(const std::string& s) {
+    if (s == "2b") return {2048, 28, 16, 6144, 24, 1024, 4096, {5, 11, 17}, true};
+    if (s == "4b") return {2560, 36, 32, 9728, 24, 1024, 4096, {5, 11, 17}, true};
+    if (s == "8b") return {4096, 36, 32, 12288, 27, 1152, 4304, {8, 16, 24}, false};
+    throw Error("--shape must be 2b, 4b or 8b (got '" + s + "')");
+}
+
+// config.json of Qwen3-VL-<shape>-Instruct (spec §1).
+nlohmann::json synthetic_config(const ShapeSpec& s) {
+    return {{"model_type", "qwen3_vl"},
+            {"tie_word_embeddings", s.tie},
+            {"text_config",
+             {{"hidden_size", s.D}, {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
+              {"num_key_value_heads", 8}, {"head_dim", 128}, {"intermediate_size", s.I}, {"vocab_size", 151936},
+              {"rms_norm_eps", 1e-6}, {"rope_theta", 5000000.0}, {"max_position_embeddings", 262144},
+              {"eos_token_id", 151645},
+              {"rope_scaling", {{"rope_type", "default"}, {"mrope_interleaved", true}, {"mrope_section", {24, 20, 20}}}}}},
+            {"vision_config",
+             {{"depth", s.vdepth}, {"hidden_size", s.Dv}, {"num_heads", 16}, {"intermediate_size", s.Iv},
+              {"patch_size", 16}, {"temporal_patch_size", 2}, {"spatial_merge_size", 2}, {"in_channels", 3},
+              {"num_position_embeddings", 2304}, {"out_hidden_size", s.D}, {"deepstack_visual_indexes", s.deepstack}}}};
+}
+
+struct TensorSpec {
+    std::string name;
+    std::vector<int64_t> shape;
+    enum Fill { Random, One, Zero } fill = Random;
+    int64_t numel() const {
+        int64_t n = 1;
+        for (int64_t d : shape) n *= d;
+        return n;
+    }
+};
+
+// Every tensor of a checkpoint with this config (spec §2).
+std::vector<TensorSpec> synthetic_tensors(const ModelConfig& c) {
+    std::vector<TensorSpec> ts;
+    const VisionConfig& v = c.vision;
+    const TextConfig& t = c.text;
+    const int64_t Dv = v.hidden_size, M = v.merged_dim(), D = t.hidden_size, hd = t.head_dim;
+    auto lin = [&](const std::string& p, int64_t out, int64_t in, bool bias) {
+        ts.push_back({p + ".weight", {out, in}});
+        if (bias) ts.push_back({p + ".bias", {out}, TensorSpec::Zero});
+    };
+    auto norm = [&](const std::string& p, int64_t n, bool bias) {
+        ts.push_back({p + ".weight", {n}, TensorSpec::One});
+        if (bias) ts.push_back({p + ".bias", {n}, TensorSpec::Zero});
+    };
+    const std::string vp = "model.visual.";
+    ts.push_back({vp + "patch_embed.proj.weight", {Dv, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size}});
+    ts.push_back({vp + "patch_embed.proj.bias", {Dv}, TensorSpec::Zero});
+    ts.push_back({vp + "pos_embed.weight", {v.num_position_embeddings, Dv}});
+    for (int i = 0; i < v.depth; ++i) {
+        const std::string b = vp + "blocks." + std::to_string(i) + ".";
+        norm(b + "norm1", Dv, true);
+        norm(b + "norm2", Dv, true);
+        lin(b + "attn.qkv", 3 * Dv, Dv, true);
+        lin(b + "attn.proj", Dv, Dv, true);
+        lin(b + "mlp.linear_fc1", v.intermediate_size, Dv, true);
+        lin(b + "mlp.linear_fc2", Dv, v.intermediate_size, true);
+    }
+    auto merger = [&](const std::string& p, bool postshuffle) {
+        norm(p + ".norm", postshuffle ? M : Dv, true);
+        lin(p + ".linear_fc1", M, M, true);
+        lin(p + ".linear_fc2", v.out_hidden_size, M, true);
+    };
+    merger(vp + "merger", false);
+    for (size_t k = 0; k < v.deepstack_visual_indexes.size(); ++k) merger(vp + "deepstack_merger_list." + std::to_string(k), true);
+    const std::string tp = "model.language_model.";
+    ts.push_back({tp + "embed_tokens.weight", {t.vocab_size, D}});
+    for (int i = 0; i < t.num_hidden_layers; ++i) {
+        const std::string l = tp + "layers." + std::to_string(i) + ".";
+        norm(l + "input_layernorm", D, false);
+        norm(l + "post_attention_layernorm", D, false);
+        norm(l + "self_attn.q_norm", hd, false);
+        norm(l + "self_attn.k_norm", hd, false);
+        lin(l + "self_attn.q_proj", t.num_attention_heads * hd, D, false);
+        lin(l + "self_attn.k_proj", t.num_key_value_heads * hd, D, false);
+        lin(l + "self_attn.v_proj", t.num_key_value_heads * hd, D, false);
+        lin(l + "self_attn.o_proj", D, t.num_attention_heads * hd, false);
+        lin(l + "mlp.gate_proj", t.intermediate_size, D, false);
+        lin(l + "mlp.up_proj", t.intermediate_size, D, false);
+        lin(l + "mlp.down_proj", D, t.intermediate_size, false);
+    }
+    norm(tp + "norm", D, false);
+    if (!c.tie_word_embeddings) lin("lm_head", t.vocab_size, D, false);
+    return ts;
+}
+
+// n bf16 values: uniform with std 0.02 from a stateless 32-bit hash of (seed, index), so the
+// loop vectorises and the result does not depend on the thread count; or all one / all zero.
+void fill_bf16(uint16_t* dst, int64_t n, TensorSpec::Fill fill, uint32_t seed) {
+    if (fill != TensorSpec::Random) {
+        std::fill(dst, dst + n, fill == TensorSpec::One ? uint16_t(0x3f80) : uint16_t(0));
+        return;
+    }
+    const float scale = 0.02f * std::sqrt(3.f) / 32768.f;  // int16 -> uniform(-a, a), a = 0.02*sqrt(3)
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t x = (uint32_t(i) ^ seed) * 0x9E3779B1u;
+        x ^= x >> 15;
+        x *= 0x2C1B3C6Du;
+        x ^= x >> 13;
+        const float f = float(int16_t(x >> 16)) * scale;
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        dst[i] = uint16_t(u >> 16);
+    }
+}
+
+// safetensors header for the tensors laid out back to back in order (all BF16); returns the
+// header bytes (length prefix included).
+std::string safetensors_header(const std::vector<TensorSpec>& ts) {
+    nlohmann::json h = nlohmann::json::object();
+    uint64_t off = 0;
+    for (const auto& t : ts) {
+        const uint64_t bytes = uint64_t(t.numel()) * 2;
+        h[t.name] = {{"dtype", "BF16"}, {"shape", t.shape}, {"data_offsets", {off, off + bytes}}};
+        off += bytes;
+    }
+    std::string s = h.dump();
+    while ((s.size() + 8) % 8) s += ' ';
+    std::string out(8, '\0');
+    for (int i = 0; i < 8; ++i) out[size_t(i)] = char((uint64_t(s.size()) >> (8 * i)) & 0xff);
+    return out + s;
+}
+
+// The synthetic checkpoint as one safetensors image in memory.
+std::shared_ptr<const std::vector<uint8_t>> synthetic_buffer(const std::vector<TensorSpec>& ts) {
+    const std::string header = safetensors_header(ts);
+    int64_t total = 0;
+    for (const auto& t : ts) total += t.numel();
+    auto buf = std::make_shared<std::vector<uint8_t>>(header.size() + size_t(total) * 2);
+    std::memcpy(buf->data(), header.data(), header.size());
+    auto* p = reinterpret_cast<uint16_t*>(buf->data() + header.size());
+    uint32_t seed = 0;
+    for (const auto& t : ts) {
+        fill_bf16(p, t.numel(), t.fill, seed += 0x9E3779B9u);
+        p += t.numel();
+    }
+    return buf;
+}
+
+// Writes config.json and model.safetensors to dir, one tensor at a time.
+void write_synthetic(const std::string& dir, const nlohmann::json& config, const std::vector<TensorSpec>& ts) {
+    std::ofstream cfg(dir + "/config.json");
+    if (!(cfg << config.dump(2) << "\n")) throw Error(dir + "/config.json: cannot write (does the folder exist?)");
+    const std::string path = dir + "/model.safetensors";
+    std::ofstream out(path, std::ios::binary);
+    const std::string header = safetensors_header(ts);
+    out.write(header.data(), std::streamsize(header.size()));
+    std::vector<uint16_t> tmp;
+    uint32_t seed = 0;
+    for (const auto& t : ts) {
+        tmp.resize(size_t(t.numel()));
+        fill_bf16(tmp.data(), t.numel(), t.fill, seed += 0x9E3779B9u);
+        out.write(reinterpret_cast<const char*>(tmp.data()), std::streamsize(tmp.size() * 2));
+    }
+    if (!out) throw Error(path + ": write failed");
+}
+
+// ---- what the model reads ----
+
+int64_t matrix_bytes(const Matrix& m) {
+    const size_t elem = detail::dtype_size(m.dtype);
+    if (!elem) throw Error(std::string("matrix_bytes: unsupported dtype ") + dtype_name(m.dtype));
+    return m.rows * m.cols * int64_t(elem);
+}
+
+// Parameters and bytes of the matrices each stage reads, and the extra FLOPs of attention.
+struct Footprint {
+    int64_t params = 0, bytes = 0;  // every weight of the model as held at run time
+    int64_t vis_patch_params = 0;   // matrix weights applied once per patch (patch embed, blocks)
+    int64_t vis_token_params = 0;   // applied once per merged token (mergers)
+    int64_t text_layer_params = 0, text_layer_bytes = 0;  // decoder matrices, applied once per token
+    int64_t lm_head_params = 0, lm_head_bytes = 0;
+};
+
+Footprint footprint(const Model& m) {
+    Footprint f;
+    auto mat = [&](const Matrix& w, int64_t* params, int64_t* bytes) {
+        const int64_t p = w.rows * w.cols, b = matrix_bytes(w);
+        f.params += p;
+        f.bytes += b;
+        if (params) *params += p;
+        if (bytes) *bytes += b;
+    };
+    auto vec = [&](const std::vector<float>& v) {  // norms and biases, held as fp32 copies (a few MB)
+        f.params += int64_t(v.size());
+        f.bytes += int64_t(v.size()) * 4;
+    };
+    auto lin = [&](const Linear& l, int64_t* params) {
+        mat(l.w, params, nullptr);
+        vec(l.b);
+    };
+    const VisionWeights& v = m.vision;
+    lin(v.patch_embed, &f.vis_patch_params);
+    mat(v.pos_embed, nullptr, nullptr);
+    for (const auto& b : v.blocks) {
+        for (const auto* n : {&b.norm1, &b.norm2}) vec(n->w), vec(n->b);
+        for (const auto* l : {&b.qkv, &b.proj, &b.fc1, &b.fc2}) lin(*l, &f.vis_patch_params);
+    }
+    std::vector<const MergerWeights*> mergers{&v.merger};
+    for (const auto& d : v.deepstack_mergers) mergers.push_back(&d);
+    for (const auto* mg : mergers) {
+        vec(mg->norm.w), vec(mg->norm.b);
+        lin(mg->fc1, &f.vis_token_params);
+        lin(mg->fc2, &f.vis_token_params);
+    }
+    const TextWeights& t = m.text;
+    mat(t.embed, nullptr, nullptr);
+    for (const auto& L : t.layers) {
+        for (const auto* n : {&L.input_norm, &L.post_norm, &L.q_norm, &L.k_norm}) vec(*n);
+        for (const auto* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) mat(*w, &f.text_layer_params, &f.text_layer_bytes);
+    }
+    vec(t.norm);
+    f.lm_head_params = t.lm_head.rows * t.lm_head.cols;
+    f.lm_head_bytes = matrix_bytes(t.lm_head);
+    if (!m.config.tie_word_embeddings) f.params += f.lm_head_params;
+    if (t.lm_head.data != t.embed.data) f.bytes += f.lm_head_bytes;  // its own matrix (untied, or a quantized copy)
+    return f;
+}
+
+// ---- measurements ----
+
+Image gradient_image(int w, int h) {
+    Image img;
+    img.width = w;
+    img.height = h;
+    img.rgb.resize(size_t(w) * size_t(h) * 3);
+    for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) {
+            uint8_t* p = &img.rgb[(size_t(y) * size_t(w) + size_t(x)) * 3];
+            p[0] = uint8_t(x * 255 / w);
+            p[1] = uint8_t(y * 255 / h);
+            p[2] = uint8_t((x + y) * 255 / (w + h));
+        }
+    return img;
+}
+
+std::vector<int> random_ids(const ModelConfig& c, int n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> d(0, c.text.vocab_size - 1);
+    std::vector<int> ids;
+    while (int(ids.size()) < n) {
+        const int id = d(rng);
+        if (id != c.image_token_id && id != c.video_token_id) ids.push_back(id);
+    }
+    return ids;
+}
+
+struct VisionRun {
+    double preprocess_s = 0, encode_s = 0;
+    int64_t patches = 0;
+};
+
+VisionRun run_vision(const Model& m, int side) {
+    VisionRun r;
+    const Image img = gradient_image(side, side);
+    auto t0 = Clock::now();
+    const VisualInput in = prepare_image(m, img);
+    r.preprocess_s = detail::seconds_since(t0);
+    const auto& g = in.patches.grid_thw;
+    r.patches = int64_t(g[0]) * g[1] * g[2];
+    t0 = Clock::now();
+    const VisionFeatures f = encode_vision(m.vision, m.config.vision, in.patches.pixels.data(), {g});
+    r.encode_s = detail::seconds_since(t0);
+    if (f.embeds.empty()) throw Error("vision encoder returned nothing");
+    return r;
+}
+
+double run_prefill(const std::shared_ptr<const Model>& m, int n) {
+    Session s(m);
+    const std::vector<int> ids = random_ids(m->config, n, uint32_t(n));
+    const auto t0 = Clock::now();
+    s.prefill(ids);
+    return double(n) / detail::seconds_since(t0);
+}
+
+double run_decode(const std::shared_ptr<const Model>& m, int context, int steps) {
+    Session s(m);
+    std::vector<float> logits = s.prefill(random_ids(m->config, context, 7));
+    const auto t0 = Clock::now();
+    for (int i = 0; i < steps; ++i) {
+        const int next = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        logits = s.decode(next == m->config.image_token_id || next == m->config.video_token_id ? 0 : next);
+    }
+    return double(steps) / detail::seconds_since(t0);
+}
+
+// ---- report ----
+
+struct Report {
+    std::string model, weights, compute, simd;
+    int threads = 0;
+    std::string load_before, load_after;
+    double gen_s = 0, load_s = 0;
+    int64_t rss_after_load = 0, rss_anon = 0, rss_file = 0, peak_rss = 0;
+    Footprint fp;
+    double mem_bw = 0, fma_peak = 0, bf16_peak = 0;
+    VisionRun v448, v896;
+    double vision_448_bound = 0, vision_896_bound = 0;
+    double prefill_256 = 0, prefill_1024 = 0, prefill_256_bound = 0, prefill_1024_bound = 0;
+    double decode = 0, decode_bound = 0;
+    int decode_steps = 0;
+};
+
+// FLOPs of the vision encoder on S patches: matrices plus attention (QK^T and PV over S keys).
+double vision_flops(const Footprint& f, const VisionConfig& v, int64_t S) {
+    return 2.0 * double(S) * double(f.vis_patch_params) + 2.0 * double(S / 4) * double(f.vis_token_params) +
+           4.0 * double(S) * double(S) * v.hidden_size * v.depth;
+}
+
+// FLOPs of a T-token prefill from an empty cache: decoder matrices per token, causal attention,
+// and lm_head for the last token only.
+double prefill_flops(const Footprint& f, const TextConfig& t, int64_t T) {
+    return 2.0 * double(T) * double(f.text_layer_params) + 2.0 * double(f.lm_head_params) +
+           2.0 * double(T) * double(T) * t.num_attention_heads * t.head_dim * t.num_hidden_layers;
+}
+
+// Bytes one decode step reads at context n: decoder matrices, lm_head, the fp32 KV cache.
+double decode_bytes(const Footprint& f, const TextConfig& t, int64_t n) {
+    return double(f.text_layer_bytes + f.lm_head_bytes) + 2.0 * 4 * double(n) * t.num_key_value_heads * t.head_dim * t.num_hidden_layers;
+}
+
+std::string gb(int64_t b) {
+    char s[32];
+    std::snprintf(s, sizeof s, "%.2f GB", double(b) / 1e9);
+    return s;
+}
+
+void print_table(const Report& r, const Args& a) {
+    std::printf("deepstack-bench  model %s  weights %s  compute %s  simd %s  threads %d\n", r.model.c_str(), r.weights.c_str(),
+                r.compute.c_str(), r.simd.c_str(), r.threads);
+    std::printf("load average     before %s  after %s\n", r.load_before.c_str(), r.load_after.c_str());
+    std::printf("machine          memory read %.1f GB/s  fp32 FMA peak %.0f GFLOP/s  bf16 dot peak %.0f GFLOP/s\n", r.mem_bw,
+                r.fma_peak, r.bf16_peak);
+    std::printf("weights          %.3f B params  %s at run time (%.2f bytes/param)\n", double(r.fp.params) / 1e9,
+                gb(r.fp.bytes).c_str(), double(r.fp.bytes) / double(r.fp.params));
+    if (r.gen_s > 0) std::printf("synthetic        generated in %.2f s\n", r.gen_s);
+    std::printf("load             %.2f s   RSS after load %s\n", r.load_s, gb(r.rss_after_load).c_str());
+    std::printf("peak RSS         %s  (at exit: anon %s, file-backed %s)\n", gb(r.peak_rss).c_str(), gb(r.rss_anon).c_str(),
+                gb(r.rss_file).c_str());
+    const char* peak_name = r.compute == "bf16" ? "bf16 peak" : "fp32 peak";
+    auto vis = [&](const char* name, const VisionRun& v, double bound) {
+        if (v.encode_s <= 0) return;
+        std::printf("%-16s %.2f s (%" PRId64 " patches, preprocess %.3f s)", name, v.encode_s, v.patches, v.preprocess_s);
+        if (bound > 0) std::printf("   %s bound %.2f s  -> %.0f%% of peak", peak_name, bound, 100 * bound / v.encode_s);
+        std::printf("\n");
+    };
+    if (!a.skip_vision) vis("vision 448x448", r.v448, r.vision_448_bound);
+    if (!a.skip_vision && !a.skip_vision_896) vis("vision 896x896", r.v896, r.vision_896_bound);
+    auto tok = [&](const char* name, double got, double bound, const char* what) {
+        if (got <= 0) return;
+        std::printf("%-16s %.1f tok/s", name, got);
+        if (bound > 0) std::printf("   %s bound %.1f tok/s  -> %.0f%%", what, bound, 100 * got / bound);
+        std::printf("\n");
+    };
+    tok("prefill 256", r.prefill_256, r.prefill_256_bound, peak_name);
+    tok("prefill 1024", r.prefill_1024, r.prefill_1024_bound, peak_name);
+    tok("decode @256", r.decode, r.decode_bound, "bandwidth");
+}
+
+void print_json(const Report& r) {
+    nlohmann::json j = {
+        {"model", r.model}, {"weights", r.weights}, {"compute", r.compute}, {"simd", r.simd}, {"threads", r.threads},
+        {"load_average_before", r.load_before}, {"load_average_after", r.load_after},
+        {"params", r.fp.params}, {"weight_bytes", r.fp.bytes},
+        {"weight_bytes_per_param", double(r.fp.bytes) / double(r.fp.params)},
+        {"load_s", r.load_s}, {"rss_after_load_bytes", r.rss_after_load}, {"peak_rss_bytes", r.peak_rss},
+        {"rss_anon_bytes", r.rss_anon}, {"rss_file_bytes", r.rss_file},
+        {"mem_bw_gbps", r.mem_bw}, {"fma_peak_gflops", r.fma_peak}, {"bf16_peak_gflops", r.bf16_peak},
+        {"vision_448_s", r.v448.encode_s}, {"vision_448_bound_s", r.vision_448_bound},
+        {"vision_896_s", r.v896.encode_s}, {"vision_896_bound_s", r.vision_896_bound},
+        {"prefill_256_tok_s", r.prefill_256}, {"prefill_256_bound_tok_s", r.prefill_256_bound},
+        {"prefill_1024_tok_s", r.prefill_1024}, {"prefill_1024_bound_tok_s", r.prefill_1024_bound},
+        {"decode_tok_s", r.decode}, {"decode_bound_tok_s", r.decode_bound}, {"decode_steps", r.decode_steps}};
+    if (r.gen_s > 0) j["synthetic_gen_s"] = r.gen_s;
+    std::printf("%s\n", j.dump().c_str());
+}
+
+Args parse_args(int argc, char** argv) {
+    Args a;
+    for (int i = 1; i < argc; ++i) {
+        const std::string s = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) throw Error("option " + s + " needs a value\n" + kUsage);
+            return argv[++i];
+        };
+        if (s == "--help" || s == "-h") { std::fputs(kUsage, stdout); std::exit(0); }
+        else if (s == "--shape") a.shape = value();
+        else if (s == "--model") a.model_dir = value();
+        else if (s == "--write") a.write_dir = value();
+        else if (s == "--weights") a.weights = value();
+        else if (s == "--compute") a.compute = value();
+        else if (s == "--threads") a.threads = std::stoi(value());
+        else if (s == "--decode-steps") a.decode_steps = std::stoi(value());
+        else if (s == "--json") a.json = true;
+        else if (s == "--skip-vision") a.skip_vision = true;
+        else if (s == "--skip-vision-896") a.skip_vision_896 = true;
+        else if (s == "--skip-prefill") a.skip_prefill = true;
+        else if (s == "--skip-prefill-1024") a.skip_prefill_1024 = true;
+        else if (s == "--skip-decode") a.skip_decode = true;
+        else if (s == "--skip-peaks") a.skip_peaks = true;
+        else throw Error("unknown argument '" + s + "'\n" + kUsage);
+    }
+    if (a.shape.empty() == a.model_dir.empty()) throw Error(std::string("give exactly one of --shape and --model\n") + kUsage);
+    if (!a.write_dir.empty() && a.shape.empty()) throw Error("--write needs --shape");
+    if (a.weights != "bf16" && a.weights != "int8" && a.weights != "q4") throw Error("--weights must be bf16, int8 or q4");
+    if (a.compute != "f32" && a.compute != "bf16") throw Error("--compute must be f32 or bf16");
+    if (a.decode_steps <= 0) throw Error("--decode-steps must be positive");
+    return a;
+}
+
+int run(int argc, char** argv) {
+    const Args a = parse_args(argc, argv);
+#ifdef _OPENMP
+    if (a.threads > 0) omp_set_num_threads(a.threads);
+#endif
+    Report r;
+    r.weights = a.weights;
+    r.compute = a.compute;
+    r.simd = detail::simd::kName;
+    r.threads = max_threads();
+    r.load_before = load_average();
+
+    LoadOptions opt;
+    opt.threads = a.threads;
+    if (!a.skip_peaks) {
+        progress("measuring memory bandwidth and compute peaks");
+        r.mem_bw = memory_bandwidth_gbps();
+        r.fma_peak = fma_peak_gflops();
+        r.bf16_peak = bf16_peak_gflops();
+    }
+    // The bandwidth buffer is gone; restart the peak-RSS count so it measures the model only.
+    if (!(std::ofstream("/proc/self/clear_refs") << "5")) progress("warning: cannot reset VmHWM; peak RSS includes the 1 GiB bandwidth buffer");
+
+    std::shared_ptr<const Model> model;
+    if (!a.shape.empty()) {
+        const nlohmann::json cfg_json = synthetic_config(shape_spec(a.shape));
+        const ModelConfig cfg = parse_model_config(cfg_json, "--shape " + a.shape);
+        const std::vector<TensorSpec> tensors = synthetic_tensors(cfg);
+        if (!a.write_dir.empty()) {
+            progress("writing the synthetic %s model to %s", a.shape.c_str(), a.write_dir.c_str());
+            write_synthetic(a.write_dir, cfg_json, tensors);
+            return 0;
+        }
+        progress("generating synthetic Qwen3-VL-%s weights", a.shape.c_str());
+        auto t0 = Clock::now();
+        auto buf = synthetic_buffer(tensors);
+        r.gen_s = detail::seconds_since(t0);
+        WeightStore ws;
+        ws.add_buffer(std::move(buf), "synthetic-" + a.shape);
+        progress("loading");
+        t0 = Clock::now();
+        // (a missing preprocessor file gives the Qwen3-VL defaults)
+        model = Model::from_store(cfg, load_preprocess_config("", false), load_preprocess_config("", true), std::move(ws),
+                                  "synthetic-" + a.shape);
+        r.load_s = detail::seconds_since(t0);
+        r.model = "synthetic Qwen3-VL-" + a.shape;
+    } else {
+        progress("loading %s", a.model_dir.c_str());
+        const auto t0 = Clock::now();
+        model = Model::load(a.model_dir, opt);
+        r.load_s = detail::seconds_since(t0);
+        r.model = a.model_dir;
+    }
+    r.rss_after_load = proc_status_bytes("VmRSS");
+    const ModelConfig& c = model->config;
+    r.fp = footprint(*model);
+
+    // Bounds need the machine limits; with --skip-peaks they stay 0 and are not printed.
+    const double peak = (a.compute == "bf16" && r.bf16_peak > 0 ? r.bf16_peak : r.fma_peak) * 1e9;
+    auto seconds_bound = [&](double flops) { return peak > 0 ? flops / peak : 0.0; };
+    auto rate_bound = [&](double n, double flops) { return peak > 0 ? n * peak / flops : 0.0; };
+
+    progress("warm-up (one token)");
+    run_prefill(model, 1);
+    if (!a.skip_vision) {
+        progress("vision 448x448");
+        r.v448 = run_vision(*model, 448);
+        r.vision_448_bound = seconds_bound(vision_flops(r.fp, c.vision, r.v448.patches));
+        if (!a.skip_vision_896) {
+            progress("vision 896x896");
+            r.v896 = run_vision(*model, 896);
+            r.vision_896_bound = seconds_bound(vision_flops(r.fp, c.vision, r.v896.patches));
+        }
+    }
+    if (!a.skip_prefill) {
+        progress("prefill 256");
+        r.prefill_256 = run_prefill(model, 256);
+        r.prefill_256_bound = rate_bound(256, prefill_flops(r.fp, c.text, 256));
+        if (!a.skip_prefill_1024) {
+            progress("prefill 1024");
+            r.prefill_1024 = run_prefill(model, 1024);
+            r.prefill_1024_bound = rate_bound(1024, prefill_flops(r.fp, c.text, 1024));
+        }
+    }
+    if (!a.skip_decode) {
+        progress("decode: prefill 256, then %d steps", a.decode_steps);
+        r.decode = run_decode(model, 256, a.decode_steps);
+        r.decode_steps = a.decode_steps;
+        r.decode_bound = r.mem_bw * 1e9 / decode_bytes(r.fp, c.text, 256 + a.decode_steps / 2);  // 0 without peaks
+    }
+    r.peak_rss = peak_rss_bytes();
+    r.rss_anon = proc_status_bytes("RssAnon");
+    r.rss_file = proc_status_bytes("RssFile");
+    r.load_after = load_average();
+    if (a.json)
+        print_json(r);
+    else
+        print_table(r, a);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}
