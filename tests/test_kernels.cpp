@@ -225,3 +225,82 @@ TEST_CASE("vector gelu_tanh, gelu_erf, silu, silu_mul against exact double formu
     silu_mul(g.data(), u.data(), out.data(), 1001);
     for (size_t i = 0; i < out.size(); ++i) CHECK(std::fabs(out[i] - silu(g[i]) * u[i]) <= 1e-6f * std::fabs(silu(g[i]) * u[i]) + 1e-30f);
 }
+
+TEST_CASE("quantize Q8 / Q4: round trip within half a step, matmul matches the dequantized reference") {
+    for (DType qt : {DType::Q8, DType::Q4}) {
+        for (int64_t K : {1, 31, 32, 33, 100, 300}) {
+            for (DType src : {DType::F32, DType::BF16}) {
+                const int64_t N = 37;
+                auto w = make_weight(N, K, src, uint32_t(K * 3 + int(qt)));
+                const Matrix q = quantize(w.m, qt);
+                REQUIRE(q.dtype == qt);
+                REQUIRE(bool(q.storage));
+                const float qmax = qt == DType::Q8 ? 127.f : 7.f;
+                // round trip: |w - dequant(w)| <= scale / 2 = max|w in group| / (2 qmax)
+                for (int64_t n = 0; n < N; ++n)
+                    for (int64_t g = 0; g * 32 < K; ++g) {
+                        float amax = 0.f;
+                        for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) amax = std::max(amax, std::fabs(weight_at(w.m, n, k)));
+                        for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) {
+                            const float e = std::fabs(weight_at(q, n, k) - weight_at(w.m, n, k));
+                            if (!(e <= amax / (2 * qmax) * 1.0001f + 1e-12f)) {
+                                INFO(dtype_name(qt) << " K=" << K << " n=" << n << " k=" << k);
+                                CHECK(e <= amax / (2 * qmax) * 1.0001f);
+                            }
+                        }
+                    }
+                for (int64_t M : {1, 2, 3, 4, 5, 17}) {
+                    auto x = randn(size_t(M * K), uint32_t(M + K));
+                    auto bias = randn(size_t(N), 9);
+                    std::vector<float> y(size_t(M * N)), yr(size_t(M * N)), yf(size_t(M * N));
+                    matmul(x.data(), M, q, y.data(), bias.data());
+                    matmul_ref(x.data(), M, q, yr.data(), bias.data());
+                    INFO(dtype_name(qt) << " K=" << K << " M=" << M);
+                    CHECK(max_rel_err(y, yr, dot_scale(x, M, q, bias.data())) < 1e-5);
+                    // against the unquantized weights: |error| <= sum_k |x_k| * step_k / 2
+                    matmul_ref(x.data(), M, w.m, yf.data(), bias.data());
+                    for (int64_t m = 0; m < M; ++m)
+                        for (int64_t n = 0; n < N; ++n) {
+                            double bound = 1e-5;
+                            for (int64_t g = 0; g * 32 < K; ++g) {
+                                float amax = 0.f;
+                                for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) amax = std::max(amax, std::fabs(weight_at(w.m, n, k)));
+                                for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) bound += std::fabs(x[size_t(m * K + k)]) * amax / (2 * qmax);
+                            }
+                            CHECK(std::fabs(y[size_t(m * N + n)] - yf[size_t(m * N + n)]) <= bound * 1.001);
+                        }
+                }
+            }
+        }
+    }
+    CHECK_THROWS_AS(quantize(make_weight(2, 2, DType::F32, 1).m, DType::BF16), Error);
+}
+
+TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activations, fp32 accumulation") {
+#if defined(DEEPSTACK_HAVE_DPBF16)
+    MESSAGE("fast mode uses AVX-512 BF16 dot products");
+#endif
+    uint32_t seed = 500;
+    for (int64_t K : {1, 2, 15, 31, 33, 100, 600, 1031})
+        for (int64_t N : {1, 7, 33, 300}) {
+            auto w = make_weight(N, K, DType::BF16, seed++);
+            auto bias = randn(size_t(N), seed++);
+            for (int64_t M : {1, 2, 3, 4, 5, 17, 40}) {
+                auto x = randn(size_t(M * K), seed++);
+                std::vector<float> y(size_t(M * N), NAN), yr(size_t(M * N), NAN), y2(size_t(M * N), NAN);
+                matmul_bf16(x.data(), M, w.m, y.data(), bias.data());
+                matmul_bf16_ref(x.data(), M, w.m, yr.data(), bias.data());
+                INFO("M=" << M << " N=" << N << " K=" << K);
+                CHECK(max_rel_err(y, yr, dot_scale(x, M, w.m, bias.data())) < 1e-5);
+                matmul(x.data(), M, w.m, y2.data(), bias.data(), Compute::Fast);
+                CHECK(max_rel_err(y2, yr, dot_scale(x, M, w.m, bias.data())) < 1e-5);
+            }
+        }
+    // other dtypes: fast mode is the exact mode
+    auto w = make_weight(9, 40, DType::F32, 3);
+    auto x = randn(5 * 40, 4);
+    std::vector<float> y(5 * 9), yr(5 * 9);
+    matmul(x.data(), 5, w.m, y.data(), nullptr, Compute::Fast);
+    matmul_ref(x.data(), 5, w.m, yr.data());
+    CHECK(max_rel_err(y, yr, dot_scale(x, 5, w.m, nullptr)) < 1e-5);
+}

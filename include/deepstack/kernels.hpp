@@ -31,6 +31,23 @@ struct Matrix {
     std::shared_ptr<const void> storage;  // owner of quantized data, empty for mapped weights
 };
 
+// The bytes behind a Q8 / Q4 Matrix (Matrix::data points at this object, Matrix::storage owns it).
+// Symmetric per-group quantization along K (the `cols` / input dim) in groups of kQuantGroup = 32,
+// K zero-padded to kpad (a multiple of 32), one fp32 scale per (row, group):
+//   Q8: q[row * kpad + k] int8 in [-127, 127], w ~ scale * q, scale = max|w| / 127
+//   Q4: 16 bytes per group; byte i holds element i (low nibble) and element i + 16 (high nibble),
+//       stored as q + 8 with q in [-8, 7], w ~ scale * q, scale = max|w| / 7
+// Rounding error per element <= scale / 2 (max|w| / 254 for Q8, max|w| / 14 for Q4).
+constexpr int kQuantGroup = 32;
+struct QuantWeights {
+    DType type = DType::Q8;
+    int64_t rows = 0, cols = 0, kpad = 0;
+    std::vector<int8_t> q;     // Q8: rows * kpad values; Q4: rows * kpad / 2 packed bytes
+    std::vector<float> scale;  // rows * (kpad / 32)
+    int64_t groups() const { return kpad / kQuantGroup; }
+    int64_t row_bytes() const { return type == DType::Q8 ? kpad : kpad / 2; }
+};
+
 namespace detail {
 
 // fp32 -> IEEE half, round to nearest even, overflow to inf, NaN kept (for tests and F16 caches).
@@ -56,6 +73,15 @@ inline float weight_at(const Matrix& w, int64_t r, int64_t c) {
         case DType::F32: return static_cast<const float*>(w.data)[i];
         case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(w.data)[i]);
         case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(w.data)[i]);
+        case DType::Q8:
+        case DType::Q4: {
+            const auto* qw = static_cast<const QuantWeights*>(w.data);
+            const float s = qw->scale[size_t(r * qw->groups() + c / kQuantGroup)];
+            if (w.dtype == DType::Q8) return s * float(qw->q[size_t(r * qw->kpad + c)]);
+            const int64_t g = c / kQuantGroup, j = c % kQuantGroup;
+            const uint8_t b = uint8_t(qw->q[size_t(r * qw->row_bytes() + g * 16 + (j & 15))]);
+            return s * float(int((j < 16) ? (b & 15) : (b >> 4)) - 8);
+        }
         default: throw Error(std::string("weight_at: unsupported dtype ") + dtype_name(w.dtype));
     }
 }
@@ -290,16 +316,12 @@ inline void attention_ref(const float* q, int64_t Tq, const float* k, const floa
     }
 }
 
-// Quantized formats are not implemented yet.
-inline void dequant_row_segment(const Matrix& w, int64_t, int64_t, int64_t, float*) {
-    throw Error(std::string("matmul: unsupported weight dtype ") + dtype_name(w.dtype));
-}
-inline bool matmul_quant(const float*, int64_t, const Matrix&, float*, const float*) { return false; }
-
 }  // namespace detail
 }  // namespace deepstack
 
 #include "kernels_attention.hpp"
+#include "kernels_quant.hpp"
+#include "kernels_bf16.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop

@@ -82,6 +82,20 @@ inline vf bf16x16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm5
 inline vf load_bf16(const uint16_t* p) { return bf16x16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 inline vf load_bf16_n(const uint16_t* p, int n) { return bf16x16(_mm256_maskz_loadu_epi16(tail_mask(n), p)); }
 inline vf load_f16(const uint16_t* p) { return _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+// int8 -> fp32 (W values); one quantization group of 32 int8 / 16 Q4 bytes as 32 / W vectors of q.
+inline vf load_i8(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))); }
+inline void load_q8_group(const int8_t* p, vf* out) {
+    out[0] = load_i8(p);
+    out[1] = load_i8(p + 16);
+}
+inline void load_q4_group(const int8_t* p, vf* out) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i m = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), eight);
+    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight);
+    out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
+    out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
+}
 inline vf load_f16_n(const uint16_t* p, int n) { return _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_maskz_loadu_epi16(tail_mask(n), p)); }
 
 #elif defined(DEEPSTACK_SIMD_AVX2)
@@ -132,6 +146,22 @@ inline vf load_bf16_n(const uint16_t* p, int n) {
     alignas(16) uint16_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     std::memcpy(t, p, size_t(n) * 2);
     return bf16x8(_mm_load_si128(reinterpret_cast<const __m128i*>(t)));
+}
+inline vf load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline void load_q8_group(const int8_t* p, vf* out) {
+    for (int i = 0; i < 4; ++i) out[i] = load_i8(p + 8 * i);
+}
+inline void load_q4_group(const int8_t* p, vf* out) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i m = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), eight);
+    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight);
+    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
 }
 #if defined(__F16C__)
 inline vf load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
@@ -189,6 +219,20 @@ inline vf load_bf16_n(const uint16_t* p, int n) {
     return load_bf16(t);
 }
 inline vf load_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+inline void load_q8_group(const int8_t* p, vf* out) {
+    for (int i = 0; i < 4; ++i) {
+        const int16x8_t h = vmovl_s8(vld1_s8(p + 8 * i));
+        out[2 * i] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(h)));
+        out[2 * i + 1] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(h)));
+    }
+}
+inline void load_q4_group(const int8_t* p, vf* out) {
+    const uint8x16_t b = vld1q_u8(reinterpret_cast<const uint8_t*>(p));
+    int8_t t[32];
+    vst1q_s8(t, vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(15))), vdupq_n_s8(8)));
+    vst1q_s8(t + 16, vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), vdupq_n_s8(8)));
+    load_q8_group(t, out);
+}
 inline vf load_f16_n(const uint16_t* p, int n) {
     uint16_t t[4] = {0, 0, 0, 0};
     for (int i = 0; i < n; ++i) t[i] = p[i];
@@ -273,6 +317,18 @@ inline vf load_bf16_n(const uint16_t* p, int n) {
     vf r = zero();
     for (int i = 0; i < n; ++i) r.v[i] = bf16_to_f32(p[i]);
     return r;
+}
+inline void load_q8_group(const int8_t* p, vf* out) {
+    for (int i = 0; i < 8; ++i) out[i] = vf{{float(p[4 * i]), float(p[4 * i + 1]), float(p[4 * i + 2]), float(p[4 * i + 3])}};
+}
+inline void load_q4_group(const int8_t* p, vf* out) {
+    int8_t t[32];
+    for (int i = 0; i < 16; ++i) {
+        const uint8_t b = uint8_t(p[i]);
+        t[i] = int8_t(int(b & 15) - 8);
+        t[i + 16] = int8_t(int(b >> 4) - 8);
+    }
+    load_q8_group(t, out);
 }
 inline vf load_f16(const uint16_t* p) { return vf{{f16_to_f32(p[0]), f16_to_f32(p[1]), f16_to_f32(p[2]), f16_to_f32(p[3])}}; }
 inline vf load_f16_n(const uint16_t* p, int n) {

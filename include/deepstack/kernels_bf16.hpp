@@ -1,0 +1,264 @@
+// deepstack/kernels_bf16.hpp - the "fast" compute mode for BF16 weights: activations are rounded to
+// bf16 (round to nearest even) and products of bf16 pairs are accumulated in fp32 with AVX-512 BF16
+// VDPBF16PS (32 multiply-adds per instruction). Reference semantics (matmul_bf16_ref): round x to
+// bf16, then exact fp32 dot products with the bf16 weights. Without AVX-512 BF16 the same semantics
+// are computed by rounding x and running the exact-mode kernels.
+// Included from kernels.hpp.
+#pragma once
+#include "kernels_simd.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#if defined(DEEPSTACK_SIMD_AVX512) && defined(__AVX512BF16__)
+#define DEEPSTACK_HAVE_DPBF16 1
+#endif
+
+namespace deepstack {
+namespace detail {
+
+// Compute mode of a matmul: Exact = fp32 activations x stored weights, fp32 accumulation.
+// Fast = bf16 activations (VDPBF16PS) for BF16 weights; other dtypes fall back to Exact.
+enum class Compute { Exact, Fast };
+
+// Scalar reference of the fast mode: x rounded to bf16, fp32 accumulation.
+inline void matmul_bf16_ref(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
+    const int64_t K = W.cols;
+    std::vector<float> xr(size_t(M * K));
+    for (size_t i = 0; i < xr.size(); ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    matmul_ref(xr.data(), M, W, y, bias);
+}
+
+#if defined(DEEPSTACK_HAVE_DPBF16)
+namespace gemm_bf16 {
+
+constexpr int MR = 12, NV = 2, NR = NV * 16;
+constexpr int64_t KC = 512;  // k depth per packed block (256 bf16 pairs)
+constexpr int64_t NC = NR * 8;
+constexpr int64_t MC = MR * 16;
+
+inline uint32_t pair_at(const uint16_t* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// c[mr, nvalid] (=|+=) sum over kp pairs; a packed [kp][MR] u32 (bf16 pair), b packed [kp][NR] u32.
+inline void micro_kernel(const uint32_t* __restrict a, const uint32_t* __restrict b, int64_t kp, float* c, int64_t ldc,
+                         int mr, int nvalid, bool first, const float* bias) {
+    __m512 acc[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kp; ++k) {
+        __m512bh bv[NV];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(b + k * NR + j * 16);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[k * MR + i]));
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, bv[j]);
+        }
+    }
+    for (int i = 0; i < mr; ++i) {
+        float* ci = c + i * ldc;
+        for (int j = 0; j < NV; ++j) {
+            const int col = j * 16, cnt = std::min(16, nvalid - col);
+            if (cnt <= 0) break;
+            const __mmask16 m = simd::tail_mask(cnt);
+            __m512 v = acc[i][j];
+            if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, ci + col));
+            else if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + col));
+            _mm512_mask_storeu_ps(ci + col, m, v);
+        }
+    }
+}
+
+// Weight rows [n0, n0 + nvalid), cols [k0, k0 + kc) as bf16 pairs [kp][NR] (zero padded).
+inline void pack_b(const uint16_t* w, int64_t K, int64_t n0, int nvalid, int64_t k0, int64_t kc, uint32_t* dst) {
+    const int64_t kp = (kc + 1) / 2;
+    for (int j = 0; j < NR; ++j) {
+        if (j < nvalid) {
+            const uint16_t* src = w + (n0 + j) * K + k0;
+            const int64_t full = kc / 2;
+            for (int64_t p = 0; p < full; ++p) dst[p * NR + j] = pair_at(src + 2 * p);
+            if (kc & 1) dst[full * NR + j] = src[kc - 1];
+        } else {
+            for (int64_t p = 0; p < kp; ++p) dst[p * NR + j] = 0;
+        }
+    }
+}
+
+// Activation rows [m0, m0 + mr), cols [k0, k0 + kc) rounded to bf16 pairs [kp][MR] (zero padded).
+inline void pack_a(const float* x, int64_t K, int64_t m0, int mr, int64_t k0, int64_t kc, uint32_t* dst) {
+    const int64_t kp = (kc + 1) / 2;
+    for (int i = 0; i < MR; ++i) {
+        if (i < mr) {
+            const float* xi = x + (m0 + i) * K + k0;
+            for (int64_t p = 0; p < kp; ++p) {
+                const uint32_t lo = f32_to_bf16(xi[2 * p]);
+                const uint32_t hi = 2 * p + 1 < kc ? f32_to_bf16(xi[2 * p + 1]) : 0u;
+                dst[p * MR + i] = lo | (hi << 16);
+            }
+        } else {
+            for (int64_t p = 0; p < kp; ++p) dst[p * MR + i] = 0;
+        }
+    }
+}
+
+inline void gemm_block(const float* x, const Matrix& w, float* y, const float* bias, int64_t m_begin, int64_t m_end,
+                       int64_t n_begin, int64_t n_end) {
+    const int64_t N = w.rows, K = w.cols;
+    const auto* wd = static_cast<const uint16_t*>(w.data);
+    if (m_begin >= m_end || n_begin >= n_end) return;
+    auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));
+    auto* apanel = reinterpret_cast<uint32_t*>(scratch<6>(size_t(MC * KC / 2)));
+    for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += NC) {
+        const int64_t nc = std::min(NC, n_end - nc0);
+        const int64_t npanels = (nc + NR - 1) / NR;
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = std::min(KC, K - k0), kp = (kc + 1) / 2;
+            for (int64_t p = 0; p < npanels; ++p)
+                pack_b(wd, K, nc0 + p * NR, int(std::min<int64_t>(NR, nc - p * NR)), k0, kc, bpanel + p * kp * NR);
+            for (int64_t mc0 = m_begin; mc0 < m_end; mc0 += MC) {
+                const int64_t mc = std::min(MC, m_end - mc0);
+                const int64_t mblocks = (mc + MR - 1) / MR;
+                for (int64_t mb = 0; mb < mblocks; ++mb)
+                    pack_a(x, K, mc0 + mb * MR, int(std::min<int64_t>(MR, mc - mb * MR)), k0, kc, apanel + mb * kp * MR);
+                for (int64_t p = 0; p < npanels; ++p) {
+                    const int64_t n0 = nc0 + p * NR;
+                    const int nvalid = int(std::min<int64_t>(NR, nc - p * NR));
+                    for (int64_t mb = 0; mb < mblocks; ++mb) {
+                        const int64_t m0 = mc0 + mb * MR;
+                        micro_kernel(apanel + mb * kp * MR, bpanel + p * kp * NR, kp, y + m0 * N + n0, N,
+                                     int(std::min<int64_t>(MR, mc - mb * MR)), nvalid, k0 == 0, bias ? bias + n0 : nullptr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
+    const int64_t N = w.rows;
+    const int nt = omp_threads();
+    const int64_t nblocks = (N + NR - 1) / NR;
+    const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
+    const int tm = std::max(1, nt / tn);
+    auto run = [&](int t) {
+        const int ti = t / tn, tj = t % tn;
+        const int64_t nb0 = nblocks * tj / tn, nb1 = nblocks * (tj + 1) / tn;
+        gemm_block(x, w, y, bias, M * ti / tm, M * (ti + 1) / tm, std::min(N, nb0 * NR), std::min(N, nb1 * NR));
+    };
+    if (tn * tm == 1) {
+        run(0);
+        return;
+    }
+#pragma omp parallel for schedule(static, 1) num_threads(tn * tm)
+    for (int t = 0; t < tn * tm; ++t) run(t);
+}
+
+// GEMV (M <= 4): xb holds the activations as bf16, each row zero padded to kpad (multiple of 32).
+template <int MM, int R>
+inline void gemv_rows(const uint16_t* xb, int64_t kpad, const uint16_t* w, int64_t K, float* y, int64_t N,
+                      const float* bias, int64_t n0, int64_t n1) {
+    int64_t n = n0;
+    for (; n + R <= n1; n += R) {
+        __m512 acc[MM][R];
+        for (int m = 0; m < MM; ++m)
+            for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+        const uint16_t* wr = w + n * K;
+        int64_t k = 0;
+        for (; k + 32 <= K; k += 32) {
+            __m512bh xv[MM];
+            for (int m = 0; m < MM; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xb + m * kpad + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+                const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + r * K + k);
+                for (int m = 0; m < MM; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv[m], wv);
+            }
+        }
+        if (k < K) {
+            const __mmask32 mk = __mmask32((uint64_t(1) << (K - k)) - 1);
+            __m512bh xv[MM];
+            for (int m = 0; m < MM; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xb + m * kpad + k);
+            for (int r = 0; r < R; ++r) {
+                const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr + r * K + k);
+                for (int m = 0; m < MM; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv[m], wv);
+            }
+        }
+        for (int m = 0; m < MM; ++m)
+            for (int r = 0; r < R; ++r) y[m * N + n + r] = simd::hsum(acc[m][r]) + (bias ? bias[n + r] : 0.f);
+    }
+    if (n < n1) gemv_rows<MM, 1>(xb, kpad, w, K, y, N, bias, n, n1);
+}
+
+template <int MM>
+inline void gemv(const float* x, const Matrix& w, float* y, const float* bias) {
+    constexpr int R = 4;
+    const int64_t N = w.rows, K = w.cols, kpad = (K + 31) / 32 * 32;
+    auto* xb = reinterpret_cast<uint16_t*>(scratch<7>(size_t(MM * kpad / 2 + 16)));
+    for (int m = 0; m < MM; ++m) {
+        for (int64_t k = 0; k < K; ++k) xb[m * kpad + k] = f32_to_bf16(x[m * K + k]);
+        for (int64_t k = K; k < kpad; ++k) xb[m * kpad + k] = 0;
+    }
+    const auto* wd = static_cast<const uint16_t*>(w.data);
+    const int nt = omp_threads();
+    const int64_t chunks = (N + R - 1) / R;
+    if (nt == 1 || chunks < 2) {
+        gemv_rows<MM, R>(xb, kpad, wd, K, y, N, bias, 0, N);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_tid();
+        const int64_t c0 = chunks * t / nt, c1 = chunks * (t + 1) / nt;
+        gemv_rows<MM, R>(xb, kpad, wd, K, y, N, bias, std::min(N, c0 * R), std::min(N, c1 * R));
+    }
+}
+
+}  // namespace gemm_bf16
+#endif  // DEEPSTACK_HAVE_DPBF16
+
+// Fast mode for BF16 weights: y = bf16(x) * W^T (+ bias), fp32 accumulation. Other weight dtypes
+// run the exact mode. Matches matmul_bf16_ref to fp32 summation-order rounding.
+inline void matmul_bf16(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
+    if (W.dtype != DType::BF16 || M <= 0 || W.rows <= 0 || W.cols <= 0) {
+        matmul(x, M, W, y, bias);
+        return;
+    }
+#if defined(DEEPSTACK_HAVE_DPBF16)
+    switch (M) {
+        case 1: gemm_bf16::gemv<1>(x, W, y, bias); return;
+        case 2: gemm_bf16::gemv<2>(x, W, y, bias); return;
+        case 3: gemm_bf16::gemv<3>(x, W, y, bias); return;
+        case 4: gemm_bf16::gemv<4>(x, W, y, bias); return;
+        default: gemm_bf16::gemm(x, M, W, y, bias); return;
+    }
+#else
+    const int64_t K = W.cols;
+    float* xr = scratch<7>(size_t(M * K));
+    for (int64_t i = 0; i < M * K; ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    matmul(xr, M, W, y, bias);
+#endif
+}
+
+// Mode-selecting overload (the forward pass may carry a Compute setting).
+inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const float* bias, Compute mode) {
+    if (mode == Compute::Fast) matmul_bf16(x, M, W, y, bias);
+    else matmul(x, M, W, y, bias);
+}
+
+}  // namespace detail
+}  // namespace deepstack
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
