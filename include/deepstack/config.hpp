@@ -123,10 +123,17 @@ struct JsonReader {
         const auto* v = find(key);
         std::vector<int> out;
         if (!v) return out;
-        if (v->is_number_integer()) return {v->get<int>()};
+        auto fits = [](const nlohmann::json& e) {
+            return e.is_number_unsigned() ? e.get<uint64_t>() <= uint64_t(INT32_MAX)
+                                          : e.get<int64_t>() >= INT32_MIN && e.get<int64_t>() <= INT32_MAX;
+        };
+        if (v->is_number_integer()) {
+            if (!fits(*v)) throw Error(where + ": field '" + key + "' must hold integers that fit in 32 bits");
+            return {v->get<int>()};
+        }
         if (!v->is_array()) throw Error(where + ": field '" + key + "' must be an integer or a list of integers");
         for (auto& e : *v) {
-            if (!e.is_number_integer()) throw Error(where + ": field '" + key + "' must hold integers");
+            if (!e.is_number_integer() || !fits(e)) throw Error(where + ": field '" + key + "' must hold integers that fit in 32 bits");
             out.push_back(e.get<int>());
         }
         return out;
@@ -188,7 +195,9 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
     if (t.num_attention_heads % t.num_key_value_heads)
         throw Error(file + ": text_config.num_attention_heads (" + std::to_string(t.num_attention_heads) +
                     ") must be a multiple of num_key_value_heads (" + std::to_string(t.num_key_value_heads) + ")");
-    if (t.head_dim % 2) throw Error(file + ": text_config.head_dim must be even");
+    if (t.head_dim <= 0 || t.head_dim % 2)
+        throw Error(file + ": text_config.head_dim must be positive and even (got " + std::to_string(t.head_dim) +
+                    "; without head_dim it is hidden_size / num_attention_heads)");
 
     // Rope settings: transformers 4.57 (rope_theta + rope_scaling) or 5.x (rope_parameters).
     t.rope_theta = tc.number("rope_theta", 0);
@@ -211,7 +220,7 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
         section = {half - 2 * hw, hw, hw};
     }
     if (section.size() != 3 || section[0] < 0 || section[1] < 0 || section[2] < 0 ||
-        section[0] + section[1] + section[2] != t.head_dim / 2)
+        int64_t(section[0]) + section[1] + section[2] != t.head_dim / 2)
         throw Error(file + ": text_config mrope_section must be three non-negative numbers summing to head_dim/2 (" +
                     std::to_string(t.head_dim / 2) + ")");
     t.mrope_section = {section[0], section[1], section[2]};
@@ -232,6 +241,16 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
     if (v.hidden_size % v.num_heads) throw Error(file + ": vision_config.hidden_size must be a multiple of num_heads");
     if (v.head_dim() % 4) throw Error(file + ": vision head size (hidden_size/num_heads) must be a multiple of 4 for 2D rotary");
     if (v.in_channels != 3) throw Error(file + ": vision_config.in_channels must be 3 (RGB)");
+    // Products used as int sizes downstream (patch vector, merged width, projection widths).
+    auto check_product = [&](int64_t value, const char* what) {
+        if (value > (int64_t(1) << 30)) throw Error(file + ": " + what + " = " + std::to_string(value) + " is too large");
+    };
+    check_product(int64_t(v.in_channels) * v.temporal_patch_size * v.patch_size * v.patch_size,
+                  "vision_config in_channels*temporal_patch_size*patch_size^2");
+    check_product(int64_t(v.patch_size) * v.spatial_merge_size, "vision_config patch_size*spatial_merge_size");
+    check_product(int64_t(v.hidden_size) * v.spatial_merge_size * v.spatial_merge_size, "vision_config hidden_size*spatial_merge_size^2");
+    check_product(int64_t(v.hidden_size) * 3, "vision_config 3*hidden_size");
+    check_product(int64_t(t.num_attention_heads) * t.head_dim, "text_config num_attention_heads*head_dim");
     const int side = int(std::lround(std::sqrt(double(v.num_position_embeddings))));
     if (side * side != v.num_position_embeddings)
         throw Error(file + ": vision_config.num_position_embeddings (" + std::to_string(v.num_position_embeddings) + ") must be a square");
@@ -247,8 +266,8 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
     if (v.fusion.type == FusionConfig::Type::Inject && int(v.deepstack_visual_indexes.size()) > t.num_hidden_layers)
         throw Error(file + ": more deepstack_visual_indexes than decoder layers");
     if (v.fusion.type == FusionConfig::Type::Stack) {
-        const int stacks = v.fusion.scale * v.fusion.scale;
-        const int64_t last_layer = int64_t(v.fusion.layer_start) + int64_t(stacks - 1) * v.fusion.layer_interval;
+        const int64_t stacks = int64_t(v.fusion.scale) * v.fusion.scale;
+        const int64_t last_layer = int64_t(v.fusion.layer_start) + (stacks - 1) * v.fusion.layer_interval;
         if (last_layer >= t.num_hidden_layers)
             throw Error(file + ": vision_config.deepstack_fusion: " + std::to_string(stacks) + " stacks from layer_start " +
                         std::to_string(v.fusion.layer_start) + " every " + std::to_string(v.fusion.layer_interval) +
@@ -284,13 +303,20 @@ inline PreprocessConfig load_preprocess_config(const std::string& path, bool vid
     p.patch_size = r.positive_int("patch_size", p.patch_size);
     p.temporal_patch_size = r.positive_int("temporal_patch_size", p.temporal_patch_size);
     p.merge_size = r.positive_int("merge_size", p.merge_size);
+    // Pixel counts as doubles, checked before the conversion to int64 (1e300 must not wrap).
+    auto pixels = [&](const detail::JsonReader& rd, const char* key, int64_t fallback) {
+        const double x = rd.number(key, double(fallback));
+        if (!(x >= 0 && x <= double(int64_t(1) << 40)))
+            throw Error(rd.where + ": field '" + key + "' (a pixel count) must be between 0 and 2^40");
+        return int64_t(x);
+    };
     if (r.find("size")) {
         auto s = r.object("size");
-        p.min_pixels = int64_t(s.number("shortest_edge", double(p.min_pixels)));
-        p.max_pixels = int64_t(s.number("longest_edge", double(p.max_pixels)));
+        p.min_pixels = pixels(s, "shortest_edge", p.min_pixels);
+        p.max_pixels = pixels(s, "longest_edge", p.max_pixels);
     }
-    p.min_pixels = int64_t(r.number("min_pixels", double(p.min_pixels)));
-    p.max_pixels = int64_t(r.number("max_pixels", double(p.max_pixels)));
+    p.min_pixels = pixels(r, "min_pixels", p.min_pixels);
+    p.max_pixels = pixels(r, "max_pixels", p.max_pixels);
     if (p.min_pixels <= 0 || p.max_pixels < p.min_pixels)
         throw Error(path + ": size needs 0 < shortest_edge (min pixels) <= longest_edge (max pixels)");
     for (const char* key : {"image_mean", "image_std"}) {

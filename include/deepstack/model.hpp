@@ -145,7 +145,12 @@ public:
         std::vector<float> h = embed_tokens(m.text, c.text, ids);
         std::vector<int64_t> visual_rows;
         for (size_t i = 0; i < ids.size(); ++i)
-            if (!visuals.empty() && (ids[i] == c.image_token_id || ids[i] == c.video_token_id)) visual_rows.push_back(int64_t(i));
+            if (ids[i] == c.image_token_id || ids[i] == c.video_token_id) visual_rows.push_back(int64_t(i));
+        // A pad token without visuals is only accepted from decode() (a generated token).
+        if (visuals.empty() && !visual_rows.empty() && !allow_bare_pads_)
+            throw Error("prompt has " + std::to_string(visual_rows.size()) +
+                        " image/video pad tokens but the visual inputs make 0 tokens (no images or videos were given)");
+        if (visuals.empty()) visual_rows.clear();
 
         VisualEmbedding vis;
         if (!visuals.empty()) {
@@ -164,7 +169,17 @@ public:
     }
 
     // Appends one token; returns its logits [V].
-    std::vector<float> decode(int token) { return prefill({token}); }
+    std::vector<float> decode(int token) {
+        allow_bare_pads_ = true;
+        try {
+            auto logits = prefill({token});
+            allow_bare_pads_ = false;
+            return logits;
+        } catch (...) {
+            allow_bare_pads_ = false;
+            throw;
+        }
+    }
 
 private:
     VisualEmbedding encode_visuals(const std::vector<VisualInput>& visuals, const Trace& trace) const {
@@ -174,6 +189,19 @@ private:
         std::vector<std::array<int, 3>> grids;
         std::vector<float> pixels;
         bool any_image = false, any_video = false;
+        const int64_t patch_dim = c.vision.patch_dim();
+        auto check_pixels = [&](const VisualPatches& p, size_t i, const char* what) {
+            const auto& g = p.grid_thw;
+            const int64_t need = int64_t(g[0]) * g[1] * g[2] * patch_dim;
+            if (g[0] <= 0 || g[1] <= 0 || g[2] <= 0 || int64_t(p.pixels.size()) != need)
+                throw Error(std::string("visual input ") + std::to_string(i) + what + " holds " + std::to_string(p.pixels.size()) +
+                            " pixel values but its grid (" + std::to_string(g[0]) + ", " + std::to_string(g[1]) + ", " +
+                            std::to_string(g[2]) + ") needs " + std::to_string(need) + " (prepared for another model?)");
+        };
+        for (size_t i = 0; i < visuals.size(); ++i) {
+            check_pixels(visuals[i].patches, i, "");
+            if (c.vision.fusion.type == FusionConfig::Type::Stack) check_pixels(visuals[i].highres, i, " (high-resolution stream)");
+        }
         for (const auto& v : visuals) {
             grids.push_back(v.patches.grid_thw);
             pixels.insert(pixels.end(), v.patches.pixels.begin(), v.patches.pixels.end());
@@ -205,6 +233,7 @@ private:
 
     std::shared_ptr<const Model> model_;
     Options opt_;
+    bool allow_bare_pads_ = false;
     KVCache cache_;
     int64_t next_pos_ = 0;
 };
