@@ -1,0 +1,247 @@
+// deepstack-caption end to end, as a user runs it: a small random Qwen3-VL model folder with the
+// real Qwen3 vocabulary (config.json, model.safetensors of random weights, generation_config.json,
+// and tokenizer.json from the npm cache of tests/fetch_tokenizer.sh) and the tiny-image picture.
+// The runs that need the real tokenizer are reported as skipped when it is not cached.
+#include <doctest/doctest.h>
+#include <deepstack.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+using namespace deepstack;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kImage = std::string(DEEPSTACK_TEST_DATA) + "/fixtures/tiny-image/inputs/image0_80x56.png";
+const std::string kCaption = std::string(DEEPSTACK_BIN_DIR) + "/deepstack-caption";
+
+std::string qwen3_dir() {
+    const char* cache = std::getenv("DEEPSTACK_CACHE");
+    const char* home = std::getenv("HOME");
+    return (cache && *cache ? std::string(cache) : std::string(home ? home : "/tmp") + "/.cache/deepstack") + "/tokenizer-qwen3";
+}
+
+bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json")); }
+
+struct Run {
+    int status = -1;  // exit code
+    std::string out, err;
+};
+
+std::string quote(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+}
+
+// Runs deepstack-caption with `args` (already quoted), capturing stdout and stderr.
+Run caption(const std::string& args) {
+    const std::string err_file = (fs::temp_directory_path() / ("deepstack_caption_err_" + std::to_string(::getpid()))).string();
+    Run r;
+    FILE* p = ::popen((quote(kCaption) + " " + args + " 2>" + quote(err_file)).c_str(), "r");
+    REQUIRE(p);
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.out.append(buf, n);
+    const int st = ::pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    std::ifstream e(err_file);
+    r.err.assign(std::istreambuf_iterator<char>(e), std::istreambuf_iterator<char>());
+    fs::remove(err_file);
+    return r;
+}
+
+// A Qwen3-VL model folder with tiny dimensions, the real vocabulary size and token ids, and random
+// BF16 matrices (F32 norms and biases). Removed when the test program ends.
+struct RandomModel {
+    fs::path dir;
+
+    RandomModel() {
+        dir = fs::temp_directory_path() / ("deepstack_random_qwen3vl_" + std::to_string(::getpid()));
+        fs::create_directories(dir);
+        const int V = 151936, D = 64, layers = 2, heads = 4, kv_heads = 2, head_dim = 16, I = 128;
+        const int Dv = 32, depth = 2, Iv = 64, P = 16, pos = 256;
+        const nlohmann::json config = {
+            {"architectures", {"Qwen3VLForConditionalGeneration"}},
+            {"model_type", "qwen3_vl"},
+            {"image_token_id", 151655},
+            {"video_token_id", 151656},
+            {"vision_start_token_id", 151652},
+            {"vision_end_token_id", 151653},
+            {"tie_word_embeddings", true},
+            {"text_config",
+             {{"model_type", "qwen3_vl_text"}, {"bos_token_id", 151643}, {"eos_token_id", 151645}, {"head_dim", head_dim},
+              {"hidden_size", D}, {"intermediate_size", I}, {"max_position_embeddings", 262144}, {"num_attention_heads", heads},
+              {"num_hidden_layers", layers}, {"num_key_value_heads", kv_heads}, {"rms_norm_eps", 1e-6},
+              {"rope_scaling", {{"mrope_interleaved", true}, {"mrope_section", {4, 2, 2}}, {"rope_type", "default"}}},
+              {"rope_theta", 5000000.0}, {"vocab_size", V}}},
+            {"vision_config",
+             {{"model_type", "qwen3_vl"}, {"deepstack_visual_indexes", {1}}, {"depth", depth}, {"hidden_size", Dv},
+              {"in_channels", 3}, {"intermediate_size", Iv}, {"num_heads", 2}, {"num_position_embeddings", pos},
+              {"out_hidden_size", D}, {"patch_size", P}, {"spatial_merge_size", 2}, {"temporal_patch_size", 2}}}};
+        std::ofstream(dir / "config.json") << config.dump(2);
+        std::ofstream(dir / "generation_config.json")
+            << R"({"do_sample": true, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "eos_token_id": [151645, 151643]})";
+        fs::copy_file(qwen3_dir() + "/tokenizer.json", dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+
+        std::mt19937 rng(1234);
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<TensorBlob> blobs;
+        auto random = [&](const std::string& name, std::vector<int64_t> shape, float mean, float spread, DType dtype) {
+            int64_t n = 1;
+            for (int64_t d : shape) n *= d;
+            std::vector<float> v(static_cast<size_t>(n));
+            for (float& x : v) x = mean + spread * normal(rng);
+            if (dtype == DType::F32) return blobs.push_back(make_blob(name, shape, v.data()));
+            TensorBlob b{name, DType::BF16, shape, std::vector<uint8_t>(size_t(n) * 2)};
+            for (size_t i = 0; i < v.size(); ++i) {
+                const uint16_t h = detail::f32_to_bf16(v[i]);
+                std::memcpy(&b.bytes[i * 2], &h, 2);
+            }
+            blobs.push_back(std::move(b));
+        };
+        auto matrix = [&](const std::string& name, std::vector<int64_t> shape) { random(name, std::move(shape), 0.0f, 0.05f, DType::BF16); };
+        auto norm = [&](const std::string& name, int64_t n) { random(name, {n}, 1.0f, 0.05f, DType::F32); };
+        auto bias = [&](const std::string& name, int64_t n) { random(name, {n}, 0.0f, 0.02f, DType::F32); };
+        auto linear = [&](const std::string& name, int64_t out, int64_t in) {
+            matrix(name + ".weight", {out, in});
+            bias(name + ".bias", out);
+        };
+        auto layer_norm = [&](const std::string& name, int64_t n) {
+            norm(name + ".weight", n);
+            bias(name + ".bias", n);
+        };
+
+        const std::string v = "model.visual.";
+        matrix(v + "patch_embed.proj.weight", {Dv, 3, 2, P, P});
+        bias(v + "patch_embed.proj.bias", Dv);
+        matrix(v + "pos_embed.weight", {pos, Dv});
+        for (int b = 0; b < depth; ++b) {
+            const std::string p = v + "blocks." + std::to_string(b) + ".";
+            layer_norm(p + "norm1", Dv);
+            layer_norm(p + "norm2", Dv);
+            linear(p + "attn.qkv", 3 * Dv, Dv);
+            linear(p + "attn.proj", Dv, Dv);
+            linear(p + "mlp.linear_fc1", Iv, Dv);
+            linear(p + "mlp.linear_fc2", Dv, Iv);
+        }
+        for (const std::string& m : {v + "merger", v + "deepstack_merger_list.0"}) {
+            layer_norm(m + ".norm", m == v + "merger" ? Dv : 4 * Dv);
+            linear(m + ".linear_fc1", 4 * Dv, 4 * Dv);
+            linear(m + ".linear_fc2", D, 4 * Dv);
+        }
+        const std::string t = "model.language_model.";
+        matrix(t + "embed_tokens.weight", {V, D});
+        for (int l = 0; l < layers; ++l) {
+            const std::string p = t + "layers." + std::to_string(l) + ".";
+            norm(p + "input_layernorm.weight", D);
+            norm(p + "post_attention_layernorm.weight", D);
+            norm(p + "self_attn.q_norm.weight", head_dim);
+            norm(p + "self_attn.k_norm.weight", head_dim);
+            matrix(p + "self_attn.q_proj.weight", {heads * head_dim, D});
+            matrix(p + "self_attn.k_proj.weight", {kv_heads * head_dim, D});
+            matrix(p + "self_attn.v_proj.weight", {kv_heads * head_dim, D});
+            matrix(p + "self_attn.o_proj.weight", {D, heads * head_dim});
+            matrix(p + "mlp.gate_proj.weight", {I, D});
+            matrix(p + "mlp.up_proj.weight", {I, D});
+            matrix(p + "mlp.down_proj.weight", {D, I});
+        }
+        norm(t + "norm.weight", D);
+        write_safetensors((dir / "model.safetensors").string(), std::move(blobs));
+    }
+    ~RandomModel() { fs::remove_all(dir); }
+};
+
+const RandomModel& random_model() {
+    static const RandomModel m;
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("deepstack-caption: --help documents every flag") {
+    const Run r = caption("--help");
+    CHECK(r.status == 0);
+    for (const char* flag : {"--model", "--prompt", "--system", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--min-p",
+                             "--repetition-penalty", "--presence-penalty", "--seed", "--threads", "--min-pixels", "--max-pixels", "--json"})
+        CHECK_MESSAGE(r.out.find(flag) != std::string::npos, flag);
+}
+
+TEST_CASE("deepstack-caption: a missing or incomplete model folder is an error with download advice") {
+    const fs::path missing = fs::temp_directory_path() / "deepstack_no_such_model";
+    Run r = caption("--model " + quote(missing.string()) + " " + quote(kImage));
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("error: ", 0) == 0);
+    CHECK(r.err.find(missing.string()) != std::string::npos);
+    CHECK(r.err.find("hf download Qwen/Qwen3-VL-2B-Instruct --local-dir models/Qwen3-VL-2B-Instruct") != std::string::npos);
+    CHECK(r.err.find("https://huggingface.co/Qwen/Qwen3-VL-2B-Instruct") != std::string::npos);
+    CHECK(r.out.empty());
+
+    const fs::path partial = fs::temp_directory_path() / ("deepstack_partial_model_" + std::to_string(::getpid()));
+    fs::create_directories(partial);
+    std::ofstream(partial / "config.json") << "{}";
+    r = caption("--model " + quote(partial.string()) + " " + quote(kImage));
+    CHECK(r.status == 1);
+    CHECK(r.err.find("no tokenizer.json") != std::string::npos);
+    fs::remove_all(partial);
+
+    r = caption(quote(kImage));
+    CHECK(r.status == 1);
+    CHECK(r.err.find("--model DIR is required") != std::string::npos);
+    r = caption("--model " + quote(missing.string()) + " --top-k many " + quote(kImage));
+    CHECK(r.status == 1);
+    CHECK(r.err.find("--top-k: 'many'") != std::string::npos);
+}
+
+TEST_CASE("Qwen3 tokenizer files for the caption run") {
+    if (have_qwen3())
+        MESSAGE("Qwen3 tokenizer: " << qwen3_dir());
+    else
+        MESSAGE("SKIPPED: deepstack-caption on a random model: no Qwen3 tokenizer in " << qwen3_dir()
+                                                                                      << " (run tests/fetch_tokenizer.sh; needs npm)");
+}
+
+TEST_CASE("deepstack-caption: streams text from a random model, stops at max tokens, --json parses" * doctest::skip(!have_qwen3())) {
+    const std::string model = "--model " + quote(random_model().dir.string());
+    const std::string image = quote(kImage);
+
+    const Run streamed = caption(model + " --max-new-tokens 5 --temperature 0 --threads 2 " + image);
+    INFO("stderr: " << streamed.err);
+    REQUIRE(streamed.status == 0);
+    REQUIRE(streamed.out.size() > 1);
+    CHECK(streamed.out.back() == '\n');
+    for (const char* stage : {"loaded in", "80x56 -> 320x224, 70 visual tokens", "vision encoding:", "prefill:", "generated 5 tokens",
+                              "stopped: max new tokens"})
+        CHECK_MESSAGE(streamed.err.find(stage) != std::string::npos, stage);
+
+    const Run json = caption(model + " --max-new-tokens 5 --temperature 0 --json " + image);
+    REQUIRE(json.status == 0);
+    nlohmann::json j;
+    REQUIRE_NOTHROW(j = nlohmann::json::parse(json.out));
+    CHECK(j.at("text").get<std::string>() + "\n" == streamed.out);
+    CHECK(j.at("generated_tokens") == 5);
+    CHECK(j.at("stop_reason") == "max_tokens");
+    // <|im_start|>user\n + <|vision_start|> + 70 pads + <|vision_end|> + "Describe this image." + <|im_end|>\n<|im_start|>assistant\n
+    CHECK(j.at("prompt_tokens") == 3 + 72 + 4 + 5);
+    CHECK(j.at("images").size() == 1);
+    CHECK(j.at("images")[0].at("visual_tokens") == 70);
+    for (const char* key : {"load_seconds", "preprocess_seconds", "vision_seconds", "prefill_seconds", "decode_seconds", "decode_tokens_per_second"})
+        CHECK_MESSAGE(j.at("timings").at(key).is_number(), key);
+    CHECK(j.at("sampling").at("temperature") == 0);
+
+    // Sampling (generation_config.json's top_k 20, top_p 0.8, temperature 0.7) is repeatable with a seed.
+    const std::string sampled = model + " --max-new-tokens 4 --seed 7 --json --system 'Be brief.' --prompt 'What is it?' " + image;
+    const Run a = caption(sampled), b = caption(sampled);
+    REQUIRE(a.status == 0);
+    REQUIRE(b.status == 0);
+    const nlohmann::json ja = nlohmann::json::parse(a.out), jb = nlohmann::json::parse(b.out);
+    CHECK(ja.at("text") == jb.at("text"));
+    CHECK(ja.at("sampling").at("top_k") == 20);
+    CHECK(ja.at("prompt").get<std::string>() == "What is it?");
+}
