@@ -2,6 +2,8 @@
 // streaming the reply to stdout; progress and timings go to stderr. --json prints one JSON object
 // instead. Exit 0 on success, 1 on any error ("error: ..." on stderr).
 #include <deepstack.hpp>
+#include <deepstack/grounding.hpp>
+#include <deepstack/video.hpp>
 
 #include <sys/stat.h>
 
@@ -16,9 +18,10 @@ using namespace deepstack;
 
 namespace {
 
-const char* kUsage = R"(usage: deepstack-caption --model DIR [options] IMAGE...
-Describes the images with a Qwen3-VL model: the text streams to stdout, progress and timings go
-to stderr. Sampling defaults come from the model's generation_config.json (greedy without it).
+const char* kUsage = R"(usage: deepstack-caption --model DIR [options] IMAGE... [--video PATH]
+Describes the images (and video) with a Qwen3-VL model: the text streams to stdout, progress and
+timings go to stderr. Sampling defaults come from the model's generation_config.json (greedy
+without it).
 
   --model DIR              Hugging Face model folder: config.json, tokenizer.json, model.safetensors
                            (get one: hf download Qwen/Qwen3-VL-2B-Instruct --local-dir models/Qwen3-VL-2B-Instruct)
@@ -35,6 +38,10 @@ to stderr. Sampling defaults come from the model's generation_config.json (greed
   --threads N              OpenMP threads (default: all cores)
   --min-pixels N           smallest image area after resizing (default: preprocessor_config.json)
   --max-pixels N           largest image area after resizing; fewer pixels, fewer tokens, faster
+  --video PATH             a video after the images: a folder of frames (sorted by name), a .txt list
+                           of frame files, or a video file (when built with FFmpeg); sampled at 2 fps
+  --fps F                  frame rate of the --video source (default: the video file's; 2 for frames)
+  --boxes OUT.png          draw the boxes of a grounding reply ("bbox_2d" JSON) on the first image
   --json                   print one JSON object (text, token counts, timings) instead of streaming
   -h, --help               this help
 )";
@@ -49,6 +56,8 @@ const char* kGetModel =
 struct Args {
     std::string model_dir, prompt = "Describe this image.", system;
     std::vector<std::string> images;
+    std::string video, boxes_png;
+    double video_fps = 0;  // 0: the file's own rate, 2 for folders and lists
     // Sampling flags override generation_config.json only when given.
     std::optional<float> temperature, top_p, min_p, repetition_penalty, presence_penalty;
     std::optional<int> top_k, max_new_tokens;
@@ -103,12 +112,16 @@ bool parse_args(int argc, char** argv, Args& a) {
         else if (flag == "--min-pixels") a.budget.min_pixels = parse_count(flag, value());
         else if (flag == "--max-pixels") a.budget.max_pixels = parse_count(flag, value());
         else if (flag == "--json") a.json = true;
-        // Video input (--video PATH, --fps F) and grounding output (--boxes OUT.png) belong here.
+        else if (flag == "--video") a.video = value();
+        else if (flag == "--fps") a.video_fps = parse_number(flag, value());
+        else if (flag == "--boxes") a.boxes_png = value();
         else if (flag.size() > 1 && flag[0] == '-') throw Error("unknown flag '" + flag + "' (see --help)");
         else a.images.push_back(flag);
     }
     if (a.model_dir.empty()) throw Error(std::string("--model DIR is required; ") + kGetModel);
-    if (a.images.empty()) throw Error("no IMAGE given (see --help)");
+    if (a.images.empty() && a.video.empty()) throw Error("no IMAGE or --video given (see --help)");
+    if (!a.boxes_png.empty() && a.images.empty()) throw Error("--boxes draws on the first IMAGE; give one");
+    if (a.video_fps < 0) throw Error("--fps must be positive");
     return true;
 }
 
@@ -168,9 +181,11 @@ int run(const Args& a) {
     std::vector<Message> messages;
     if (!a.system.empty()) messages.push_back({"system", {text_part(a.system)}});
     Message request{"user", {}};
-    nlohmann::json images = nlohmann::json::array();
+    nlohmann::json images = nlohmann::json::array(), video;
+    Image first_image;  // --boxes draws on it
     for (const std::string& path : a.images) {
         const Image img = load_image(path);
+        if (visuals.empty()) first_image = img;
         visuals.push_back(prepare_image(*model, img, a.budget));
         const VisualPatches& p = visuals.back().patches;
         const int tokens = p.grid_thw[0] * p.grid_thw[1] * p.grid_thw[2] / merge2;
@@ -179,11 +194,24 @@ int run(const Args& a) {
                           {"resized_height", p.height}, {"visual_tokens", tokens}});
         request.parts.push_back(image_part(int(visuals.size()) - 1));
     }
+    if (!a.video.empty()) {
+        const VideoClip clip = load_video(a.video, a.video_fps, model->video_config);
+        visuals.push_back(prepare_video(*model, clip.frames, clip.frame_indices, clip.fps));
+        const VisualPatches& p = visuals.back().patches;
+        const int tokens = p.grid_thw[0] * p.grid_thw[1] * p.grid_thw[2] / merge2;
+        progress("%s: %zu of %d frames at %.3g fps, %dx%d -> %dx%d, %d temporal patches, %d visual tokens", a.video.c_str(),
+                 clip.frames.size(), clip.total_frames, clip.fps, clip.frames[0].width, clip.frames[0].height, p.width, p.height,
+                 p.grid_thw[0], tokens);
+        video = {{"path", a.video}, {"fps", clip.fps}, {"total_frames", clip.total_frames}, {"frame_indices", clip.frame_indices},
+                 {"width", clip.frames[0].width}, {"height", clip.frames[0].height}, {"resized_width", p.width},
+                 {"resized_height", p.height}, {"visual_tokens", tokens}};
+        request.parts.push_back(video_part(int(visuals.size()) - 1));
+    }
     request.parts.push_back(text_part(a.prompt));
     messages.push_back(std::move(request));
     const std::vector<int> prompt = build_prompt_ids(tokenizer, c, messages, visuals, true);
     const double preprocess_seconds = detail::seconds_since(t0);
-    progress("preprocessed %zu image%s in %.2f s; prompt of %zu tokens", visuals.size(), visuals.size() == 1 ? "" : "s",
+    progress("preprocessed %zu input%s in %.2f s; prompt of %zu tokens", visuals.size(), visuals.size() == 1 ? "" : "s",
              preprocess_seconds, prompt.size());
 
     Session session(model);
@@ -204,11 +232,20 @@ int run(const Args& a) {
     std::fflush(stdout);
     progress("generated %zu tokens in %.2f s (%.1f tokens/s); stopped: %s", r.tokens.size(), r.decode_seconds, tokens_per_second,
              r.stop == StopReason::EndToken ? "end token" : r.stop == StopReason::MaxTokens ? "max new tokens" : "by the caller");
+    nlohmann::json boxes = nlohmann::json::array();
+    if (!a.boxes_png.empty()) {
+        const std::vector<Box> found = parse_boxes(r.text, first_image.width, first_image.height);
+        draw_boxes(first_image, found, a.boxes_png);
+        for (const Box& b : found) boxes.push_back({{"label", b.label}, {"box", {b.x1, b.y1, b.x2, b.y2}}});
+        progress("%zu box%s found in the reply, drawn on %s", found.size(), found.size() == 1 ? "" : "es", a.boxes_png.c_str());
+    }
 
     if (a.json) {
         const nlohmann::json out = {
             {"model", a.model_dir},
             {"images", images},
+            {"video", video},
+            {"boxes", boxes},
             {"prompt", a.prompt},
             {"text", r.text},
             {"prompt_tokens", r.prompt_tokens},
