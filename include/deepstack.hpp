@@ -14,3 +14,5 @@
 #include "deepstack/model.hpp"
 #include "deepstack/tokenizer.hpp"
 #include "deepstack/generate.hpp"
+#include "deepstack/video.hpp"
+#include "deepstack/grounding.hpp"
