@@ -1,0 +1,76 @@
+// libFuzzer target: config.json (parse_model_config) and preprocessor_config.json
+// (load_preprocess_config). The first byte picks the file. A config that parses is then loaded
+// against the tiny-image checkpoint (Model::from_store), so configs that disagree with the weights
+// must fail on the shape checks, never allocate what they declare or read out of bounds.
+#include "common.hpp"
+
+#include <deepstack.hpp>
+
+#include <fstream>
+#include <unistd.h>
+
+using namespace deepstack;
+
+static const std::string kData = DEEPSTACK_TEST_DATA;
+
+static const WeightStore& tiny_store() {
+    static const WeightStore ws = WeightStore::open_folder(kData + "/fixtures/tiny-image/model");
+    return ws;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    deepstack_fuzz::Reader in{data, size};
+    const uint8_t mode = in.byte();
+    const std::string text = in.rest();
+    if (mode & 1) {
+        // preprocessor_config.json from a file (the API reads paths).
+        static const std::string path = "/tmp/deepstack-fuzz-preprocessor-" + std::to_string(::getpid()) + ".json";
+        {
+            std::ofstream out(path, std::ios::binary | std::ios::trunc);
+            out.write(text.data(), std::streamsize(text.size()));
+        }
+        try {
+            PreprocessConfig p = load_preprocess_config(path, mode & 2);
+            FUZZ_CHECK(p.min_pixels > 0 && p.max_pixels >= p.min_pixels);
+            FUZZ_CHECK(p.patch_size > 0 && p.merge_size > 0 && p.temporal_patch_size > 0);
+            FUZZ_CHECK(p.fps > 0 && p.min_frames > 0 && p.max_frames > 0);
+        } catch (const Error&) {
+        }
+        return 0;
+    }
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) return 0;
+    ModelConfig c;
+    try {
+        c = parse_model_config(j, "config.json");
+    } catch (const Error&) {
+        return 0;
+    }
+    // What parse_model_config promises.
+    FUZZ_CHECK(c.text.hidden_size > 0 && c.text.num_hidden_layers > 0 && c.text.vocab_size > 0);
+    FUZZ_CHECK(c.text.head_dim > 0 && c.text.head_dim % 2 == 0);
+    FUZZ_CHECK(c.text.num_attention_heads % c.text.num_key_value_heads == 0);
+    FUZZ_CHECK(c.text.mrope_section[0] + c.text.mrope_section[1] + c.text.mrope_section[2] == c.text.head_dim / 2);
+    FUZZ_CHECK(c.vision.head_dim() > 0 && c.vision.head_dim() % 4 == 0);
+    for (int b : c.vision.deepstack_visual_indexes) FUZZ_CHECK(b >= 0 && b < c.vision.depth);
+    FUZZ_CHECK(c.image_token_id < c.text.vocab_size && c.video_token_id < c.text.vocab_size);
+    try {
+        PreprocessConfig pi, pv;
+        pv.min_pixels = 128 * 32 * 32;
+        pv.max_pixels = 768 * 32 * 32;
+        for (PreprocessConfig* p : {&pi, &pv}) {
+            p->patch_size = c.vision.patch_size;
+            p->merge_size = c.vision.spatial_merge_size;
+            p->temporal_patch_size = c.vision.temporal_patch_size;
+        }
+        auto model = Model::from_store(c, pi, pv, tiny_store(), "fuzz");
+        // A config the tiny weights accept: run a few text tokens through it.
+        Session::Options opt;
+        opt.max_context = 8;
+        Session s(model, opt);
+        auto logits = s.prefill({1, 2, 3});
+        FUZZ_CHECK(int64_t(logits.size()) == c.text.vocab_size);
+    } catch (const Error&) {
+    }
+    return 0;
+}

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets into tests/fuzz/corpus/<target>/ (run from anywhere).
+Image seeds other than PNG/BMP/PPM/GIF are made by ImageMagick's `convert` when it is installed."""
+import json, os, shutil, struct, subprocess, zlib
+
+here = os.path.dirname(os.path.abspath(__file__))
+tests = os.path.dirname(here)
+corpus = os.path.join(here, "corpus")
+fixture = os.path.join(tests, "fixtures", "tiny-image")
+
+
+def out(target, name, data):
+    d = os.path.join(corpus, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+# ---- safetensors ----
+def st(header, data=b""):
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+f32 = struct.pack("<4f", 1, 2, 3, 4)
+out("safetensors", "two_tensors", st({"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                                      "b": {"dtype": "I64", "shape": [1], "data_offsets": [16, 24]}}, f32 + struct.pack("<q", 7)))
+out("safetensors", "bf16_f16_i32", st({"__metadata__": {"format": "pt"},
+                                       "x": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]},
+                                       "y": {"dtype": "F16", "shape": [1, 1], "data_offsets": [4, 6]},
+                                       "z": {"dtype": "I32", "shape": [], "data_offsets": [6, 10]}}, b"\x80\x3f\x00\x40\x00\x3c\x05\x00\x00\x00"))
+out("safetensors", "empty_header", st({}))
+out("safetensors", "zero_size", st({"e": {"dtype": "F32", "shape": [0, 5], "data_offsets": [0, 0]}}))
+out("safetensors", "overlap", st({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                  "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, f32))
+with open(os.path.join(fixture, "model", "model.safetensors"), "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(n))
+small = {k: v for k, v in list(header.items())[:6]}
+end = max(v["data_offsets"][1] for k, v in small.items() if k != "__metadata__")
+out("safetensors", "fixture_prefix", st(small, bytes(end)[:64]))  # offsets past the data: an error seed
+
+# ---- config.json / preprocessor_config.json (first byte: 0 = config.json, 1/3 = image/video preprocessor) ----
+for fx in ("tiny-image", "tiny-gated", "tiny-stack", "tiny-video-4raw"):
+    with open(os.path.join(tests, "fixtures", fx, "model", "config.json"), "rb") as f:
+        out("config", "config_" + fx, b"\x00" + f.read())
+with open(os.path.join(fixture, "model", "preprocessor_config.json"), "rb") as f:
+    out("config", "preprocessor", b"\x01" + f.read())
+with open(os.path.join(fixture, "model", "video_preprocessor_config.json"), "rb") as f:
+    out("config", "video_preprocessor", b"\x03" + f.read())
+out("config", "minimal", b"\x00" + json.dumps({"model_type": "qwen3_vl", "text_config": {"hidden_size": 64, "num_hidden_layers": 1,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128, "vocab_size": 512},
+    "vision_config": {"depth": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "num_position_embeddings": 256,
+                      "out_hidden_size": 64, "deepstack_visual_indexes": [0]}, "image_token_id": 505, "video_token_id": 506,
+    "vision_start_token_id": 503, "vision_end_token_id": 504, "tie_word_embeddings": True}).encode())
+
+# ---- tokenizer (first byte even: tokenizer.json; odd: text for the fixed tokenizer) ----
+def byte_level(b):
+    printable = 33 <= b <= 126 or 161 <= b <= 172 or b >= 174
+    if printable:
+        return chr(b)
+    k = sum(1 for x in range(b) if not (33 <= x <= 126 or 161 <= x <= 172 or x >= 174))
+    return chr(256 + k)
+
+vocab = {byte_level(b): b for b in range(256)}
+vocab.update({"he": 256, "ll": 257, "hell": 258, "hello": 259})
+specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+tok = {"version": "1.0", "truncation": None, "padding": None,
+       "added_tokens": [{"id": 300 + i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                         "normalized": False, "special": True} for i, s in enumerate(specials)],
+       "normalizer": {"type": "NFC"},
+       "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+           {"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}| ?\\p{L}+|\\s+"}, "behavior": "Isolated", "invert": False},
+           {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+       "post_processor": None, "decoder": {"type": "ByteLevel"},
+       "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                 "fuse_unk": False, "byte_fallback": False, "ignore_merges": False, "vocab": vocab,
+                 "merges": ["h e", "l l", "he ll", "hell o"]}}
+out("tokenizer", "tokenizer_json", b"\x00" + json.dumps(tok).encode())
+tok2 = dict(tok)
+tok2["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+tok2["normalizer"] = None
+tok2["model"] = dict(tok["model"], merges=[["h", "e"], ["l", "l"]])
+out("tokenizer", "tokenizer_json_gpt2", b"\x02" + json.dumps(tok2).encode())
+for i, text in enumerate(["hello world", "<|im_start|>user\nDescribe this image.<|im_end|>\n",
+                          "caf\u00e9 na\u0131\u0308ve \u4f60\u597d 12345 \U0001f600", "tabs\tand  spaces\r\n\n end ",
+                          "it's we'll I'M 2024-01-01", " word word, words"]):
+    out("tokenizer", "text%d" % i, b"\x01" + text.encode())
+out("tokenizer", "text_invalid_utf8", b"\x01hello \xff\xfe \xc3")
+
+# ---- images ----
+for name in ("mode_L.png", "mode_P.png", "mode_RGBA.png", "mode_LA.png", "resize_noise_to_5x3.png", "resize_noise_to_7x47.png"):
+    with open(os.path.join(tests, "data", "image", name), "rb") as f:
+        out("image", name, f.read())
+with open(os.path.join(fixture, "inputs", "image0_80x56.png"), "rb") as f:
+    png = f.read()
+out("image", "fixture_80x56.png", png)
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+
+def make_png(w, h, color_type, bit_depth, rows):
+    raw = b"".join(b"\x00" + r for r in rows)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)) +
+            png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))
+
+out("image", "rgb16_3x2.png", make_png(3, 2, 2, 16, [bytes(range(18)), bytes(range(18, 36))]))
+out("image", "grey1_8x2.png", make_png(8, 2, 0, 1, [b"\xa5", b"\x5a"]))
+w, h = 4, 3
+bmp_rows = b"".join(bytes([(x * 60) % 256, (y * 80) % 256, 128] * 1) for y in range(h) for x in range(w))
+out("image", "rgb_4x3.bmp", b"BM" + struct.pack("<IHHI", 54 + len(bmp_rows), 0, 0, 54) +
+    struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, len(bmp_rows), 2835, 2835, 0, 0) + bmp_rows)
+out("image", "rgb_3x2.ppm", b"P6\n3 2\n255\n" + bytes(range(18)))
+out("image", "grey_3x2.pgm", b"P5 3 2 255\n" + bytes([0, 50, 100, 150, 200, 250]))
+out("image", "rgb_2x2.tga", bytes([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 2, 0, 24, 0]) + bytes(range(12)))
+out("image", "gif_1x1.gif", b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\x00\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+if shutil.which("convert"):
+    src = os.path.join(fixture, "inputs", "image0_80x56.png")
+    for name, args in (("small.jpg", ["-resize", "24x17", "-quality", "80"]), ("progressive.jpg", ["-resize", "16x12", "-interlace", "JPEG"]),
+                       ("grey.jpg", ["-resize", "9x7", "-colorspace", "Gray"]), ("small.psd", ["-resize", "5x4"]),
+                       ("small.hdr", ["-resize", "4x3"]), ("anim.gif", ["-resize", "6x5"])):
+        dst = os.path.join(corpus, "image", name)
+        if subprocess.run(["convert", src] + args + [dst], capture_output=True).returncode != 0 and os.path.exists(dst):
+            os.remove(dst)
+
+# ---- prompt (binary layout, see fuzz_prompt.cpp: visuals, messages, then ids / context / sampling) ----
+txt = b"Describe this image."
+out("prompt", "one_image", bytes([1, 0, 0, 0, 0x08, 0x00, 21]) + txt + bytes([1, 200, 0, 10, 50, 0, 100, 100, 0, 1]))
+out("prompt", "image_and_video", bytes([2, 0, 3, 3, 0, 0, 0x10, 0x00, 0x00, 9]) + b"Compare !" + bytes([1, 250]) + bytes(16) +
+    bytes([16, 20, 190, 5, 100, 128, 7]))
+out("prompt", "text_only", bytes([0, 1, 0x08, 13]) + b"hello <|im_en" + bytes([5]) + b"world" + bytes([1, 100]))
+out("prompt", "injected_pad", bytes([1, 0, 0, 0, 0x08, 0x00, 17]) + b"<|image_pad|>abcd" + bytes([1, 255]))
+out("prompt", "system_turn", bytes([0, 2, 3, 10]) + b"Be brief.." + bytes([0, 6]) + b"hi 123" + bytes([0, 255]))
+print("corpus written to", corpus)
