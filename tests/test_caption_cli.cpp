@@ -243,5 +243,6 @@ TEST_CASE("deepstack-caption: streams text from a random model, stops at max tok
     const nlohmann::json ja = nlohmann::json::parse(a.out), jb = nlohmann::json::parse(b.out);
     CHECK(ja.at("text") == jb.at("text"));
     CHECK(ja.at("sampling").at("top_k") == 20);
+    CHECK(ja.at("sampling").at("temperature") == 0.7);
     CHECK(ja.at("prompt").get<std::string>() == "What is it?");
 }

@@ -152,6 +152,9 @@ void progress(const char* fmt, ...) {
     va_end(ap);
 }
 
+// A float setting as the decimal it was written as (0.7, not 0.699999988), for the JSON report.
+double decimal(float x) { return std::round(double(x) * 1e6) / 1e6; }
+
 int run(const Args& a) {
     check_model_folder(a.model_dir);
     auto t0 = std::chrono::steady_clock::now();
@@ -251,8 +254,9 @@ int run(const Args& a) {
             {"prompt_tokens", r.prompt_tokens},
             {"generated_tokens", r.tokens.size()},
             {"stop_reason", stop_reason_name(r.stop)},
-            {"sampling", {{"temperature", params.temperature}, {"top_k", params.top_k}, {"top_p", params.top_p}, {"min_p", params.min_p},
-                          {"repetition_penalty", params.repetition_penalty}, {"presence_penalty", params.presence_penalty},
+            {"sampling", {{"temperature", decimal(params.temperature)}, {"top_k", params.top_k}, {"top_p", decimal(params.top_p)},
+                          {"min_p", decimal(params.min_p)}, {"repetition_penalty", decimal(params.repetition_penalty)},
+                          {"presence_penalty", decimal(params.presence_penalty)},
                           {"seed", params.seed}, {"max_new_tokens", params.max_new_tokens}}},
             {"timings", {{"load_seconds", load_seconds}, {"preprocess_seconds", preprocess_seconds}, {"vision_seconds", r.vision_seconds},
                          {"prefill_seconds", r.prefill_seconds}, {"decode_seconds", r.decode_seconds},

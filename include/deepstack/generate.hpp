@@ -356,6 +356,8 @@ public:
     // visuals: the images/videos the new messages refer to (indices count from 0 in each send).
     GenerateResult send(const std::vector<Message>& messages, const std::vector<VisualInput>& visuals, const SamplingParams& params,
                         const TextCallback& on_text = {}, const ProgressCallback& on_progress = {}) {
+        if (session_.length() > int64_t(ids_.size()))
+            throw Error("this chat's session holds tokens its conversation does not (an earlier send failed); start a new Chat");
         const std::string turn = (ids_.empty() ? "" : "<|im_end|>\n") +
                                  detail::render_chat(*tok_, session_.model().config, messages, visuals, true);
         std::vector<int> conversation = ids_;
