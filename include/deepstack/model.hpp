@@ -16,9 +16,12 @@ namespace deepstack {
 
 struct LoadOptions {
     int threads = 0;  // OpenMP threads for all kernels (process-wide); 0 keeps the OpenMP default
+    WeightFormat weights = WeightFormat::Stored;  // Q8 / Q4: quantize the large matrices at load
+    bool bf16_compute = false;  // BF16 weights: round activations to bf16 in the matrix products (faster, not exact)
 };
 
-// A loaded model: configuration and weight views into the memory-mapped checkpoint. Immutable
+// A loaded model: configuration and weight views into the memory-mapped checkpoint (or quantized
+// copies of the large matrices, LoadOptions::weights). Immutable
 // after load, so one Model can serve many Sessions on many threads.
 struct Model {
     std::string dir;
@@ -32,16 +35,18 @@ struct Model {
     static std::shared_ptr<const Model> load(const std::string& dir, const LoadOptions& opt = {}) {
         struct stat st {};
         if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw Error(dir + ": model folder not found");
-#ifdef _OPENMP
-        if (opt.threads > 0) omp_set_num_threads(opt.threads);
-#endif
         return from_store(load_model_config(dir + "/config.json"), load_preprocess_config(dir + "/preprocessor_config.json", false),
-                          load_preprocess_config(dir + "/video_preprocessor_config.json", true), WeightStore::open_folder(dir), dir);
+                          load_preprocess_config(dir + "/video_preprocessor_config.json", true), WeightStore::open_folder(dir), dir,
+                          opt);
     }
 
     // Builds a model from parsed configs and a weight store (e.g. one made in memory).
     static std::shared_ptr<const Model> from_store(ModelConfig config, PreprocessConfig image_config, PreprocessConfig video_config,
-                                                   WeightStore store, const std::string& name = "(memory)") {
+                                                   WeightStore store, const std::string& name = "(memory)",
+                                                   const LoadOptions& opt = {}) {
+#ifdef _OPENMP
+        if (opt.threads > 0) omp_set_num_threads(opt.threads);
+#endif
         auto m = std::make_shared<Model>();
         m->dir = name;
         m->config = std::move(config);
@@ -54,6 +59,8 @@ struct Model {
         m->store = std::move(store);
         m->vision = load_vision_weights(m->store, m->config.vision);
         m->text = load_text_weights(m->store, m->config.text, m->config.tie_word_embeddings);
+        quantize_weights(m->vision, m->text, opt.weights);
+        m->vision.compute = m->text.compute = opt.bf16_compute ? detail::Compute::Fast : detail::Compute::Exact;
         if (m->config.vision.fusion.type == FusionConfig::Type::Gated) m->gated = load_gated_fusion_weights(m->store, m->config);
         return m;
     }

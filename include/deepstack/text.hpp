@@ -54,7 +54,7 @@ inline void add_rows(float* h, int64_t D, const std::vector<int64_t>& visual_row
 
 // One decoder layer on h [T, D] (in place); the T tokens are appended to the cache for `layer`.
 inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const TextConfig& c, KVCache& cache, int layer,
-                          const float* cos_t, const float* sin_t) {
+                          const float* cos_t, const float* sin_t, Compute mode) {
     const int64_t D = c.hidden_size, hd = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads,
                   I = c.intermediate_size;
     const int64_t past = cache.length;
@@ -63,9 +63,9 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     float* vc = cache.v[size_t(layer)].data() + past * Hkv * hd;
 
     rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a.data());
-    matmul(a.data(), T, L.q, q.data());
-    matmul(a.data(), T, L.k, kc);
-    matmul(a.data(), T, L.v, vc);
+    matmul(a.data(), T, L.q, q.data(), nullptr, mode);
+    matmul(a.data(), T, L.k, kc, nullptr, mode);
+    matmul(a.data(), T, L.v, vc, nullptr, mode);
     rmsnorm(q.data(), T * Hq, hd, L.q_norm.data(), c.rms_norm_eps, q.data());
     rmsnorm(kc, T * Hkv, hd, L.k_norm.data(), c.rms_norm_eps, kc);
     for (int64_t t = 0; t < T; ++t) {
@@ -75,15 +75,15 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     attention(q.data(), T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd),
               1.f / std::sqrt(float(hd)), true, past, o.data());
     std::vector<float> y(size_t(T * D));
-    matmul(o.data(), T, L.o, y.data());
+    matmul(o.data(), T, L.o, y.data(), nullptr, mode);
     for (int64_t i = 0; i < T * D; ++i) h[i] += y[size_t(i)];
 
     std::vector<float> gate(size_t(T * I)), up(size_t(T * I));
     rmsnorm(h, T, D, L.post_norm.data(), c.rms_norm_eps, a.data());
-    matmul(a.data(), T, L.gate, gate.data());
-    matmul(a.data(), T, L.up, up.data());
+    matmul(a.data(), T, L.gate, gate.data(), nullptr, mode);
+    matmul(a.data(), T, L.up, up.data(), nullptr, mode);
     for (int64_t i = 0; i < T * I; ++i) gate[size_t(i)] = silu(gate[size_t(i)]) * up[size_t(i)];
-    matmul(gate.data(), T, L.down, y.data());
+    matmul(gate.data(), T, L.down, y.data(), nullptr, mode);
     for (int64_t i = 0; i < T * D; ++i) h[i] += y[size_t(i)];
 }
 
@@ -118,7 +118,7 @@ inline std::vector<float> decode_tokens(const TextWeights& W, const TextConfig& 
     };
     for (int l = 0; l < c.num_hidden_layers; ++l) {
         inject(l, true);
-        detail::decoder_layer(h.data(), T, W.layers[size_t(l)], c, cache, l, cos_t.data(), sin_t.data());
+        detail::decoder_layer(h.data(), T, W.layers[size_t(l)], c, cache, l, cos_t.data(), sin_t.data(), W.compute);
         inject(l, false);
         if (trace) trace("text.layer" + std::to_string(l), {T, D}, h.data());
     }
@@ -129,7 +129,7 @@ inline std::vector<float> decode_tokens(const TextWeights& W, const TextConfig& 
     std::vector<float> normed(size_t(rows * D)), logits(size_t(rows) * size_t(c.vocab_size));
     detail::rmsnorm(last, rows, D, W.norm.data(), c.rms_norm_eps, normed.data());
     if (trace) trace("text.final_norm", {rows, D}, normed.data());
-    detail::matmul(normed.data(), rows, W.lm_head, logits.data());
+    detail::matmul(normed.data(), rows, W.lm_head, logits.data(), nullptr, W.compute);
     return logits;
 }
 

@@ -55,20 +55,21 @@ inline void position_embedding(const Matrix& table, int t, int h, int w, int mer
     });
 }
 
-inline void linear_forward(const float* x, int64_t M, const Linear& l, float* y) {
-    matmul(x, M, l.w, y, l.b.empty() ? nullptr : l.b.data());
+inline void linear_forward(const float* x, int64_t M, const Linear& l, float* y, Compute mode) {
+    matmul(x, M, l.w, y, l.b.empty() ? nullptr : l.b.data(), mode);
 }
 
 // One vision block over all patches S; `segments` are [begin, end) row ranges that attend
 // only within themselves; cos/sin [S, dh/2].
 inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, const VisionConfig& cfg,
-                         const std::vector<std::pair<int64_t, int64_t>>& segments, const float* cos_t, const float* sin_t) {
+                         const std::vector<std::pair<int64_t, int64_t>>& segments, const float* cos_t, const float* sin_t,
+                         Compute mode) {
     const int64_t Dv = cfg.hidden_size, I = cfg.intermediate_size;
     const int heads = cfg.num_heads, dh = cfg.head_dim();
     std::vector<float> y(size_t(S * Dv)), qkv(size_t(S * 3 * Dv)), q(size_t(S * Dv)), k(size_t(S * Dv)), v(size_t(S * Dv)),
         attn(size_t(S * Dv));
     layernorm(x, S, Dv, blk.norm1.w.data(), blk.norm1.b.data(), 1e-6f, y.data());
-    linear_forward(y.data(), S, blk.qkv, qkv.data());
+    linear_forward(y.data(), S, blk.qkv, qkv.data(), mode);
     // qkv row = [q heads | k heads | v heads]; split into three [S, heads, dh] arrays and rotate q, k.
 #pragma omp parallel for schedule(static)
     for (int64_t s = 0; s < S; ++s) {
@@ -85,19 +86,19 @@ inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, con
     for (auto [b, e] : segments)
         attention(q.data() + b * Dv, e - b, k.data() + b * Dv, v.data() + b * Dv, e - b, heads, heads, dh, scale, false, 0,
                   attn.data() + b * Dv);
-    linear_forward(attn.data(), S, blk.proj, y.data());
+    linear_forward(attn.data(), S, blk.proj, y.data(), mode);
     for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[size_t(i)];
 
     std::vector<float> hidden(size_t(S * I));
     layernorm(x, S, Dv, blk.norm2.w.data(), blk.norm2.b.data(), 1e-6f, y.data());
-    linear_forward(y.data(), S, blk.fc1, hidden.data());
+    linear_forward(y.data(), S, blk.fc1, hidden.data(), mode);
     for (auto& e : hidden) e = gelu_tanh(e);
-    linear_forward(hidden.data(), S, blk.fc2, y.data());
+    linear_forward(hidden.data(), S, blk.fc2, y.data(), mode);
     for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[size_t(i)];
 }
 
 // Patch merger: x [S, Dv] in merge-window order -> out [S/m², D].
-inline std::vector<float> merge_patches(const float* x, int64_t S, const MergerWeights& m, const VisionConfig& cfg) {
+inline std::vector<float> merge_patches(const float* x, int64_t S, const MergerWeights& m, const VisionConfig& cfg, Compute mode) {
     const int64_t Dv = cfg.hidden_size, merged = cfg.merged_dim(), N = S * Dv / merged, D = cfg.out_hidden_size;
     std::vector<float> z(size_t(S * Dv));  // viewed as [N, merged]: consecutive window rows concatenated
     if (m.postshuffle)
@@ -105,9 +106,9 @@ inline std::vector<float> merge_patches(const float* x, int64_t S, const MergerW
     else
         layernorm(x, S, Dv, m.norm.w.data(), m.norm.b.data(), 1e-6f, z.data());
     std::vector<float> hidden(size_t(N * merged)), out(size_t(N * D));
-    linear_forward(z.data(), N, m.fc1, hidden.data());
+    linear_forward(z.data(), N, m.fc1, hidden.data(), mode);
     for (auto& e : hidden) e = gelu_erf(e);
-    linear_forward(hidden.data(), N, m.fc2, out.data());
+    linear_forward(hidden.data(), N, m.fc2, out.data(), mode);
     return out;
 }
 
@@ -135,7 +136,7 @@ inline VisionFeatures encode_vision(const VisionWeights& W, const VisionConfig& 
         }
     }
     std::vector<float> x(size_t(S * Dv));
-    linear_forward(pixels, S, W.patch_embed, x.data());
+    linear_forward(pixels, S, W.patch_embed, x.data(), W.compute);
     if (trace) trace(trace_prefix + ".vision.patch_embed", {S, Dv}, x.data());
 
     std::vector<float> pos(size_t(S * Dv)), cos_t(size_t(S * dh / 2)), sin_t(size_t(S * dh / 2));
@@ -151,12 +152,13 @@ inline VisionFeatures encode_vision(const VisionWeights& W, const VisionConfig& 
     VisionFeatures out;
     out.deepstack.resize(cfg.deepstack_visual_indexes.size());
     for (int b = 0; b < cfg.depth; ++b) {
-        vision_block(x.data(), S, W.blocks[size_t(b)], cfg, segments, cos_t.data(), sin_t.data());
+        vision_block(x.data(), S, W.blocks[size_t(b)], cfg, segments, cos_t.data(), sin_t.data(), W.compute);
         if (trace) trace(trace_prefix + ".vision.block" + std::to_string(b), {S, Dv}, x.data());
         for (size_t k = 0; k < cfg.deepstack_visual_indexes.size(); ++k)
-            if (cfg.deepstack_visual_indexes[k] == b) out.deepstack[k] = merge_patches(x.data(), S, W.deepstack_mergers[k], cfg);
+            if (cfg.deepstack_visual_indexes[k] == b)
+                out.deepstack[k] = merge_patches(x.data(), S, W.deepstack_mergers[k], cfg, W.compute);
     }
-    out.embeds = merge_patches(x.data(), S, W.merger, cfg);
+    out.embeds = merge_patches(x.data(), S, W.merger, cfg, W.compute);
     out.tokens = S / (merge * merge);
     if (trace) {
         trace(trace_prefix + ".embeds", {out.tokens, cfg.out_hidden_size}, out.embeds.data());

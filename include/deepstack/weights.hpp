@@ -41,6 +41,7 @@ struct VisionWeights {
     std::vector<VisionBlockWeights> blocks;
     MergerWeights merger;
     std::vector<MergerWeights> deepstack_mergers;  // one per deepstack_visual_indexes entry
+    detail::Compute compute = detail::Compute::Exact;  // mode of every matmul (LoadOptions::bf16_compute)
 };
 
 struct TextLayerWeights {
@@ -55,7 +56,12 @@ struct TextWeights {
     std::vector<TextLayerWeights> layers;
     std::vector<float> norm;  // [D]
     Matrix lm_head;           // [V, D] (the embedding matrix when tied)
+    detail::Compute compute = detail::Compute::Exact;  // mode of every matmul (LoadOptions::bf16_compute)
 };
+
+// Format of the large matrices at run time (LoadOptions::weights): as stored in the checkpoint
+// (views into the mapped file), or quantized at load to Q8 / Q4 (kernels_quant.hpp).
+enum class WeightFormat { Stored, Q8, Q4 };
 
 // Gated fusion module (fusion-schemes.md §2).
 struct GatedFusionWeights {
@@ -158,6 +164,25 @@ inline TextWeights load_text_weights(const WeightStore& ws, const TextConfig& t,
     else
         throw Error("missing tensor 'lm_head.weight' (config says tie_word_embeddings is false)");
     return w;
+}
+
+// Replaces the large matrices - vision attention/MLP and merger projections, decoder q/k/v/o and
+// gate/up/down, lm_head - by quantized copies, so the stored bytes are no longer read at run time
+// (file pages of a mapped checkpoint become reclaimable). The token embedding stays as stored (its
+// rows are read one by one); with tied embeddings lm_head becomes its own quantized matrix. The
+// patch embedding and position table are small and stay as stored.
+inline void quantize_weights(VisionWeights& v, TextWeights& t, WeightFormat format) {
+    if (format == WeightFormat::Stored) return;
+    const DType target = format == WeightFormat::Q8 ? DType::Q8 : DType::Q4;
+    auto q = [&](Matrix& m) { m = quantize(m, target); };
+    for (auto& b : v.blocks)
+        for (Linear* l : {&b.qkv, &b.proj, &b.fc1, &b.fc2}) q(l->w);
+    q(v.merger.fc1.w);
+    q(v.merger.fc2.w);
+    for (auto& m : v.deepstack_mergers) q(m.fc1.w), q(m.fc2.w);
+    for (auto& L : t.layers)
+        for (Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) q(*m);
+    q(t.lm_head);
 }
 
 inline GatedFusionWeights load_gated_fusion_weights(const WeightStore& ws, const ModelConfig& c) {
