@@ -31,13 +31,15 @@ const char* kUsage =
     "  --compute f32|bf16   activations of the matrix products (default f32)\n"
     "  --threads N          OpenMP threads (default: all)\n"
     "  --decode-steps N     decode steps timed at a 256-token context (default 16)\n"
+    "  --caption            also time a caption-sized run (448x448 image + 16 text tokens, 32 decode steps)\n"
+    "                       and report the resident memory after it\n"
     "  --skip-vision  --skip-vision-896  --skip-prefill  --skip-prefill-1024  --skip-decode  --skip-peaks\n"
     "  --json               one JSON line on stdout instead of the table\n";
 
 struct Args {
     std::string shape, model_dir, write_dir, weights = "bf16", compute = "f32";
     int threads = 0, decode_steps = 16;
-    bool json = false, skip_vision = false, skip_vision_896 = false, skip_prefill = false, skip_prefill_1024 = false,
+    bool json = false, caption = false, skip_vision = false, skip_vision_896 = false, skip_prefill = false, skip_prefill_1024 = false,
          skip_decode = false, skip_peaks = false;
 };
 
@@ -90,7 +92,7 @@ int max_threads() {
 #endif
 }
 
-// Streaming read of a buffer much larger than the caches, all threads; best of 5 passes.
+// Streaming read of a buffer much larger than the caches, all threads; best of 10 passes.
 double memory_bandwidth_gbps() {
     using namespace detail::simd;
     const int64_t n = int64_t(1) << 28;  // 1 GiB of floats
@@ -98,7 +100,7 @@ double memory_bandwidth_gbps() {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) buf[size_t(i)] = 1.f;
     double best = 0, sink = 0;
-    for (int pass = 0; pass < 5; ++pass) {
+    for (int pass = 0; pass < 10; ++pass) {
         const auto t0 = Clock::now();
         double total = 0;
 #pragma omp parallel reduction(+ : total)
@@ -116,17 +118,18 @@ double memory_bandwidth_gbps() {
         best = std::max(best, double(n) * 4 / detail::seconds_since(t0) / 1e9);
         sink += total;
     }
-    if (sink != 5.0 * double(n)) progress("warning: bandwidth pass summed %g, expected %g", sink, 5.0 * double(n));
+    if (sink != 10.0 * double(n)) progress("warning: bandwidth passes summed %g, expected %g", sink, 10.0 * double(n));
     return best;
 }
 
 // `kernel(iters)` runs register-resident multiply-adds on one thread (flops_per_iter each
-// iteration) and returns a checksum; all threads run it together. Best of 3.
+// iteration) and returns a checksum; all threads run it together. Best of 10 short passes (a
+// busy machine leaves some of them undisturbed).
 template <class Kernel>
 double peak_gflops(double flops_per_iter, Kernel kernel) {
-    const int64_t iters = int64_t(1) << 24;
+    const int64_t iters = int64_t(1) << 22;
     double best = 0, sink = 0;
-    for (int pass = 0; pass < 3; ++pass) {
+    for (int pass = 0; pass < 10; ++pass) {
         const auto t0 = Clock::now();
         int threads = 1;
         double total = 0;
@@ -357,9 +360,11 @@ void write_synthetic(const std::string& dir, const nlohmann::json& config, const
 // ---- what the model reads ----
 
 int64_t matrix_bytes(const Matrix& m) {
-    const size_t elem = detail::dtype_size(m.dtype);
-    if (!elem) throw Error(std::string("matrix_bytes: unsupported dtype ") + dtype_name(m.dtype));
-    return m.rows * m.cols * int64_t(elem);
+    if (m.dtype == DType::Q8 || m.dtype == DType::Q4) {
+        const auto& q = *static_cast<const QuantWeights*>(m.data);
+        return int64_t(q.q.size()) + int64_t(q.scale.size() * sizeof(float));
+    }
+    return m.rows * m.cols * int64_t(detail::dtype_size(m.dtype));
 }
 
 // Parameters and bytes of the matrices each stage reads, and the extra FLOPs of attention.
@@ -483,6 +488,23 @@ double run_decode(const std::shared_ptr<const Model>& m, int context, int steps)
     return double(steps) / detail::seconds_since(t0);
 }
 
+// A caption-sized request: one 448x448 image and 16 text tokens, then 32 greedy decode steps.
+double run_caption(const std::shared_ptr<const Model>& m) {
+    const ModelConfig& c = m->config;
+    const auto t0 = Clock::now();
+    const VisualInput in = prepare_image(*m, gradient_image(448, 448));
+    const auto& g = in.patches.grid_thw;
+    const int pads = g[0] * g[1] * g[2] / (c.vision.spatial_merge_size * c.vision.spatial_merge_size);
+    std::vector<int> ids{c.vision_start_token_id};
+    ids.insert(ids.end(), size_t(pads), c.image_token_id);
+    ids.push_back(c.vision_end_token_id);
+    for (int id : random_ids(c, 16, 3)) ids.push_back(id);
+    Session s(m);
+    std::vector<float> logits = s.prefill(ids, {in});
+    for (int i = 0; i < 32; ++i) logits = s.decode(int(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+    return detail::seconds_since(t0);
+}
+
 // ---- report ----
 
 struct Report {
@@ -490,7 +512,7 @@ struct Report {
     int threads = 0;
     std::string load_before, load_after;
     double gen_s = 0, load_s = 0;
-    int64_t rss_after_load = 0, rss_anon = 0, rss_file = 0, peak_rss = 0;
+    int64_t rss_after_load = 0, rss_after_caption = 0, rss_anon = 0, rss_file = 0, peak_rss = 0;
     Footprint fp;
     double mem_bw = 0, fma_peak = 0, bf16_peak = 0;
     VisionRun v448, v896;
@@ -498,6 +520,7 @@ struct Report {
     double prefill_256 = 0, prefill_1024 = 0, prefill_256_bound = 0, prefill_1024_bound = 0;
     double decode = 0, decode_bound = 0;
     int decode_steps = 0;
+    double caption_s = 0;
 };
 
 // FLOPs of the vision encoder on S patches: matrices plus attention (QK^T and PV over S keys).
@@ -554,6 +577,9 @@ void print_table(const Report& r, const Args& a) {
     tok("prefill 256", r.prefill_256, r.prefill_256_bound, peak_name);
     tok("prefill 1024", r.prefill_1024, r.prefill_1024_bound, peak_name);
     tok("decode @256", r.decode, r.decode_bound, "bandwidth");
+    if (r.caption_s > 0)
+        std::printf("caption          %.2f s (448x448 image, 16 text tokens, 32 new tokens)   RSS after it %s\n", r.caption_s,
+                    gb(r.rss_after_caption).c_str());
 }
 
 void print_json(const Report& r) {
@@ -571,6 +597,7 @@ void print_json(const Report& r) {
         {"prefill_1024_tok_s", r.prefill_1024}, {"prefill_1024_bound_tok_s", r.prefill_1024_bound},
         {"decode_tok_s", r.decode}, {"decode_bound_tok_s", r.decode_bound}, {"decode_steps", r.decode_steps}};
     if (r.gen_s > 0) j["synthetic_gen_s"] = r.gen_s;
+    if (r.caption_s > 0) j["caption_s"] = r.caption_s, j["rss_after_caption_bytes"] = r.rss_after_caption;
     std::printf("%s\n", j.dump().c_str());
 }
 
@@ -591,6 +618,7 @@ Args parse_args(int argc, char** argv) {
         else if (s == "--threads") a.threads = std::stoi(value());
         else if (s == "--decode-steps") a.decode_steps = std::stoi(value());
         else if (s == "--json") a.json = true;
+        else if (s == "--caption") a.caption = true;
         else if (s == "--skip-vision") a.skip_vision = true;
         else if (s == "--skip-vision-896") a.skip_vision_896 = true;
         else if (s == "--skip-prefill") a.skip_prefill = true;
@@ -621,6 +649,14 @@ int run(int argc, char** argv) {
 
     LoadOptions opt;
     opt.threads = a.threads;
+    opt.weights = a.weights == "int8" ? WeightFormat::Q8 : a.weights == "q4" ? WeightFormat::Q4 : WeightFormat::Stored;
+    opt.bf16_compute = a.compute == "bf16";
+    if (!a.write_dir.empty()) {
+        const nlohmann::json cfg_json = synthetic_config(shape_spec(a.shape));
+        progress("writing the synthetic %s model to %s", a.shape.c_str(), a.write_dir.c_str());
+        write_synthetic(a.write_dir, cfg_json, synthetic_tensors(parse_model_config(cfg_json, "--shape " + a.shape)));
+        return 0;
+    }
     if (!a.skip_peaks) {
         progress("measuring memory bandwidth and compute peaks");
         r.mem_bw = memory_bandwidth_gbps();
@@ -635,11 +671,6 @@ int run(int argc, char** argv) {
         const nlohmann::json cfg_json = synthetic_config(shape_spec(a.shape));
         const ModelConfig cfg = parse_model_config(cfg_json, "--shape " + a.shape);
         const std::vector<TensorSpec> tensors = synthetic_tensors(cfg);
-        if (!a.write_dir.empty()) {
-            progress("writing the synthetic %s model to %s", a.shape.c_str(), a.write_dir.c_str());
-            write_synthetic(a.write_dir, cfg_json, tensors);
-            return 0;
-        }
         progress("generating synthetic Qwen3-VL-%s weights", a.shape.c_str());
         auto t0 = Clock::now();
         auto buf = synthetic_buffer(tensors);
@@ -650,7 +681,7 @@ int run(int argc, char** argv) {
         t0 = Clock::now();
         // (a missing preprocessor file gives the Qwen3-VL defaults)
         model = Model::from_store(cfg, load_preprocess_config("", false), load_preprocess_config("", true), std::move(ws),
-                                  "synthetic-" + a.shape);
+                                  "synthetic-" + a.shape, opt);
         r.load_s = detail::seconds_since(t0);
         r.model = "synthetic Qwen3-VL-" + a.shape;
     } else {
@@ -696,6 +727,11 @@ int run(int argc, char** argv) {
         r.decode = run_decode(model, 256, a.decode_steps);
         r.decode_steps = a.decode_steps;
         r.decode_bound = r.mem_bw * 1e9 / decode_bytes(r.fp, c.text, 256 + a.decode_steps / 2);  // 0 without peaks
+    }
+    if (a.caption) {
+        progress("caption-sized run");
+        r.caption_s = run_caption(model);
+        r.rss_after_caption = proc_status_bytes("VmRSS");
     }
     r.peak_rss = peak_rss_bytes();
     r.rss_anon = proc_status_bytes("RssAnon");
