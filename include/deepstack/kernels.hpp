@@ -94,7 +94,7 @@ inline void weight_row(const Matrix& w, int64_t r, float* out) {
 // y[M, rows] = x[M, cols] * W^T (+ bias[rows]). Scalar reference.
 inline void matmul_ref(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
     const int64_t N = W.rows, K = W.cols;
-#pragma omp parallel
+#pragma omp parallel if (double(M) * double(N) * double(K) >= double(1 << 20))
     {
         std::vector<float> row(static_cast<size_t>(K), 0.f);
 #pragma omp for schedule(static)
@@ -155,7 +155,7 @@ inline float gelu_erf(float x) { return 0.5f * x * (1.f + std::erf(x * 0.7071067
 inline float silu(float x) { return x / (1.f + std::exp(-x)); }
 
 // Rows of a [M, n] elementwise/norm job spread over threads when there is enough work.
-inline bool worth_threads(int64_t elems) { return elems >= (int64_t(1) << 15) && omp_threads() > 1; }
+inline bool worth_threads(int64_t elems) { return elems >= (int64_t(1) << 16) && omp_threads() > 1; }
 
 // LayerNorm over the last dim (n) of rows [M, n], y may equal x. SIMD, two-pass fp32 statistics
 // (mean, then mean of squared deviations); matches layernorm_ref to ~1e-6 relative.
@@ -285,7 +285,7 @@ inline void rope_rotate_half(float* v, int d, const float* cos_a, const float* s
 inline void attention_ref(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
                       float scale, bool causal, int64_t q_offset, float* out) {
     const int group = Hq / Hkv;
-#pragma omp parallel
+#pragma omp parallel if (double(Tq) * double(Tk) * double(Hq) * double(d) >= double(1 << 20))
     {
         std::vector<float> scores(static_cast<size_t>(Tk), 0.f);
 #pragma omp for collapse(2) schedule(static)

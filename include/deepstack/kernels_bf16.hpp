@@ -23,7 +23,8 @@ namespace deepstack {
 namespace detail {
 
 // Compute mode of a matmul: Exact = fp32 activations x stored weights, fp32 accumulation.
-// Fast = bf16 activations (VDPBF16PS) for BF16 weights; other dtypes fall back to Exact.
+// Fast = bf16 activations (VDPBF16PS) for BF16 weights, int8 activations (VNNI) for Q8 / Q4
+// weights with M > 4; F32 / F16 weights always run Exact.
 enum class Compute { Exact, Fast };
 
 // Scalar reference of the fast mode: x rounded to bf16, fp32 accumulation.
@@ -148,7 +149,7 @@ inline void gemm_block(const float* x, const Matrix& w, float* y, const float* b
 
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows;
-    const int nt = omp_threads();
+    const int nt = omp_threads_for(double(M) * double(N) * double(w.cols));
     const int64_t nblocks = (N + NR - 1) / NR;
     const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
     const int tm = std::max(1, nt / tn);
@@ -210,7 +211,7 @@ inline void gemv(const float* x, const Matrix& w, float* y, const float* bias) {
         for (int64_t k = K; k < kpad; ++k) xb[m * kpad + k] = 0;
     }
     const auto* wd = static_cast<const uint16_t*>(w.data);
-    const int nt = omp_threads();
+    const int nt = omp_threads_for(double(MM) * double(N) * double(K));
     const int64_t chunks = (N + R - 1) / R;
     if (nt == 1 || chunks < 2) {
         gemv_rows<MM, R>(xb, kpad, wd, K, y, N, bias, 0, N);
@@ -251,8 +252,10 @@ inline void matmul_bf16(const float* x, int64_t M, const Matrix& W, float* y, co
 }
 
 // Mode-selecting overload (the forward pass may carry a Compute setting).
+// Fast: BF16 weights -> matmul_bf16; Q8 / Q4 -> matmul_quant_fast; F32 / F16 -> exact.
 inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const float* bias, Compute mode) {
-    if (mode == Compute::Fast) matmul_bf16(x, M, W, y, bias);
+    if (mode == Compute::Fast && (W.dtype == DType::Q8 || W.dtype == DType::Q4)) matmul_quant_fast(x, M, W, y, bias);
+    else if (mode == Compute::Fast) matmul_bf16(x, M, W, y, bias);
     else matmul(x, M, W, y, bias);
 }
 

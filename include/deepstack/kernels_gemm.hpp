@@ -36,6 +36,10 @@ inline int omp_threads() {
     return 1;
 #endif
 }
+// Threads for a job of `work` multiply-adds: 1 below ~1M (a parallel region costs microseconds, and
+// much more when the cores are oversubscribed), else all of them.
+inline int omp_threads_for(double work) { return work < double(1 << 20) ? 1 : omp_threads(); }
+
 inline int omp_tid() {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -201,7 +205,7 @@ inline void gemm_block(const float* x, const Matrix& w, float* y, const float* b
 
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows;
-    const int nt = omp_threads();
+    const int nt = omp_threads_for(double(M) * double(N) * double(w.cols));
     const int64_t nblocks = (N + NR - 1) / NR;
     // Split the output over a tn x tm thread grid: columns first (weights read once), rows if N is small.
     const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
@@ -271,7 +275,7 @@ inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* b
 #else
     constexpr int R = MM <= 2 ? 4 : 2;
 #endif
-    const int nt = omp_threads();
+    const int nt = omp_threads_for(double(MM) * double(N) * double(K));
     const int64_t chunks = (N + R - 1) / R;
     if (nt == 1 || chunks < 2) {
         gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, 0, N);

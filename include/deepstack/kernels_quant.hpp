@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -146,7 +147,7 @@ template <int MM>
 inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const float* bias) {
     constexpr int R = 4;
     const int64_t N = qw.rows;
-    const int nt = omp_threads();
+    const int nt = omp_threads_for(double(MM) * double(N) * double(qw.cols));
     const int64_t chunks = (N + R - 1) / R;
     if (nt == 1 || chunks < 2) {
         gemv_quant_rows<MM, R>(x, qw, y, bias, 0, N);
@@ -172,6 +173,241 @@ inline bool matmul_quant(const float* x, int64_t M, const Matrix& W, float* y, c
         case 4: gemm::gemv_quant<4>(x, qw, y, bias); return true;
         default: return false;
     }
+}
+
+// ---- fast mode for Q8 / Q4: activations quantized to int8 per group of 32 ----
+// x[m, group g] ~ sx[m, g] * xq with xq = round(x / sx) in [-127, 127], sx = max|x| / 127, and
+// y[m, n] = sum_g sx[m, g] * sw[n, g] * sum_{k in g} xq * wq (integer dot products, exact).
+
+// Raw quantized value of weight (n, k).
+inline int quant_q(const QuantWeights& qw, int64_t n, int64_t k) {
+    if (qw.type == DType::Q8) return qw.q[size_t(n * qw.kpad + k)];
+    const int64_t g = k / kQuantGroup, j = k % kQuantGroup;
+    const uint8_t b = uint8_t(qw.q[size_t(n * (qw.kpad / 2) + g * 16 + (j & 15))]);
+    return int((j < 16) ? (b & 15) : (b >> 4)) - 8;
+}
+
+// One activation row -> int8 groups (zero padded to kpad) and scales [kpad / 32].
+inline void quantize_act_row(const float* x, int64_t K, int64_t kpad, int8_t* q, float* s) {
+    for (int64_t g = 0; g * kQuantGroup < kpad; ++g) {
+        const int64_t k0 = g * kQuantGroup, k1 = std::min(K, k0 + kQuantGroup);
+        float amax = 0.f;
+        for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x[k]));
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        s[g] = amax / 127.f;
+        for (int64_t k = k0; k < k0 + kQuantGroup; ++k)
+            q[k] = k < k1 ? int8_t(std::max(-127.f, std::min(127.f, std::nearbyint(x[k] * inv)))) : int8_t(0);
+    }
+}
+
+// Scalar reference of the fast quantized mode.
+inline void matmul_quant_fast_ref(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
+    if (W.dtype != DType::Q8 && W.dtype != DType::Q4) throw Error("matmul_quant_fast_ref: weights must be Q8 or Q4");
+    const auto& qw = *static_cast<const QuantWeights*>(W.data);
+    const int64_t K = W.cols, N = W.rows, G = qw.groups();
+    std::vector<int8_t> xq(static_cast<size_t>(qw.kpad));
+    std::vector<float> sx(static_cast<size_t>(G));
+    for (int64_t m = 0; m < M; ++m) {
+        quantize_act_row(x + m * K, K, qw.kpad, xq.data(), sx.data());
+        for (int64_t n = 0; n < N; ++n) {
+            float acc = 0.f;
+            for (int64_t g = 0; g < G; ++g) {
+                int32_t d = 0;
+                for (int64_t k = g * kQuantGroup; k < std::min(K, (g + 1) * kQuantGroup); ++k) d += int32_t(xq[size_t(k)]) * quant_q(qw, n, k);
+                acc += float(d) * (sx[size_t(g)] * qw.scale[size_t(n * G + g)]);
+            }
+            y[m * N + n] = acc + (bias ? bias[n] : 0.f);
+        }
+    }
+}
+
+#if defined(DEEPSTACK_SIMD_AVX512) && defined(__AVX512VNNI__)
+#define DEEPSTACK_HAVE_VNNI 1
+namespace gemm_q {
+
+constexpr int MR = 6, NV = 2, NR = NV * 16;
+constexpr int64_t GK = 8;  // groups of 32 per packed k block (KC = 256)
+constexpr int64_t NC = NR * 8;
+constexpr int64_t MC = MR * 16;
+constexpr int QPG = kQuantGroup / 4;  // 4-byte quads per group
+
+// a: [ng][QPG][MR] u32 (4 x (xq + 128)), asx: [ng][MR]; b: [ng][QPG][NR] 4 x int8 weights,
+// bs: [ng][NR] weight scales, bc: [ng][NR] -128 * sum(wq) (undoes the +128 of the activations).
+inline void micro_kernel(const uint32_t* __restrict a, const float* __restrict asx, const int32_t* __restrict b,
+                         const float* __restrict bs, const int32_t* __restrict bc, int64_t ng, float* c, int64_t ldc,
+                         int mr, int nvalid, bool first, const float* bias) {
+    __m512 accf[MR][NV];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NV; ++j) accf[i][j] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        __m512i acci[MR][NV];
+        for (int j = 0; j < NV; ++j) {
+            const __m512i c0 = _mm512_loadu_si512(bc + g * NR + j * 16);
+            for (int i = 0; i < MR; ++i) acci[i][j] = c0;
+        }
+#pragma GCC unroll 8
+        for (int q = 0; q < QPG; ++q) {
+            __m512i bv[NV];
+            for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + (g * QPG + q) * NR + j * 16);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                const __m512i av = _mm512_set1_epi32(int(a[(g * QPG + q) * MR + i]));
+                for (int j = 0; j < NV; ++j) acci[i][j] = _mm512_dpbusd_epi32(acci[i][j], av, bv[j]);
+            }
+        }
+        __m512 sw[NV];
+        for (int j = 0; j < NV; ++j) sw[j] = _mm512_loadu_ps(bs + g * NR + j * 16);
+        for (int i = 0; i < MR; ++i) {
+            const __m512 sxi = _mm512_set1_ps(asx[g * MR + i]);
+            for (int j = 0; j < NV; ++j)
+                accf[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[i][j]), _mm512_mul_ps(sw[j], sxi), accf[i][j]);
+        }
+    }
+    for (int i = 0; i < mr; ++i) {
+        float* ci = c + i * ldc;
+        for (int j = 0; j < NV; ++j) {
+            const int col = j * 16, cnt = std::min(16, nvalid - col);
+            if (cnt <= 0) break;
+            const __mmask16 m = simd::tail_mask(cnt);
+            __m512 v = accf[i][j];
+            if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, ci + col));
+            else if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + col));
+            _mm512_mask_storeu_ps(ci + col, m, v);
+        }
+    }
+}
+
+inline void pack_b(const QuantWeights& qw, int64_t n0, int nvalid, int64_t g0, int64_t ng, int32_t* dq, float* ds, int32_t* dc) {
+    alignas(64) int8_t t[kQuantGroup];
+    for (int j = 0; j < NR; ++j) {
+        for (int64_t g = 0; g < ng; ++g) {
+            if (j < nvalid) {
+                const int64_t n = n0 + j, gg = g0 + g;
+                const int8_t* src;
+                if (qw.type == DType::Q8) {
+                    src = qw.q.data() + n * qw.kpad + gg * kQuantGroup;
+                } else {
+                    const int8_t* p = qw.q.data() + n * (qw.kpad / 2) + gg * 16;
+                    for (int u = 0; u < 16; ++u) {
+                        const uint8_t bb = uint8_t(p[u]);
+                        t[u] = int8_t(int(bb & 15) - 8);
+                        t[u + 16] = int8_t(int(bb >> 4) - 8);
+                    }
+                    src = t;
+                }
+                int32_t sum = 0;
+                for (int u = 0; u < kQuantGroup; ++u) sum += src[u];
+                for (int q = 0; q < QPG; ++q) std::memcpy(dq + (g * QPG + q) * NR + j, src + 4 * q, 4);
+                ds[g * NR + j] = qw.scale[size_t(n * qw.groups() + gg)];
+                dc[g * NR + j] = -128 * sum;
+            } else {
+                for (int q = 0; q < QPG; ++q) dq[(g * QPG + q) * NR + j] = 0;
+                ds[g * NR + j] = 0.f;
+                dc[g * NR + j] = 0;
+            }
+        }
+    }
+}
+
+// xq: [M][kpad] int8, sx: [M][G]
+inline void pack_a(const int8_t* xq, const float* sx, int64_t kpad, int64_t G, int64_t m0, int mr, int64_t g0, int64_t ng,
+                   uint32_t* da, float* dsx) {
+    for (int i = 0; i < MR; ++i)
+        for (int64_t g = 0; g < ng; ++g) {
+            if (i < mr) {
+                const int8_t* src = xq + (m0 + i) * kpad + (g0 + g) * kQuantGroup;
+                for (int q = 0; q < QPG; ++q) {
+                    uint32_t v = 0;
+                    for (int u = 0; u < 4; ++u) v |= uint32_t(uint8_t(int(src[4 * q + u]) + 128)) << (8 * u);
+                    da[(g * QPG + q) * MR + i] = v;
+                }
+                dsx[g * MR + i] = sx[(m0 + i) * G + g0 + g];
+            } else {
+                for (int q = 0; q < QPG; ++q) da[(g * QPG + q) * MR + i] = 0x80808080u;
+                dsx[g * MR + i] = 0.f;
+            }
+        }
+}
+
+inline void gemm_block(const int8_t* xq, const float* sx, const QuantWeights& qw, float* y, const float* bias,
+                       int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
+    const int64_t N = qw.rows, G = qw.groups(), kpad = qw.kpad;
+    if (m_begin >= m_end || n_begin >= n_end) return;
+    const int64_t qstride = GK * QPG;  // u32 per (panel row) per block
+    auto* bq = reinterpret_cast<int32_t*>(scratch<8>(size_t(NC * qstride)));
+    float* bsc = scratch<9>(size_t(NC * GK));
+    auto* bcor = reinterpret_cast<int32_t*>(scratch<10>(size_t(NC * GK)));
+    auto* aq = reinterpret_cast<uint32_t*>(scratch<11>(size_t(MC * qstride)));
+    float* asx = scratch<12>(size_t(MC * GK));
+    for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += NC) {
+        const int64_t nc = std::min(NC, n_end - nc0);
+        const int64_t npanels = (nc + NR - 1) / NR;
+        for (int64_t g0 = 0; g0 < G; g0 += GK) {
+            const int64_t ng = std::min(GK, G - g0);
+            for (int64_t p = 0; p < npanels; ++p)
+                pack_b(qw, nc0 + p * NR, int(std::min<int64_t>(NR, nc - p * NR)), g0, ng, bq + p * ng * QPG * NR,
+                       bsc + p * ng * NR, bcor + p * ng * NR);
+            for (int64_t mc0 = m_begin; mc0 < m_end; mc0 += MC) {
+                const int64_t mc = std::min(MC, m_end - mc0);
+                const int64_t mblocks = (mc + MR - 1) / MR;
+                for (int64_t mb = 0; mb < mblocks; ++mb)
+                    pack_a(xq, sx, kpad, G, mc0 + mb * MR, int(std::min<int64_t>(MR, mc - mb * MR)), g0, ng,
+                           aq + mb * ng * QPG * MR, asx + mb * ng * MR);
+                for (int64_t p = 0; p < npanels; ++p) {
+                    const int64_t n0 = nc0 + p * NR;
+                    const int nvalid = int(std::min<int64_t>(NR, nc - p * NR));
+                    for (int64_t mb = 0; mb < mblocks; ++mb) {
+                        const int64_t m0 = mc0 + mb * MR;
+                        micro_kernel(aq + mb * ng * QPG * MR, asx + mb * ng * MR, bq + p * ng * QPG * NR, bsc + p * ng * NR,
+                                     bcor + p * ng * NR, ng, y + m0 * N + n0, N, int(std::min<int64_t>(MR, mc - mb * MR)),
+                                     nvalid, g0 == 0, bias ? bias + n0 : nullptr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const float* bias) {
+    const auto& qw = *static_cast<const QuantWeights*>(W.data);
+    const int64_t N = qw.rows, K = qw.cols, G = qw.groups(), kpad = qw.kpad;
+    // activations quantized once per call (shared by the threads)
+    auto* xq = reinterpret_cast<int8_t*>(scratch<13>(size_t(M * kpad / 4 + 16)));
+    float* sx = scratch<14>(size_t(M * G));
+    const int nt = omp_threads_for(double(M) * double(N) * double(K));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && M * K >= (1 << 15))
+    for (int64_t m = 0; m < M; ++m) quantize_act_row(x + m * K, K, kpad, xq + m * kpad, sx + m * G);
+    const int64_t nblocks = (N + NR - 1) / NR;
+    const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
+    const int tm = std::max(1, nt / tn);
+    auto run = [&](int t) {
+        const int ti = t / tn, tj = t % tn;
+        const int64_t nb0 = nblocks * tj / tn, nb1 = nblocks * (tj + 1) / tn;
+        gemm_block(xq, sx, qw, y, bias, M * ti / tm, M * (ti + 1) / tm, std::min(N, nb0 * NR), std::min(N, nb1 * NR));
+    };
+    if (tn * tm == 1) {
+        run(0);
+        return;
+    }
+#pragma omp parallel for schedule(static, 1) num_threads(tn * tm)
+    for (int t = 0; t < tn * tm; ++t) run(t);
+}
+
+}  // namespace gemm_q
+#endif  // AVX-512 VNNI
+
+// Fast mode for Q8 / Q4 weights (int8 activations per group of 32, VNNI integer dot products for
+// M > 4; the exact dequantizing GEMV for M <= 4, where reading the weights is the cost). Without
+// AVX-512 VNNI it computes matmul_quant_fast_ref's semantics with the scalar reference code.
+inline void matmul_quant_fast(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
+    if (W.dtype != DType::Q8 && W.dtype != DType::Q4) throw Error("matmul_quant_fast: weights must be Q8 or Q4");
+    if (M <= 0 || W.rows <= 0) return;
+    if (M <= 4 && matmul_quant(x, M, W, y, bias)) return;
+#if defined(DEEPSTACK_HAVE_VNNI)
+    gemm_q::gemm(x, M, W, y, bias);
+#else
+    matmul_quant_fast_ref(x, M, W, y, bias);
+#endif
 }
 
 }  // namespace detail
