@@ -97,25 +97,38 @@ inline void pack_b(const uint16_t* w, int64_t K, int64_t n0, int nvalid, int64_t
     }
 }
 
-// Activation rows [m0, m0 + mr), cols [k0, k0 + kc) rounded to bf16 pairs [kp][MR] (zero padded).
-inline void pack_a(const float* x, int64_t K, int64_t m0, int mr, int64_t k0, int64_t kc, uint32_t* dst) {
+// Activation rows [m0, m0 + mr), cols [k0, k0 + kc) as bf16 pairs [kp][MR] (zero padded), from xb:
+// the activations already rounded to bf16, rows of kx (K rounded up to even) values.
+inline void pack_a(const uint16_t* xb, int64_t kx, int64_t m0, int mr, int64_t k0, int64_t kc, uint32_t* dst) {
     const int64_t kp = (kc + 1) / 2;
     for (int i = 0; i < MR; ++i) {
         if (i < mr) {
-            const float* xi = x + (m0 + i) * K + k0;
-            for (int64_t p = 0; p < kp; ++p) {
-                const uint32_t lo = f32_to_bf16(xi[2 * p]);
-                const uint32_t hi = 2 * p + 1 < kc ? f32_to_bf16(xi[2 * p + 1]) : 0u;
-                dst[p * MR + i] = lo | (hi << 16);
-            }
+            const uint16_t* xi = xb + (m0 + i) * kx + k0;
+            for (int64_t p = 0; p < kp; ++p) dst[p * MR + i] = pair_at(xi + 2 * p);
         } else {
             for (int64_t p = 0; p < kp; ++p) dst[p * MR + i] = 0;
         }
     }
 }
 
-inline void gemm_block(const float* x, const Matrix& w, float* y, const float* bias, int64_t m_begin, int64_t m_end,
-                       int64_t n_begin, int64_t n_end) {
+// x [M, K] -> bf16 rows of kx = K rounded up to even (zero padded), round to nearest even.
+inline void round_rows_bf16(const float* x, int64_t M, int64_t K, int64_t kx, uint16_t* xb, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * K;
+        uint16_t* d = xb + m * kx;
+        int64_t k = 0;
+        for (; k + 32 <= K; k += 32) {
+            const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xm + k + 16), _mm512_loadu_ps(xm + k));
+            _mm512_storeu_si512(d + k, (__m512i)v);
+        }
+        for (; k < K; ++k) d[k] = f32_to_bf16(xm[k]);
+        for (; k < kx; ++k) d[k] = 0;
+    }
+}
+
+inline void gemm_block(const uint16_t* xb, int64_t kx, const Matrix& w, float* y, const float* bias, int64_t m_begin,
+                       int64_t m_end, int64_t n_begin, int64_t n_end) {
     const int64_t N = w.rows, K = w.cols;
     const auto* wd = static_cast<const uint16_t*>(w.data);
     if (m_begin >= m_end || n_begin >= n_end) return;
@@ -132,7 +145,7 @@ inline void gemm_block(const float* x, const Matrix& w, float* y, const float* b
                 const int64_t mc = std::min(MC, m_end - mc0);
                 const int64_t mblocks = (mc + MR - 1) / MR;
                 for (int64_t mb = 0; mb < mblocks; ++mb)
-                    pack_a(x, K, mc0 + mb * MR, int(std::min<int64_t>(MR, mc - mb * MR)), k0, kc, apanel + mb * kp * MR);
+                    pack_a(xb, kx, mc0 + mb * MR, int(std::min<int64_t>(MR, mc - mb * MR)), k0, kc, apanel + mb * kp * MR);
                 for (int64_t p = 0; p < npanels; ++p) {
                     const int64_t n0 = nc0 + p * NR;
                     const int nvalid = int(std::min<int64_t>(NR, nc - p * NR));
@@ -150,13 +163,16 @@ inline void gemm_block(const float* x, const Matrix& w, float* y, const float* b
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows;
     const int nt = omp_threads_for(double(M) * double(N) * double(w.cols));
+    const int64_t kx = (w.cols + 1) / 2 * 2;
+    auto* xb = reinterpret_cast<uint16_t*>(scratch<15>(size_t(M * kx / 2 + 16)));
+    round_rows_bf16(x, M, w.cols, kx, xb, nt);
     const int64_t nblocks = (N + NR - 1) / NR;
     const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
     const int tm = std::max(1, nt / tn);
     auto run = [&](int t) {
         const int ti = t / tn, tj = t % tn;
         const int64_t nb0 = nblocks * tj / tn, nb1 = nblocks * (tj + 1) / tn;
-        gemm_block(x, w, y, bias, M * ti / tm, M * (ti + 1) / tm, std::min(N, nb0 * NR), std::min(N, nb1 * NR));
+        gemm_block(xb, kx, w, y, bias, M * ti / tm, M * (ti + 1) / tm, std::min(N, nb0 * NR), std::min(N, nb1 * NR));
     };
     if (tn * tm == 1) {
         run(0);

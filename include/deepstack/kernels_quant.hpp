@@ -315,11 +315,12 @@ inline void pack_a(const int8_t* xq, const float* sx, int64_t kpad, int64_t G, i
     for (int i = 0; i < MR; ++i)
         for (int64_t g = 0; g < ng; ++g) {
             if (i < mr) {
+                // xq holds int8 values; xq + 128 as u8 is xq ^ 0x80 bytewise
                 const int8_t* src = xq + (m0 + i) * kpad + (g0 + g) * kQuantGroup;
                 for (int q = 0; q < QPG; ++q) {
-                    uint32_t v = 0;
-                    for (int u = 0; u < 4; ++u) v |= uint32_t(uint8_t(int(src[4 * q + u]) + 128)) << (8 * u);
-                    da[(g * QPG + q) * MR + i] = v;
+                    uint32_t v;
+                    std::memcpy(&v, src + 4 * q, 4);
+                    da[(g * QPG + q) * MR + i] = v ^ 0x80808080u;
                 }
                 dsx[g * MR + i] = sx[(m0 + i) * G + g0 + g];
             } else {
