@@ -23,34 +23,33 @@ constexpr int BQ = 32;             // queries per task
 constexpr int NVK = 4;             // vectors per key block
 constexpr int BK = NVK * simd::W;  // keys per block
 
-// o0/o1 [C*W floats at t0] += sum_jj p0[jj] * v_jj, p1[jj] * v_jj   (two queries share V loads)
+// Queries handled together by the score and P*V loops (they share each K / V vector load).
+constexpr int QN = simd::W >= 16 ? 4 : 2;
+constexpr int BQP = BQ + QN;  // rows of the per-task buffers (padding rows are scratch)
+
+// o_u [C*W floats at t0] += sum_jj p_u[jj] * v_jj for the QN rows u (p, o row strides BK and d)
 template <int C>
-inline void pv_chunk(const float* p0, const float* p1, int jmax, const float* vbase, int64_t vstride, int t0, float* o0,
-                     float* o1) {
+inline void pv_chunk(const float* p, int jmax, const float* vbase, int64_t vstride, int t0, float* o, int d) {
     using namespace simd;
-    vf a0[C], a1[C];
-    for (int c = 0; c < C; ++c) {
-        a0[c] = load(o0 + t0 + c * W);
-        a1[c] = load(o1 + t0 + c * W);
-    }
+    vf a[QN][C];
+    for (int u = 0; u < QN; ++u)
+        for (int c = 0; c < C; ++c) a[u][c] = load(o + u * d + t0 + c * W);
     for (int jj = 0; jj < jmax; ++jj) {
         const float* vr = vbase + jj * vstride + t0;
-        const vf b0 = set1(p0[jj]), b1 = set1(p1[jj]);
+        vf b[QN];
+        for (int u = 0; u < QN; ++u) b[u] = set1(p[u * BK + jj]);
 #pragma GCC unroll 4
         for (int c = 0; c < C; ++c) {
             const vf vv = load(vr + c * W);
-            a0[c] = simd::fma(b0, vv, a0[c]);
-            a1[c] = simd::fma(b1, vv, a1[c]);
+            for (int u = 0; u < QN; ++u) a[u][c] = simd::fma(b[u], vv, a[u][c]);
         }
     }
-    for (int c = 0; c < C; ++c) {
-        store(o0 + t0 + c * W, a0[c]);
-        store(o1 + t0 + c * W, a1[c]);
-    }
+    for (int u = 0; u < QN; ++u)
+        for (int c = 0; c < C; ++c) store(o + u * d + t0 + c * W, a[u][c]);
 }
 
 // One task: query rows [r0, r0 + bq) of kv head kvh, where row r is query position r / G of head
-// kvh * G + r % G (G = Hq / Hkv: the heads sharing this K/V are processed together). work: >= (2*BQ + 2)*d + (BQ + 1)*BK + 2*BQ floats.
+// kvh * G + r % G (G = Hq / Hkv: the heads sharing this K/V are processed together). work: >= 2*BQP*d + BQP*BK + 2*BQ floats.
 // ktall: keys transposed per (kv head, key block) as [Hkv][nkb][d][BK], or null (then scores are
 // direct dot products against the key rows: the decode path, where transposing would cost more).
 inline void attention_task(const float* q, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
@@ -59,10 +58,10 @@ inline void attention_task(const float* q, const float* k, const float* v, int64
     using namespace simd;
     const int G = Hq / Hkv;
     const int64_t kvstride = int64_t(Hkv) * d;
-    float* qs = work;                          // [BQ + 1][d] scaled queries (row bq duplicates for odd counts)
-    float* o = qs + (BQ + 1) * d;              // [BQ + 1][d] unnormalised outputs
-    float* sc = o + (BQ + 1) * d;              // [BQ + 1][BK] scores, then probabilities
-    float* mrow = sc + (BQ + 1) * BK;          // [BQ] running max
+    float* qs = work;                          // [BQP][d] scaled queries (rows >= bq zero)
+    float* o = qs + BQP * d;                   // [BQP][d] unnormalised outputs
+    float* sc = o + BQP * d;                   // [BQP][BK] scores, then probabilities
+    float* mrow = sc + BQP * BK;               // [BQ] running max
     float* lrow = mrow + BQ;                   // [BQ] running sum
     for (int i = 0; i < bq; ++i) {
         const int64_t r = r0 + i;
@@ -71,33 +70,31 @@ inline void attention_task(const float* q, const float* k, const float* v, int64
         mrow[i] = -INFINITY;
         lrow[i] = 0.f;
     }
-    std::fill(o, o + (BQ + 1) * int64_t(d), 0.f);
-    std::fill(qs + bq * d, qs + (bq + 1) * d, 0.f);
+    std::fill(o, o + BQP * int64_t(d), 0.f);
+    std::fill(qs + bq * d, qs + BQP * d, 0.f);
     // keys any query of the block can see
     const int64_t n_keys = causal ? std::min<int64_t>(Tk, std::max<int64_t>(0, q_offset + (r0 + bq - 1) / G + 1)) : Tk;
     for (int64_t j0 = 0; j0 < n_keys; j0 += BK) {
         const int bk = int(std::min<int64_t>(BK, n_keys - j0));
         if (ktall) {
-            // scores from the pre-transposed key block kt[t][jj], two queries at a time
+            // scores from the pre-transposed key block kt[t][jj], QN queries at a time
             const float* kt = ktall + (int64_t(kvh) * nkb + j0 / BK) * int64_t(d) * BK;
-            for (int i = 0; i < bq; i += 2) {
+            for (int i = 0; i < bq; i += QN) {
                 const float* q0 = qs + i * d;
-                const float* q1 = qs + std::min(i + 1, bq) * d;
-                vf a0[NVK], a1[NVK];
-                for (int c = 0; c < NVK; ++c) a0[c] = a1[c] = zero();
+                vf a[QN][NVK];
+                for (int u = 0; u < QN; ++u)
+                    for (int c = 0; c < NVK; ++c) a[u][c] = zero();
                 for (int t = 0; t < d; ++t) {
-                    const vf b0 = set1(q0[t]), b1 = set1(q1[t]);
+                    vf b[QN];
+                    for (int u = 0; u < QN; ++u) b[u] = set1(q0[u * d + t]);
 #pragma GCC unroll 4
                     for (int c = 0; c < NVK; ++c) {
                         const vf kv = load(kt + t * BK + c * W);
-                        a0[c] = simd::fma(b0, kv, a0[c]);
-                        a1[c] = simd::fma(b1, kv, a1[c]);
+                        for (int u = 0; u < QN; ++u) a[u][c] = simd::fma(b[u], kv, a[u][c]);
                     }
                 }
-                for (int c = 0; c < NVK; ++c) {
-                    store(sc + i * BK + c * W, a0[c]);
-                    store(sc + (i + 1) * BK + c * W, a1[c]);
-                }
+                for (int u = 0; u < QN; ++u)
+                    for (int c = 0; c < NVK; ++c) store(sc + (i + u) * BK + c * W, a[u][c]);
             }
         } else {
             // few queries: direct dot products along d against the key rows, four keys at a time
@@ -173,28 +170,21 @@ inline void attention_task(const float* q, const float* k, const float* v, int64
             std::fill(s + lim, s + BK, 0.f);
         }
         if (jmax_all == 0) continue;
-        // O += P V, two queries at a time
+        // O += P V, QN queries at a time (probability rows past bq are zero scratch)
+        std::fill(sc + bq * BK, sc + BQP * BK, 0.f);
         const float* vbase = v + j0 * kvstride + int64_t(kvh) * d;
-        for (int i = 0; i < bq; i += 2) {
-            const int i1 = std::min(i + 1, bq);  // row bq of sc/o is scratch
-            if (i1 == bq) std::fill(sc + bq * BK, sc + (bq + 1) * BK, 0.f);
-            const float* p0 = sc + i * BK;
-            const float* p1 = sc + i1 * BK;
-            float* o0 = o + i * int64_t(d);
-            float* o1 = o + i1 * int64_t(d);
+        for (int i = 0; i < bq; i += QN) {
+            const float* p = sc + i * BK;
+            float* oi = o + i * int64_t(d);
             int t0 = 0;
-            for (; t0 + 4 * W <= d; t0 += 4 * W) pv_chunk<4>(p0, p1, jmax_all, vbase, kvstride, t0, o0, o1);
-            for (; t0 + W <= d; t0 += W) pv_chunk<1>(p0, p1, jmax_all, vbase, kvstride, t0, o0, o1);
-            for (; t0 < d; ++t0) {
-                float s0 = o0[t0], s1 = o1[t0];
-                for (int jj = 0; jj < jmax_all; ++jj) {
-                    const float vv = vbase[jj * kvstride + t0];
-                    s0 += p0[jj] * vv;
-                    s1 += p1[jj] * vv;
+            for (; t0 + 4 * W <= d; t0 += 4 * W) pv_chunk<4>(p, jmax_all, vbase, kvstride, t0, oi, d);
+            for (; t0 + W <= d; t0 += W) pv_chunk<1>(p, jmax_all, vbase, kvstride, t0, oi, d);
+            for (; t0 < d; ++t0)
+                for (int u = 0; u < QN; ++u) {
+                    float acc = oi[u * d + t0];
+                    for (int jj = 0; jj < jmax_all; ++jj) acc += p[u * BK + jj] * vbase[jj * kvstride + t0];
+                    oi[u * d + t0] = acc;
                 }
-                o0[t0] = s0;
-                o1[t0] = s1;
-            }
         }
     }
     for (int i = 0; i < bq; ++i) {
@@ -220,7 +210,7 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
     const int64_t rows = Tq * G;  // query rows per kv head
     const int64_t nqb = (rows + attn::BQ - 1) / attn::BQ;
     const int64_t tasks = nqb * Hkv;
-    const size_t work_floats = size_t(2 * (attn::BQ + 1) * int64_t(d) + (attn::BQ + 1) * attn::BK + 2 * attn::BQ);
+    const size_t work_floats = size_t(2 * attn::BQP * int64_t(d) + attn::BQP * attn::BK + 2 * attn::BQ);
     const int nt = omp_threads_for(double(Tq) * double(Tk) * double(Hq) * double(d));
     // With many queries, transpose K once per call into [Hkv][nkb][d][BK] (zero padded) and share it.
     const int64_t nkb = (Tk + attn::BK - 1) / attn::BK;
