@@ -1,6 +1,19 @@
 // deepstack/kernels.hpp - the numeric kernels the forward pass is written in: matrix products
 // against weights in their stored dtype, norms, activations, rotary, attention.
-// Each kernel has a plain scalar form (the reference); SIMD forms are chosen at compile time.
+// Each kernel has a plain scalar form (the reference); SIMD forms are chosen at compile time
+// (kernels_simd.hpp: AVX-512 / AVX2+FMA / NEON / portable), OpenMP over the large dimension.
+//
+// In namespace deepstack::detail (x, y fp32 row-major; W a Matrix in [out, in] layout):
+//   matmul(x, M, W, y, bias)            exact mode: fp32 activations, fp32 accumulation, weights
+//                                       F32/BF16/F16/Q8/Q4 read in place (kernels_gemm.hpp)
+//   matmul(x, M, W, y, bias, Compute)   Compute::Fast: BF16 -> matmul_bf16, Q8/Q4 -> matmul_quant_fast
+//   matmul_bf16(...)                    bf16-rounded activations, AVX-512 BF16 dot products
+//   matmul_quant_fast(...)              int8 activations per group of 32, AVX-512 VNNI (M > 4)
+//   layernorm, rmsnorm                  SIMD; gelu_tanh_inplace, gelu_erf_inplace, silu_inplace,
+//                                       silu_mul (array forms); gelu_tanh/gelu_erf/silu (scalar)
+//   attention(...)                      tiled, online softmax (kernels_attention.hpp)
+//   *_ref                               scalar references of all of the above
+// In namespace deepstack: quantize(W, DType::Q8 | DType::Q4) -> Matrix owning its QuantWeights.
 #pragma once
 #include "common.hpp"
 #include "kernels_simd.hpp"

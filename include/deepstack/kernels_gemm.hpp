@@ -241,14 +241,15 @@ inline void gemv_rows(const float* x, int64_t K, const typename Src::T* wdata, f
         const typename Src::T* wr = wdata + n * K;
         int64_t k = 0;
         for (; k + W <= K; k += W) {
-            vf xv[MM];
-#pragma GCC unroll 4
-            for (int m = 0; m < MM; ++m) xv[m] = load(x + m * K + k);
+            // weights of the R rows first, then each activation vector is loaded once for R FMAs
+            vf wv[R];
 #pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
-                const vf wv = Src::load(wr + r * K + k);
+            for (int r = 0; r < R; ++r) wv[r] = Src::load(wr + r * K + k);
 #pragma GCC unroll 4
-                for (int m = 0; m < MM; ++m) acc[m][r] = simd::fma(xv[m], wv, acc[m][r]);
+            for (int m = 0; m < MM; ++m) {
+                const vf xv = load(x + m * K + k);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; ++r) acc[m][r] = simd::fma(xv, wv[r], acc[m][r]);
             }
         }
         if (k < K) {
