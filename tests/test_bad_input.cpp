@@ -350,6 +350,20 @@ TEST_CASE("safetensors: shape whose element count overflows") {
     CHECK_THROWS_WITH_AS(m.load(), doctest::Contains("tensor 'huge': shape is too large"), Error);
 }
 
+TEST_CASE("safetensors: unaligned header length still loads (tensors copied to aligned memory)") {
+    BrokenModel m;
+    m.edit_header([](json& h) {
+        h["__metadata__"]["note"] = "x";
+        if ((h.dump().size() % 4) == 0) h["__metadata__"]["note"] = "xy";
+    });
+    REQUIRE(read_bytes(m.file("model.safetensors"))[0] % 4 != 0);
+    const auto model = m.load();
+    Session a(model), b(tiny_model());
+    const std::vector<float> la = a.prefill({501, 26, 27, 28}), lb = b.prefill({501, 26, 27, 28});
+    REQUIRE(la.size() == lb.size());
+    CHECK(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)) == 0);
+}
+
 TEST_CASE("safetensors: tensor missing") {
     BrokenModel m;
     m.edit_header([](json& h) { h.erase(kNorm); });
@@ -804,6 +818,13 @@ TEST_CASE("image: unsupported format") {
     std::vector<uint8_t> webp = {'R', 'I', 'F', 'F', 26, 0, 0, 0, 'W', 'E', 'B', 'P', 'V', 'P', '8', 'L', 14, 0, 0, 0,
                                  0x2f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     CHECK_THROWS_WITH_AS(decode_image(webp.data(), webp.size(), "photo.webp"), doctest::Contains("photo.webp: not a decodable image"), Error);
+}
+
+TEST_CASE("image: 16-bit greyscale PGM (stb_image 2.27 over-reads converting it)") {
+    std::string pgm = "P5 3 2 65535\n";
+    pgm += std::string(12, '\x7f');
+    CHECK_THROWS_WITH_AS(decode_image(reinterpret_cast<const uint8_t*>(pgm.data()), pgm.size(), "deep.pgm"),
+                         doctest::Contains("deep.pgm: 16-bit greyscale PGM is not supported"), Error);
 }
 
 TEST_CASE("image: aspect ratio above 200") {

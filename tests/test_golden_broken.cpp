@@ -148,7 +148,13 @@ TEST_CASE("golden: manifest.json is not JSON") {
 TEST_CASE("golden: manifest image entry without path") {
     BrokenFixture f;
     f.edit_json("manifest.json", [](json& m) { m["images"][0].erase("path"); });
-    expect_error(f, "path");
+    expect_error(f, "manifest.json: malformed ([json.exception.out_of_range.403] key 'path' not found)");
+}
+
+TEST_CASE("golden: manifest images of the wrong type") {
+    BrokenFixture f;
+    f.edit_json("manifest.json", [](json& m) { m["images"] = {{{1, 2}}}; });
+    expect_error(f, "manifest.json: malformed (");
 }
 
 TEST_CASE("golden: golden.safetensors missing") {

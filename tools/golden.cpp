@@ -39,6 +39,8 @@ std::vector<int64_t> golden_ints(const TensorInfo& t) {
 
 int argmax(const float* v, int64_t n) { return int(std::max_element(v, v + n) - v); }
 
+std::string manifest_path = "manifest.json";
+
 int run(int argc, char** argv) {
     std::string dir, dump;
     LoadOptions load_opt;
@@ -52,7 +54,8 @@ int run(int argc, char** argv) {
     }
     if (dir.empty()) throw Error(std::string("missing FIXTURE_DIR\n") + kUsage);
 
-    const nlohmann::json manifest = detail::read_json_file(dir + "/manifest.json");
+    manifest_path = dir + "/manifest.json";  // names nlohmann errors from reading its fields (main)
+    const nlohmann::json manifest = detail::read_json_file(manifest_path);
     WeightStore golden;
     golden.add_file(dir + "/golden.safetensors");
     auto model = Model::load(dir + "/model", load_opt);
@@ -193,6 +196,9 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
     try {
         return run(argc, argv);
+    } catch (const nlohmann::json::exception& e) {  // a manifest field missing or of the wrong type
+        std::fprintf(stderr, "error: %s: malformed (%s)\n", manifest_path.c_str(), e.what());
+        return 1;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;

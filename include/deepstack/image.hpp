@@ -272,6 +272,10 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(data, int(size), &w, &h, &comp)) throw undecodable();
     check_size(w, h);
+    // stb_image 2.27 converts 16-bit PGM (P5, maxval > 255) to RGB with its 8-bit converter, then
+    // reads the result as 16-bit: a heap over-read (found by tests/fuzz/fuzz_image). Refused here.
+    if (comp != 3 && size >= 2 && data[0] == 'P' && data[1] == '5' && stbi_is_16_bit_from_memory(data, int(size)))
+        throw Error(name + ": 16-bit greyscale PGM is not supported");
     int dw = 0, dh = 0;
     std::unique_ptr<uint8_t, void (*)(void*)> pixels(stbi_load_from_memory(data, int(size), &dw, &dh, &comp, 3), stbi_image_free);
     if (!pixels) throw undecodable();

@@ -235,7 +235,26 @@ public:
 
 private:
     void add_source(const uint8_t* data, size_t size, const std::string& name, std::shared_ptr<const void> owner) {
-        for (auto& t : detail::parse_safetensors(data, size, name)) {
+        std::vector<TensorInfo> parsed = detail::parse_safetensors(data, size, name);
+        // The format does not force alignment (a header length that is not a multiple of 8, odd
+        // offsets): tensors not aligned to their element size are copied to aligned memory, so the
+        // kernels never load a misaligned float.
+        size_t words = 0;
+        auto misaligned = [](const TensorInfo& t) { return reinterpret_cast<uintptr_t>(t.data) % detail::dtype_size(t.dtype) != 0; };
+        for (const auto& t : parsed)
+            if (misaligned(t)) words += (t.nbytes + 7) / 8;
+        if (words) {
+            auto arena = std::make_shared<std::vector<uint64_t>>(words);
+            uint64_t* p = arena->data();
+            for (auto& t : parsed)
+                if (misaligned(t)) {
+                    std::memcpy(p, t.data, t.nbytes);
+                    t.data = reinterpret_cast<const uint8_t*>(p);
+                    p += (t.nbytes + 7) / 8;
+                }
+            owners_.push_back(std::move(arena));
+        }
+        for (auto& t : parsed) {
             if (tensors_.count(t.name)) throw Error(name + ": tensor '" + t.name + "' also appears in " + tensors_[t.name].file);
             std::string key = t.name;
             tensors_.emplace(std::move(key), std::move(t));
