@@ -17,7 +17,7 @@ namespace deepstack {
 struct LoadOptions {
     int threads = 0;  // OpenMP threads for all kernels (process-wide); 0 keeps the OpenMP default
     WeightFormat weights = WeightFormat::Stored;  // Q8 / Q4: quantize the large matrices at load
-    bool bf16_compute = false;  // BF16 weights: round activations to bf16 in the matrix products (faster, not exact)
+    bool bf16_compute = false;  // fast matmuls: bf16 activations for BF16 weights, int8 for Q8/Q4 prefill (not exact)
 };
 
 // A loaded model: configuration and weight views into the memory-mapped checkpoint (or quantized
