@@ -343,11 +343,20 @@ inline std::string json_type(const nlohmann::json& obj, const std::string& where
 }
 
 // An optional field that must be null or hold `expected` when present.
+// A value for an error message: scalars as JSON, containers by kind only (dumping an
+// arbitrarily deep container recurses without bound).
+inline std::string json_preview(const nlohmann::json& v) {
+    if (v.is_array()) return "an array";
+    if (v.is_object()) return "an object";
+    std::string s = v.dump();
+    return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+}
+
 inline void json_require(const nlohmann::json& obj, const char* key, const nlohmann::json& expected, const std::string& where,
                          const std::string& why) {
     auto it = obj.find(key);
     if (it == obj.end() || it->is_null() || *it == expected) return;
-    throw Error(where + ": field '" + key + "' = " + it->dump() + " is not supported (" + why + ")");
+    throw Error(where + ": field '" + key + "' = " + json_preview(*it) + " is not supported (" + why + ")");
 }
 
 // GPT-2's pre-tokenizer regex, applied by ByteLevel when use_regex is true.
@@ -478,7 +487,7 @@ private:
 
     static int parse_id(const nlohmann::json& v, const std::string& where) {
         if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= kMaxId)
-            throw Error(where + ": id must be an integer in [0, " + std::to_string(kMaxId) + "), got " + v.dump());
+            throw Error(where + ": id must be an integer in [0, " + std::to_string(kMaxId) + "), got " + detail::json_preview(v));
         return int(v.get<int64_t>());
     }
 
