@@ -206,6 +206,13 @@ inline void gemm_block(const float* x, const Matrix& w, float* y, const float* b
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows;
     const int nt = omp_threads_for(double(M) * double(N) * double(w.cols));
+    // Enough column blocks: hand them out dynamically (tolerates a core shared with other work).
+    const int64_t ncblocks = (N + NC - 1) / NC;
+    if (nt > 1 && ncblocks >= 2 * nt) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int64_t nb = 0; nb < ncblocks; ++nb) gemm_block(x, w, y, bias, 0, M, nb * NC, std::min(N, (nb + 1) * NC));
+        return;
+    }
     const int64_t nblocks = (N + NR - 1) / NR;
     // Split the output over a tn x tm thread grid: columns first (weights read once), rows if N is small.
     const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
