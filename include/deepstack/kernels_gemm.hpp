@@ -289,11 +289,14 @@ inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* b
         gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, 0, N);
         return;
     }
-#pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_tid(), T = nt;
-        const int64_t c0 = chunks * t / T, c1 = chunks * (t + 1) / T;
-        gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, std::min(N, c0 * R), std::min(N, c1 * R));
+    // Dynamic blocks of rows (~128 KB of weights each): a core busy with other work delays the
+    // call by one block instead of half the matrix.
+    const int64_t rows_per = std::max<int64_t>(R, std::min<int64_t>(256, (N / (8 * nt)) / R * R));
+    const int64_t nblk = (N + rows_per - 1) / rows_per;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int64_t b = 0; b < nblk; ++b) {
+        const int64_t n0 = b * rows_per;
+        gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, n0, std::min(N, n0 + rows_per));
     }
 }
 
