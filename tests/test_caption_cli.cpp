@@ -3,6 +3,8 @@
 // and tokenizer.json from the npm cache of tests/fetch_tokenizer.sh) and the tiny-image picture.
 // The runs that need the real tokenizer are reported as skipped when it is not cached.
 #include <doctest/doctest.h>
+
+#include "test_util.hpp"
 #include <deepstack.hpp>
 
 #include <sys/wait.h>
@@ -22,11 +24,6 @@ namespace {
 const std::string kImage = std::string(DEEPSTACK_TEST_DATA) + "/fixtures/tiny-image/inputs/image0_80x56.png";
 const std::string kCaption = std::string(DEEPSTACK_BIN_DIR) + "/deepstack-caption";
 
-std::string qwen3_dir() {
-    const char* cache = std::getenv("DEEPSTACK_CACHE");
-    const char* home = std::getenv("HOME");
-    return (cache && *cache ? std::string(cache) : std::string(home ? home : "/tmp") + "/.cache/deepstack") + "/tokenizer-qwen3";
-}
 
 bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json")); }
 

