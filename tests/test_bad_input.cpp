@@ -1,7 +1,7 @@
 // Bad input: every way a model folder, an image, a tokenizer.json or a prompt can be wrong must end
 // in a deepstack::Error that names the file (or the input) and the problem - never a crash, a hang,
 // an out-of-bounds read or an allocation driven by a size the input merely declares.
-// One TEST_CASE per row of docs/bad-input.md.
+// One TEST_CASE per row of the README's "Bad input" tables.
 #include <doctest/doctest.h>
 #include <deepstack.hpp>
 #include <deepstack/tokenizer.hpp>
