@@ -5,6 +5,8 @@
 
 #include <cstdio>
 #include <map>
+#include <optional>
+#include <utility>
 
 using namespace deepstack;
 
@@ -84,11 +86,13 @@ int run(int argc, char** argv) {
         put_f(pix_name, {int64_t(pix.size()) / patch_dim, patch_dim}, pix.data());
         put_i(grid_name, {int64_t(items.size()), 3}, grid);
     };
+    std::vector<VisualInput> images;
+    std::optional<VisualInput> video;
     const auto manifest_images = manifest.value("images", nlohmann::json::array());
     if (!manifest_images.is_null() && !manifest_images.empty()) {
         std::vector<const VisualPatches*> items, highres;
-        for (auto& im : manifest_images) visuals.push_back(prepare_image(*model, load_image(dir + "/" + im.at("path").get<std::string>())));
-        for (auto& v : visuals) items.push_back(&v.patches), highres.push_back(&v.highres);
+        for (auto& im : manifest_images) images.push_back(prepare_image(*model, load_image(dir + "/" + im.at("path").get<std::string>())));
+        for (auto& v : images) items.push_back(&v.patches), highres.push_back(&v.highres);
         add_patches("pixel_values", "image_grid_thw", items);
         if (c.vision.fusion.type == FusionConfig::Type::Stack) add_patches("pixel_values_highres", "image_grid_thw_highres", highres);
     }
@@ -96,8 +100,8 @@ int run(int argc, char** argv) {
         const auto& v = manifest["video"];
         std::vector<Image> frames;
         for (auto& f : v.at("frames")) frames.push_back(load_image(dir + "/" + f.get<std::string>()));
-        visuals.push_back(prepare_video(*model, frames, v.at("frames_indices").get<std::vector<int>>(), v.at("fps").get<double>()));
-        add_patches("pixel_values_videos", "video_grid_thw", {&visuals.back().patches});
+        video = prepare_video(*model, frames, v.at("frames_indices").get<std::vector<int>>(), v.at("fps").get<double>());
+        add_patches("pixel_values_videos", "video_grid_thw", {&video->patches});
     }
 
     // Prompt ids from the golden data; positions as the session computes them.
@@ -108,18 +112,22 @@ int run(int argc, char** argv) {
     const int64_t L = int64_t(ids.size()), V = c.text.vocab_size;
     put_i("input_ids", {L}, std::vector<int64_t>(ids.begin(), ids.end()));
 
+    // The visuals in the order their pad-token runs appear in the prompt (a video's temporal
+    // patches are consecutive runs of video pads).
+    size_t next_image = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+        const bool run_start = i == 0 || ids[i - 1] != ids[i];
+        if (run_start && ids[i] == c.image_token_id && next_image < images.size()) visuals.push_back(images[next_image++]);
+        if (run_start && ids[i] == c.video_token_id && video) visuals.push_back(*std::exchange(video, std::nullopt));
+    }
+
     Session session(model);
     const Trace trace = [&](const std::string& name, const std::vector<int64_t>& shape, const float* data) { put_f(name, shape, data); };
     std::vector<float> logits = session.prefill(ids, visuals, true, trace);
     put_f("logits", {L, V}, logits.data());
     put_f("last_logits", {V}, logits.data() + (L - 1) * V);
     {
-        std::vector<VisualBlock> blocks;
-        for (auto& v : visuals)
-            for (int tt = 0; tt < (v.is_video ? v.patches.grid_thw[0] : 1); ++tt)
-                blocks.push_back({v.is_video ? c.video_token_id : c.image_token_id, v.patches.grid_thw[1] / c.vision.spatial_merge_size,
-                                  v.patches.grid_thw[2] / c.vision.spatial_merge_size});
-        Positions pos = mrope_positions(ids, blocks);
+        Positions pos = mrope_positions(ids, visual_blocks(c, visuals));
         std::vector<int64_t> flat;
         for (auto& axis : pos.pos) flat.insert(flat.end(), axis.begin(), axis.end());
         put_i("position_ids", {3, L}, flat);

@@ -111,6 +111,19 @@ inline VisualInput prepare_video(const Model& m, const std::vector<Image>& frame
     return in;
 }
 
+// The pad-token blocks the visuals occupy in a prompt, in order: one per image, one per temporal
+// patch of a video, each with its merged grid.
+inline std::vector<VisualBlock> visual_blocks(const ModelConfig& c, const std::vector<VisualInput>& visuals) {
+    const int merge = c.vision.spatial_merge_size;
+    std::vector<VisualBlock> blocks;
+    for (const auto& v : visuals) {
+        const auto& g = v.patches.grid_thw;
+        for (int tt = 0; tt < (v.is_video ? g[0] : 1); ++tt)
+            blocks.push_back({v.is_video ? c.video_token_id : c.image_token_id, g[1] / merge, g[2] / merge});
+    }
+    return blocks;
+}
+
 // Per-conversation state: the KV cache and the position counter. Not thread-safe itself; use one
 // Session per thread (they may share one Model).
 class Session {
@@ -142,13 +155,7 @@ public:
             throw Error("prompt of " + std::to_string(ids.size()) + " tokens does not fit: the context holds " +
                         std::to_string(cache_.max_tokens) + " tokens and " + std::to_string(cache_.length) + " are used");
         const int merge = c.vision.spatial_merge_size;
-        std::vector<VisualBlock> blocks;
-        for (const auto& v : visuals) {
-            const auto& g = v.patches.grid_thw;
-            for (int tt = 0; tt < (v.is_video ? g[0] : 1); ++tt)
-                blocks.push_back({v.is_video ? c.video_token_id : c.image_token_id, g[1] / merge, g[2] / merge});
-        }
-        const Positions pos = mrope_positions(ids, blocks, next_pos_);
+        const Positions pos = mrope_positions(ids, visual_blocks(c, visuals), next_pos_);
         std::vector<float> h = embed_tokens(m.text, c.text, ids);
         std::vector<int64_t> visual_rows;
         for (size_t i = 0; i < ids.size(); ++i)
