@@ -82,7 +82,7 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     rmsnorm(h, T, D, L.post_norm.data(), c.rms_norm_eps, a.data());
     matmul(a.data(), T, L.gate, gate.data(), nullptr, mode);
     matmul(a.data(), T, L.up, up.data(), nullptr, mode);
-    for (int64_t i = 0; i < T * I; ++i) gate[size_t(i)] = silu(gate[size_t(i)]) * up[size_t(i)];
+    silu_mul(gate.data(), up.data(), gate.data(), T * I);
     matmul(gate.data(), T, L.down, y.data(), nullptr, mode);
     for (int64_t i = 0; i < T * D; ++i) h[i] += y[size_t(i)];
 }

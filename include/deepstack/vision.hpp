@@ -92,7 +92,7 @@ inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, con
     std::vector<float> hidden(size_t(S * I));
     layernorm(x, S, Dv, blk.norm2.w.data(), blk.norm2.b.data(), 1e-6f, y.data());
     linear_forward(y.data(), S, blk.fc1, hidden.data(), mode);
-    for (auto& e : hidden) e = gelu_tanh(e);
+    gelu_tanh_inplace(hidden.data(), int64_t(hidden.size()));
     linear_forward(hidden.data(), S, blk.fc2, y.data(), mode);
     for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[size_t(i)];
 }
@@ -107,7 +107,7 @@ inline std::vector<float> merge_patches(const float* x, int64_t S, const MergerW
         layernorm(x, S, Dv, m.norm.w.data(), m.norm.b.data(), 1e-6f, z.data());
     std::vector<float> hidden(size_t(N * merged)), out(size_t(N * D));
     linear_forward(z.data(), N, m.fc1, hidden.data(), mode);
-    for (auto& e : hidden) e = gelu_erf(e);
+    gelu_erf_inplace(hidden.data(), int64_t(hidden.size()));
     linear_forward(hidden.data(), N, m.fc2, out.data(), mode);
     return out;
 }
