@@ -21,9 +21,12 @@ struct Computed {
 
 const char* kUsage =
     "usage: deepstack-golden FIXTURE_DIR [--dump OUT.safetensors] [--threads N]\n"
+    "                        [--weights stored|int8|q4] [--compute f32|bf16] [--rel-tol X]\n"
     "Runs a golden fixture (model/, inputs/, manifest.json, golden.safetensors) and compares every\n"
     "tensor it reproduces: ids, grids and positions exactly, pixel values within one uint8 level,\n"
-    "everything else within 1e-3 of the tensor's largest magnitude (at least 1e-3 absolute).\n";
+    "everything else within 1e-3 of the tensor's largest magnitude (at least 1e-3 absolute).\n"
+    "--weights/--compute run a non-exact mode (quantized weights, bf16 activations); --rel-tol sets\n"
+    "the relative tolerance for it (e.g. 0.02), and greedy ids are then reported, not required.\n";
 
 std::vector<float> golden_floats(const TensorInfo& t) {
     if (t.dtype != DType::F32) throw Error(t.file + ": golden tensor '" + t.name + "' must be F32");
@@ -46,15 +49,31 @@ std::string manifest_path = "manifest.json";
 int run(int argc, char** argv) {
     std::string dir, dump;
     LoadOptions load_opt;
+    double rel_tol = 1e-3;
     for (int a = 1; a < argc; ++a) {
         std::string s = argv[a];
         if (s == "--help" || s == "-h") { std::fputs(kUsage, stdout); return 0; }
         if (s == "--dump" && a + 1 < argc) dump = argv[++a];
         else if (s == "--threads" && a + 1 < argc) load_opt.threads = std::atoi(argv[++a]);
+        else if (s == "--weights" && a + 1 < argc) {
+            const std::string w = argv[++a];
+            if (w == "stored") load_opt.weights = WeightFormat::Stored;
+            else if (w == "int8") load_opt.weights = WeightFormat::Q8;
+            else if (w == "q4") load_opt.weights = WeightFormat::Q4;
+            else throw Error("--weights must be stored, int8 or q4 (got '" + w + "')");
+        } else if (s == "--compute" && a + 1 < argc) {
+            const std::string m = argv[++a];
+            if (m != "f32" && m != "bf16") throw Error("--compute must be f32 or bf16 (got '" + m + "')");
+            load_opt.bf16_compute = m == "bf16";
+        } else if (s == "--rel-tol" && a + 1 < argc) {
+            rel_tol = std::atof(argv[++a]);
+            if (!(rel_tol > 0)) throw Error("--rel-tol must be a positive number");
+        }
         else if (!s.empty() && s[0] != '-' && dir.empty()) dir = s;
         else throw Error(std::string("unknown argument '") + s + "'\n" + kUsage);
     }
     if (dir.empty()) throw Error(std::string("missing FIXTURE_DIR\n") + kUsage);
+    const bool exact_mode = load_opt.weights == WeightFormat::Stored && !load_opt.bf16_compute;
 
     manifest_path = dir + "/manifest.json";  // names nlohmann errors from reading its fields (main)
     const nlohmann::json manifest = detail::read_json_file(manifest_path);
@@ -171,10 +190,19 @@ int run(int argc, char** argv) {
         ++compared;
         bool ok = mine.shape == g.shape;
         double err = 0, maxmag = 0, tol = 0;
+        std::string result;
         if (ok && mine.is_int) {
             auto gv = golden_ints(g);
-            for (size_t k = 0; k < gv.size(); ++k) err = std::max(err, double(std::llabs(gv[k] - mine.i[k])));
+            size_t agree = 0;
+            for (size_t k = 0; k < gv.size(); ++k) {
+                err = std::max(err, double(std::llabs(gv[k] - mine.i[k])));
+                agree += gv[k] == mine.i[k];
+            }
             ok = err == 0;
+            if (!exact_mode && name == "generated_ids") {  // reported, not required, outside exact mode
+                result = "reported: " + std::to_string(agree) + "/" + std::to_string(gv.size()) + " agree";
+                ok = true;
+            }
         } else if (ok) {
             auto gv = golden_floats(g);
             for (size_t k = 0; k < gv.size(); ++k) {
@@ -183,12 +211,14 @@ int run(int argc, char** argv) {
                 if (std::isnan(mine.f[k])) err = INFINITY;
             }
             const bool pixels = name.rfind("pixel_values", 0) == 0;
-            tol = pixels ? 1.0 / 127.5 + 1e-6 : std::max(1e-3 * maxmag, 1e-3);
+            tol = pixels ? 1.0 / 127.5 + 1e-6 : std::max(rel_tol * maxmag, 1e-3);
             ok = err <= tol;
         }
         if (!ok) ++failures;
+        if (mine.shape != g.shape) result = "SHAPE " + detail::shape_str(mine.shape);
+        if (result.empty()) result = ok ? "ok" : "FAIL";
         std::printf("%-28s %-16s %12.3g %12.3g %10.3g  %s\n", name.c_str(), detail::shape_str(g.shape).c_str(), err,
-                    maxmag > 0 ? err / maxmag : err, tol, mine.shape != g.shape ? ("SHAPE " + detail::shape_str(mine.shape)).c_str() : ok ? "ok" : "FAIL");
+                    maxmag > 0 ? err / maxmag : err, tol, result.c_str());
     }
     if (!dump.empty()) {
         std::vector<TensorBlob> blobs;
