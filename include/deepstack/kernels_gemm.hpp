@@ -238,25 +238,38 @@ template <class Src, int MM, int R>
 inline void gemv_rows(const float* x, int64_t K, const typename Src::T* wdata, float* y, int64_t N, const float* bias,
                       int64_t n0, int64_t n1) {
     using namespace simd;
+    // U independent accumulator sets over consecutive vectors of k (more loads in flight per row)
+    constexpr int U = (MM * R * 2 <= 16) ? 2 : 1;
     int64_t n = n0;
     for (; n + R <= n1; n += R) {
-        vf acc[MM][R];
+        vf acc[U][MM][R];
+#pragma GCC unroll 2
+        for (int u = 0; u < U; ++u)
 #pragma GCC unroll 4
-        for (int m = 0; m < MM; ++m)
+            for (int m = 0; m < MM; ++m)
 #pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) acc[m][r] = zero();
+                for (int r = 0; r < R; ++r) acc[u][m][r] = zero();
         const typename Src::T* wr = wdata + n * K;
         int64_t k = 0;
-        for (; k + W <= K; k += W) {
-            // weights of the R rows first, then each activation vector is loaded once for R FMAs
-            vf wv[R];
+        for (; k + U * W <= K; k += U * W) {
+#pragma GCC unroll 2
+            for (int u = 0; u < U; ++u) {
+                // weights of the R rows first, then each activation vector is loaded once for R FMAs
+                vf wv[R];
 #pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) wv[r] = Src::load(wr + r * K + k);
+                for (int r = 0; r < R; ++r) wv[r] = Src::load(wr + r * K + k + u * W);
 #pragma GCC unroll 4
-            for (int m = 0; m < MM; ++m) {
-                const vf xv = load(x + m * K + k);
+                for (int m = 0; m < MM; ++m) {
+                    const vf xv = load(x + m * K + k + u * W);
 #pragma GCC unroll 8
-                for (int r = 0; r < R; ++r) acc[m][r] = simd::fma(xv, wv[r], acc[m][r]);
+                    for (int r = 0; r < R; ++r) acc[u][m][r] = simd::fma(xv, wv[r], acc[u][m][r]);
+                }
+            }
+        }
+        for (; k + W <= K; k += W) {
+            for (int r = 0; r < R; ++r) {
+                const vf wv = Src::load(wr + r * K + k);
+                for (int m = 0; m < MM; ++m) acc[0][m][r] = simd::fma(load(x + m * K + k), wv, acc[0][m][r]);
             }
         }
         if (k < K) {
@@ -265,11 +278,15 @@ inline void gemv_rows(const float* x, int64_t K, const typename Src::T* wdata, f
             for (int m = 0; m < MM; ++m) xv[m] = load_n(x + m * K + k, t);
             for (int r = 0; r < R; ++r) {
                 const vf wv = Src::load_n(wr + r * K + k, t);
-                for (int m = 0; m < MM; ++m) acc[m][r] = simd::fma(xv[m], wv, acc[m][r]);
+                for (int m = 0; m < MM; ++m) acc[0][m][r] = simd::fma(xv[m], wv, acc[0][m][r]);
             }
         }
         for (int m = 0; m < MM; ++m)
-            for (int r = 0; r < R; ++r) y[m * N + n + r] = hsum(acc[m][r]) + (bias ? bias[n + r] : 0.f);
+            for (int r = 0; r < R; ++r) {
+                vf a = acc[0][m][r];
+                for (int u = 1; u < U; ++u) a = add(a, acc[u][m][r]);
+                y[m * N + n + r] = hsum(a) + (bias ? bias[n + r] : 0.f);
+            }
     }
     if (n < n1) gemv_rows<Src, MM, 1>(x, K, wdata, y, N, bias, n, n1);
 }
