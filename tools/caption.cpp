@@ -213,6 +213,11 @@ int run(const Args& a) {
     request.parts.push_back(text_part(a.prompt));
     messages.push_back(std::move(request));
     const std::vector<int> prompt = build_prompt_ids(tokenizer, c, messages, visuals, true);
+    const VisualCost cost = estimate_visual_cost(c, visuals);
+    const int64_t kv_bytes = int64_t(prompt.size() + size_t(params.max_new_tokens)) * c.text.num_hidden_layers * 2 *
+                             c.text.num_key_value_heads * c.text.head_dim * int64_t(sizeof(float));
+    progress("estimate: %lld visual tokens, %.2f GB for vision encoding, %.2f GB KV cache for %zu + %d tokens",
+             (long long)cost.visual_tokens, cost.vision_bytes / 1e9, kv_bytes / 1e9, prompt.size(), params.max_new_tokens);
     const double preprocess_seconds = detail::seconds_since(t0);
     progress("preprocessed %zu input%s in %.2f s; prompt of %zu tokens", visuals.size(), visuals.size() == 1 ? "" : "s",
              preprocess_seconds, prompt.size());

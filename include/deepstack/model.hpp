@@ -124,6 +124,31 @@ inline std::vector<VisualBlock> visual_blocks(const ModelConfig& c, const std::v
     return blocks;
 }
 
+// What a prompt's visuals will cost, known from their grids before any encoding: the pad tokens
+// they need and the vision encoder's working memory (activations of all patches at once, fp32).
+struct VisualCost {
+    int64_t visual_tokens = 0;
+    int64_t vision_bytes = 0;
+};
+
+inline VisualCost estimate_visual_cost(const ModelConfig& c, const std::vector<VisualInput>& visuals) {
+    const VisionConfig& v = c.vision;
+    int64_t patches = 0;
+    for (const auto& in : visuals)
+        for (const VisualPatches* p : {&in.patches, &in.highres}) patches += int64_t(p->grid_thw[0]) * p->grid_thw[1] * p->grid_thw[2];
+    const int64_t merged = patches / (v.spatial_merge_size * v.spatial_merge_size);
+    VisualCost cost;
+    for (const auto& in : visuals) {
+        const auto& g = in.patches.grid_thw;
+        cost.visual_tokens += int64_t(g[0]) * g[1] * g[2] / (v.spatial_merge_size * v.spatial_merge_size);
+    }
+    // Per patch: pixels, ~11 hidden-width buffers (x, position, qkv, q, k, v, attention, residual),
+    // the MLP hidden layer and the rotary tables; per merged token: the final and DeepStack outputs.
+    cost.vision_bytes = 4 * (patches * (v.patch_dim() + 11 * int64_t(v.hidden_size) + v.intermediate_size + v.head_dim()) +
+                             merged * int64_t(v.out_hidden_size) * int64_t(v.deepstack_visual_indexes.size() + 2));
+    return cost;
+}
+
 // Per-conversation state: the KV cache and the position counter. Not thread-safe itself; use one
 // Session per thread (they may share one Model).
 class Session {
@@ -154,7 +179,6 @@ public:
         if (cache_.length + int64_t(ids.size()) > cache_.max_tokens)
             throw Error("prompt of " + std::to_string(ids.size()) + " tokens does not fit: the context holds " +
                         std::to_string(cache_.max_tokens) + " tokens and " + std::to_string(cache_.length) + " are used");
-        const int merge = c.vision.spatial_merge_size;
         const Positions pos = mrope_positions(ids, visual_blocks(c, visuals), next_pos_);
         std::vector<float> h = embed_tokens(m.text, c.text, ids);
         std::vector<int64_t> visual_rows;
