@@ -3,6 +3,8 @@
 // an out-of-bounds read or an allocation driven by a size the input merely declares.
 // One TEST_CASE per row of the README's "Bad input" tables.
 #include <doctest/doctest.h>
+
+#include "test_util.hpp"
 #include <deepstack.hpp>
 #include <deepstack/tokenizer.hpp>
 
@@ -21,34 +23,6 @@ static const std::string kTinyImage = kData + "/fixtures/tiny-image";
 
 namespace {
 
-std::vector<uint8_t> read_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    REQUIRE_MESSAGE(in, "cannot open " << path);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
-    fs::remove(path);
-    std::ofstream out(path, std::ios::binary);
-    REQUIRE_MESSAGE(out, "cannot write " << path);
-    out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-}
-
-void write_text(const std::string& path, const std::string& text) { write_bytes(path, std::vector<uint8_t>(text.begin(), text.end())); }
-
-// Copies a folder tree; the copies are writable (the fixtures are read-only).
-void copy_tree(const fs::path& from, const fs::path& to) {
-    fs::create_directories(to);
-    for (const auto& e : fs::directory_iterator(from)) {
-        const fs::path dst = to / e.path().filename();
-        if (e.is_directory()) {
-            copy_tree(e.path(), dst);
-        } else {
-            fs::copy_file(e.path(), dst, fs::copy_options::overwrite_existing);
-            fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add);
-        }
-    }
-}
 
 // A fresh temporary folder, removed at the end of the test case.
 struct TempDir {
@@ -179,20 +153,6 @@ Image solid_image(int w, int h) {
     return img;
 }
 
-std::vector<int> golden_ids() {
-    WeightStore g;
-    g.add_file(kTinyImage + "/golden.safetensors");
-    const TensorInfo* t = g.find("input_ids");
-    REQUIRE(t);
-    REQUIRE(t->dtype == DType::I64);
-    std::vector<int> ids;
-    for (int64_t i = 0; i < t->numel(); ++i) {
-        int64_t v;
-        std::memcpy(&v, t->data + 8 * i, 8);
-        ids.push_back(int(v));
-    }
-    return ids;
-}
 
 std::shared_ptr<const Model> tiny_model() {
     static std::shared_ptr<const Model> m = Model::load(kTinyImage + "/model");
@@ -880,7 +840,7 @@ TEST_CASE("text: prompt longer than the context") {
     Session::Options opt;
     opt.max_context = 50;
     Session s(tiny_model(), opt);
-    const std::vector<int> ids = golden_ids();
+    const std::vector<int> ids = golden_input_ids(kTinyImage);
     CHECK_THROWS_WITH_AS(s.prefill(ids), doctest::Contains("prompt of 111 tokens does not fit: the context holds 50 tokens and 0 are used"), Error);
     CHECK(s.length() == 0);
 }
@@ -897,7 +857,7 @@ TEST_CASE("text: decoding past the context") {
 TEST_CASE("text: more image pad tokens than the visuals make") {
     const auto m = tiny_model();
     const VisualInput img = prepare_image(*m, load_image(kTinyImage + "/inputs/image0_80x56.png"));
-    std::vector<int> ids = golden_ids();  // 70 pad tokens for this image
+    std::vector<int> ids = golden_input_ids(kTinyImage);  // 70 pad tokens for this image
     ids.insert(ids.end() - 3, 505);       // one more, in the text after the image
     Session s(m);
     CHECK_THROWS_WITH_AS(s.prefill(ids, {img}), doctest::Contains("prompt has 71 image/video pad tokens but the visual inputs make 70 tokens"), Error);
@@ -905,13 +865,13 @@ TEST_CASE("text: more image pad tokens than the visuals make") {
 
 TEST_CASE("text: image pad tokens but no visuals") {
     Session s(tiny_model());
-    CHECK_THROWS_WITH_AS(s.prefill(golden_ids()), doctest::Contains("prompt has 70 image/video pad tokens but the visual inputs make 0 tokens"), Error);
+    CHECK_THROWS_WITH_AS(s.prefill(golden_input_ids(kTinyImage)), doctest::Contains("prompt has 70 image/video pad tokens but the visual inputs make 0 tokens"), Error);
 }
 
 TEST_CASE("text: fewer image pad tokens than the image needs") {
     const auto m = tiny_model();
     const VisualInput img = prepare_image(*m, load_image(kTinyImage + "/inputs/image0_80x56.png"));
-    std::vector<int> ids = golden_ids();
+    std::vector<int> ids = golden_input_ids(kTinyImage);
     auto first_pad = std::find(ids.begin(), ids.end(), 505);
     ids.erase(first_pad);
     Session s(m);
@@ -922,7 +882,7 @@ TEST_CASE("text: more images than pad-token blocks") {
     const auto m = tiny_model();
     const VisualInput img = prepare_image(*m, load_image(kTinyImage + "/inputs/image0_80x56.png"));
     Session s(m);
-    CHECK_THROWS_WITH_AS(s.prefill(golden_ids(), {img, img}),
+    CHECK_THROWS_WITH_AS(s.prefill(golden_input_ids(kTinyImage), {img, img}),
                          doctest::Contains("prompt has 1 visual placeholder blocks but 2 visual inputs were given"), Error);
 }
 
@@ -931,7 +891,7 @@ TEST_CASE("text: visual input whose pixels do not match its grid") {
     VisualInput img = prepare_image(*m, load_image(kTinyImage + "/inputs/image0_80x56.png"));
     img.patches.pixels.resize(img.patches.pixels.size() / 2);
     Session s(m);
-    CHECK_THROWS_WITH_AS(s.prefill(golden_ids(), {img}), doctest::Contains("visual input 0 holds 215040 pixel values but its grid (1, 14, 20) needs 430080"),
+    CHECK_THROWS_WITH_AS(s.prefill(golden_input_ids(kTinyImage), {img}), doctest::Contains("visual input 0 holds 215040 pixel values but its grid (1, 14, 20) needs 430080"),
                          Error);
 }
 

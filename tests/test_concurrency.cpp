@@ -3,6 +3,8 @@
 // sequential run. The kernels use OpenMP inside, so each thread's kernels open their own parallel
 // regions (nested under std::thread, not under an OpenMP region): results must not depend on it.
 #include <doctest/doctest.h>
+
+#include "test_util.hpp"
 #include <deepstack.hpp>
 
 #include <atomic>
@@ -26,20 +28,6 @@ struct RunResult {
     std::vector<int> tokens;            // greedy tokens
 };
 
-std::vector<int> golden_ids() {
-    WeightStore g;
-    g.add_file(kTinyImage + "/golden.safetensors");
-    const TensorInfo* t = g.find("input_ids");
-    REQUIRE(t);
-    REQUIRE(t->dtype == DType::I64);
-    std::vector<int> ids;
-    for (int64_t i = 0; i < t->numel(); ++i) {
-        int64_t v;
-        std::memcpy(&v, t->data + 8 * i, 8);
-        ids.push_back(int(v));
-    }
-    return ids;
-}
 
 int argmax(const std::vector<float>& v) { return int(std::max_element(v.begin(), v.end()) - v.begin()); }
 
@@ -72,7 +60,7 @@ void check_identical(const RunResult& a, const RunResult& b) {
 
 // Runs `threads` sessions at once on one model and compares each with the sequential reference.
 void concurrent_runs(const std::shared_ptr<const Model>& model, int threads, int steps) {
-    const std::vector<int> ids = golden_ids();
+    const std::vector<int> ids = golden_input_ids(kTinyImage);
     const RunResult reference = run(model, ids, steps);
     REQUIRE(int(reference.tokens.size()) == steps + 1);
 
@@ -124,7 +112,7 @@ TEST_CASE("one model, 4 threads, with OpenMP nesting enabled and 2 OpenMP thread
 TEST_CASE("sessions started from inside an OpenMP parallel region") {
     // A host that drives sessions from its own OpenMP loop: the kernels' regions nest inside it.
     const auto model = Model::load(kTinyImage + "/model");
-    const std::vector<int> ids = golden_ids();
+    const std::vector<int> ids = golden_input_ids(kTinyImage);
     const RunResult reference = run(model, ids, 3);
     std::vector<RunResult> results(4);
     std::vector<std::string> errors(4);
@@ -145,7 +133,7 @@ TEST_CASE("sessions started from inside an OpenMP parallel region") {
 
 TEST_CASE("errors in one thread leave the other sessions and the shared model intact") {
     const auto model = Model::load(kTinyImage + "/model");
-    const std::vector<int> ids = golden_ids();
+    const std::vector<int> ids = golden_input_ids(kTinyImage);
     const RunResult reference = run(model, ids, 2);
     std::vector<RunResult> results(4);
     std::vector<std::string> errors(4);

@@ -2,6 +2,8 @@
 // print one "error: <file>: <problem>" on stderr and exit with status 1 (no crash, no hang, no
 // other exit code).
 #include <doctest/doctest.h>
+
+#include "test_util.hpp"
 #include <deepstack.hpp>
 
 #include <sys/wait.h>
@@ -23,33 +25,6 @@ static const std::string kTinyImage = kData + "/fixtures/tiny-image";
 
 namespace {
 
-std::vector<uint8_t> read_bytes(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    REQUIRE_MESSAGE(in, "cannot open " << path);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const fs::path& path, const std::vector<uint8_t>& bytes) {
-    fs::remove(path);
-    std::ofstream out(path, std::ios::binary);
-    REQUIRE_MESSAGE(out, "cannot write " << path);
-    out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-}
-
-void write_text(const fs::path& path, const std::string& text) { write_bytes(path, std::vector<uint8_t>(text.begin(), text.end())); }
-
-void copy_tree(const fs::path& from, const fs::path& to) {
-    fs::create_directories(to);
-    for (const auto& e : fs::directory_iterator(from)) {
-        const fs::path dst = to / e.path().filename();
-        if (e.is_directory()) {
-            copy_tree(e.path(), dst);
-        } else {
-            fs::copy_file(e.path(), dst, fs::copy_options::overwrite_existing);
-            fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add);
-        }
-    }
-}
 
 std::string shell_quote(const std::string& s) {
     std::string out = "'";
