@@ -40,6 +40,33 @@ inline int omp_threads() {
 // much more when the cores are oversubscribed), else all of them.
 inline int omp_threads_for(double work) { return work < double(1 << 20) ? 1 : omp_threads(); }
 
+// Runs block(m0, m1, n0, n1) over an M x N product on nt threads: column blocks of nc handed out
+// dynamically when there are at least two per thread (tolerates a core shared with other work),
+// otherwise a static grid of row ranges x column ranges aligned to nr.
+template <typename Block>
+inline void split_gemm(int64_t M, int64_t N, int nt, int64_t nc, int64_t nr, const Block& block) {
+    const int64_t ncblocks = (N + nc - 1) / nc;
+    if (nt > 1 && ncblocks >= 2 * nt) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int64_t nb = 0; nb < ncblocks; ++nb) block(int64_t(0), M, nb * nc, std::min(N, (nb + 1) * nc));
+        return;
+    }
+    const int64_t nblocks = (N + nr - 1) / nr;
+    const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
+    const int tm = std::max(1, nt / tn);
+    auto run = [&](int t) {
+        const int ti = t / tn, tj = t % tn;
+        const int64_t nb0 = nblocks * tj / tn, nb1 = nblocks * (tj + 1) / tn;
+        block(M * ti / tm, M * (ti + 1) / tm, std::min(N, nb0 * nr), std::min(N, nb1 * nr));
+    };
+    if (tn * tm == 1) {
+        run(0);
+        return;
+    }
+#pragma omp parallel for schedule(static, 1) num_threads(tn * tm)
+    for (int t = 0; t < tn * tm; ++t) run(t);
+}
+
 inline int omp_tid() {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -206,29 +233,7 @@ inline void gemm_block(const float* x, const Matrix& w, float* y, const float* b
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows;
     const int nt = omp_threads_for(double(M) * double(N) * double(w.cols));
-    // Enough column blocks: hand them out dynamically (tolerates a core shared with other work).
-    const int64_t ncblocks = (N + NC - 1) / NC;
-    if (nt > 1 && ncblocks >= 2 * nt) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-        for (int64_t nb = 0; nb < ncblocks; ++nb) gemm_block(x, w, y, bias, 0, M, nb * NC, std::min(N, (nb + 1) * NC));
-        return;
-    }
-    const int64_t nblocks = (N + NR - 1) / NR;
-    // Split the output over a tn x tm thread grid: columns first (weights read once), rows if N is small.
-    const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
-    const int tm = std::max(1, nt / tn);
-    auto run = [&](int t) {
-        const int ti = t / tn, tj = t % tn;
-        const int64_t nb0 = nblocks * tj / tn, nb1 = nblocks * (tj + 1) / tn;
-        const int64_t mb0 = M * ti / tm, mb1 = M * (ti + 1) / tm;
-        gemm_block(x, w, y, bias, mb0, mb1, std::min(N, nb0 * NR), std::min(N, nb1 * NR));
-    };
-    if (nt == 1 || tn * tm == 1) {
-        run(0);
-        return;
-    }
-#pragma omp parallel for schedule(static, 1) num_threads(tn * tm)
-    for (int t = 0; t < tn * tm; ++t) run(t);
+    split_gemm(M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(x, w, y, bias, m0, m1, n0, n1); });
 }
 
 // ---- GEMV (M <= 4): stream each weight row once ----

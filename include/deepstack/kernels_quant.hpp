@@ -381,27 +381,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && M * K >= (1 << 15))
     for (int64_t m = 0; m < M; ++m) quantize_act_row(x + m * K, K, kpad, xq + m * kpad, sx + m * G);
-    // Enough column blocks: hand them out dynamically (tolerates a core shared with other work).
-    const int64_t ncblocks = (N + NC - 1) / NC;
-    if (nt > 1 && ncblocks >= 2 * nt) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-        for (int64_t nb = 0; nb < ncblocks; ++nb) gemm_block(xq, sx, qw, y, bias, 0, M, nb * NC, std::min(N, (nb + 1) * NC));
-        return;
-    }
-    const int64_t nblocks = (N + NR - 1) / NR;
-    const int tn = int(std::max<int64_t>(1, std::min<int64_t>(nt, nblocks)));
-    const int tm = std::max(1, nt / tn);
-    auto run = [&](int t) {
-        const int ti = t / tn, tj = t % tn;
-        const int64_t nb0 = nblocks * tj / tn, nb1 = nblocks * (tj + 1) / tn;
-        gemm_block(xq, sx, qw, y, bias, M * ti / tm, M * (ti + 1) / tm, std::min(N, nb0 * NR), std::min(N, nb1 * NR));
-    };
-    if (tn * tm == 1) {
-        run(0);
-        return;
-    }
-#pragma omp parallel for schedule(static, 1) num_threads(tn * tm)
-    for (int t = 0; t < tn * tm; ++t) run(t);
+    split_gemm(M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(xq, sx, qw, y, bias, m0, m1, n0, n1); });
 }
 
 }  // namespace gemm_q
