@@ -4,6 +4,8 @@
 #include <deepstack/image.hpp>
 #include <deepstack/safetensors.hpp>
 
+#include <stb_image_write.h>
+
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -345,9 +347,101 @@ TEST_CASE("decode: bad inputs are refused with the name and the problem") {
     CHECK_THROWS_WITH_AS(decode_image(zero.data(), zero.size(), "zero.png"), "zero.png: image has a zero side (0x16)",
                          Error);
 
+    // A host may lower the pixel limit (a decompression-bomb guard for untrusted uploads).
+    CHECK_THROWS_WITH_AS(decode_image(png.data(), png.size(), "photo.png", 80 * 56 - 1),
+                         doctest::Contains("photo.png: image declares 80x56 pixels, above the decoder limit (sides up to 65536, at most 4479 pixels)"), Error);
+    CHECK(decode_image(png.data(), png.size(), "photo.png", 80 * 56).width == 80);
+
     CHECK_THROWS_WITH_AS(load_image(kData + "/no/such/file.png"), doctest::Contains("no/such/file.png: cannot open"), Error);
     // A decodable file after all that: the fixture itself.
     const Image ok = decode_image(png.data(), png.size(), "photo.png");
     CHECK(ok.width == 80);
     CHECK(ok.height == 56);
+}
+
+// Hand-made uncompressed files: header + pixel bytes for a 3x2 image.
+static std::vector<uint8_t> tga_3x2() {
+    std::vector<uint8_t> b(18, 0);
+    b[2] = 2;  // uncompressed true colour
+    b[12] = 3;
+    b[14] = 2;
+    b[16] = 24;
+    for (int i = 0; i < 3 * 2 * 3; ++i) b.push_back(uint8_t(10 * i));
+    return b;
+}
+static std::vector<uint8_t> bmp_3x2() {
+    std::vector<uint8_t> b = {'B', 'M'};
+    auto put = [&](uint32_t v, int bytes) {
+        for (int i = 0; i < bytes; ++i) b.push_back(uint8_t(v >> (8 * i)));
+    };
+    const uint32_t stride = 12;  // 3 pixels * 3 bytes = 9, padded to 4
+    put(54 + stride * 2, 4), put(0, 4), put(54, 4);              // file size, reserved, pixel offset
+    put(40, 4), put(3, 4), put(2, 4), put(1, 2), put(24, 2);     // BITMAPINFOHEADER: 3x2, 1 plane, 24 bits
+    put(0, 4), put(stride * 2, 4), put(2835, 4), put(2835, 4), put(0, 4), put(0, 4);  // BI_RGB
+    for (uint32_t i = 0; i < stride * 2; ++i) b.push_back(uint8_t(7 * i));
+    return b;
+}
+static std::vector<uint8_t> ppm_3x2() {
+    const std::string header = "P6\n# comment\n3 2\n255\n";
+    std::vector<uint8_t> b(header.begin(), header.end());
+    for (int i = 0; i < 3 * 2 * 3; ++i) b.push_back(uint8_t(13 * i));
+    return b;
+}
+
+TEST_CASE("decode: uncompressed files must hold every declared pixel; JPEGs must end and be able to code their size") {
+    struct Case {
+        const char* name;
+        std::vector<uint8_t> bytes;
+        const char* format;
+        size_t need;
+    };
+    const Case cases[] = {{"a.tga", tga_3x2(), "TGA", 18 + 18}, {"a.bmp", bmp_3x2(), "BMP", 54 + 24}, {"a.ppm", ppm_3x2(), "PNM", 21 + 18}};
+    for (const Case& c : cases) {
+        CAPTURE(c.name);
+        REQUIRE(c.bytes.size() == c.need);
+        const Image img = decode_image(c.bytes.data(), c.bytes.size(), c.name);
+        CHECK(img.width == 3);
+        CHECK(img.height == 2);
+        const std::string want = std::string(c.name) + ": truncated " + c.format + " (3x2 needs " + std::to_string(c.need) + " bytes, the file has " +
+                                 std::to_string(c.need - 1) + ")";
+        CHECK_THROWS_WITH_AS(decode_image(c.bytes.data(), c.bytes.size() - 1, c.name), want.c_str(), Error);
+    }
+    // PNM header numbers are read here before stb_image (whose parser overflows int on ten digits).
+    const std::string long_width = "P5  99999999999999 2 255\n";
+    CHECK_THROWS_WITH_AS(decode_image(reinterpret_cast<const uint8_t*>(long_width.data()), long_width.size(), "w.pgm"),
+                         doctest::Contains("w.pgm: image declares 1099511627776x2 pixels, above the decoder limit"), Error);
+    const std::string deep = "P6 3 2 70000\n";
+    CHECK_THROWS_WITH_AS(decode_image(reinterpret_cast<const uint8_t*>(deep.data()), deep.size(), "d.ppm"),
+                         "d.ppm: PNM maximum sample value 70000 is outside 1..65535", Error);
+    // The fuzzer's find: 66 bytes of TGA header declaring 13648x13088 (stb_image would have
+    // decoded 535 MB of zeros).
+    std::vector<uint8_t> bomb = tga_3x2();
+    bomb.resize(66);
+    bomb[12] = 0x50, bomb[13] = 0x35, bomb[14] = 0x20, bomb[15] = 0x33;
+    CHECK_THROWS_WITH_AS(decode_image(bomb.data(), bomb.size(), "bomb.tga"),
+                         "bomb.tga: truncated TGA (13648x13088 needs 535875090 bytes, the file has 66)", Error);
+
+    // JPEG: a noise image encoded by stb_image_write is complete; cut before its EOI it is refused;
+    // its header rewritten to claim 34464x1000 in a few kilobytes is refused before decoding.
+    const Image noise = load_image(kImageData + "noise_61x47.png");
+    std::vector<uint8_t> jpeg;
+    auto append = [](void* out, void* bytes, int n) {
+        auto* v = static_cast<std::vector<uint8_t>*>(out);
+        v->insert(v->end(), static_cast<uint8_t*>(bytes), static_cast<uint8_t*>(bytes) + n);
+    };
+    REQUIRE(stbi_write_jpg_to_func(append, &jpeg, noise.width, noise.height, 3, noise.rgb.data(), 90));
+    REQUIRE(jpeg.size() > 4);
+    CHECK(decode_image(jpeg.data(), jpeg.size(), "n.jpg").width == 61);
+    CHECK_THROWS_WITH_AS(decode_image(jpeg.data(), jpeg.size() - 2, "n.jpg"), "n.jpg: truncated JPEG (no end-of-image marker)", Error);
+    std::vector<uint8_t> wide = jpeg;
+    size_t sof = 2;  // find the SOF0 marker and rewrite its size fields (height, width big-endian)
+    while (sof + 9 < wide.size() && !(wide[sof] == 0xFF && (wide[sof + 1] == 0xC0 || wide[sof + 1] == 0xC2))) ++sof;
+    REQUIRE(sof + 9 < wide.size());
+    wide[sof + 5] = 1000 >> 8, wide[sof + 6] = 1000 & 255, wide[sof + 7] = 100000 >> 8 & 255, wide[sof + 8] = 100000 & 255;
+    const int declared_w = (100000 >> 8 & 255) << 8 | (100000 & 255);
+    CHECK_THROWS_WITH_AS(decode_image(wide.data(), wide.size(), "w.jpg"),
+                         ("w.jpg: JPEG declares " + std::to_string(declared_w) + "x1000 pixels, more than its " + std::to_string(wide.size()) +
+                          " bytes can code")
+                             .c_str(),
+                         Error);
 }

@@ -15,10 +15,12 @@
 #include <stb_image.h>
 
 #include <algorithm>
+#include <cctype>
 #include <array>
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -242,6 +244,71 @@ inline bool png_declared_size(const uint8_t* d, size_t size, int64_t& width, int
     return true;
 }
 
+// Header of a binary PGM (P5) or PPM (P6): "P6 <width> <height> <maxval>" separated by whitespace
+// and # comments, one whitespace byte, then the samples. Numbers saturate at 2^40 (stb_image's own
+// parser overflows int on ten digits, so these fields are checked here first).
+struct PnmHeader {
+    int64_t width = 0, height = 0, maxval = 0, channels = 0, data_offset = 0;
+};
+inline bool parse_pnm_header(const uint8_t* d, size_t size, PnmHeader& h) {
+    if (size < 2 || d[0] != 'P' || (d[1] != '5' && d[1] != '6')) return false;
+    size_t i = 2;
+    int64_t* fields[3] = {&h.width, &h.height, &h.maxval};
+    for (int64_t* field : fields) {
+        for (;;) {
+            while (i < size && std::isspace(d[i])) ++i;
+            if (i >= size || d[i] != '#') break;
+            while (i < size && d[i] != '\n' && d[i] != '\r') ++i;
+        }
+        for (; i < size && std::isdigit(d[i]); ++i) *field = std::min(*field * 10 + (d[i] - '0'), int64_t(1) << 40);
+    }
+    h.channels = d[1] == '6' ? 3 : 1;
+    h.data_offset = int64_t(i) + 1;
+    return true;
+}
+
+// What a file's own bytes say about its declared width x height, checked before decoding: stb_image
+// reads zeros past the end of its buffer, so a truncated file would otherwise decode to a partly
+// black picture of any declared size (a 66-byte TGA declaring 13648x13088 made 535 MB of pixels).
+// Returns an empty string when the file can hold its pixels, else the problem. Uncompressed TGA,
+// BMP and PNM must hold every pixel byte; a JPEG must end its data (an EOI marker) and codes at
+// least one bit per 8x8 block, so it cannot declare more than 512 pixels per byte.
+inline std::string payload_problem(const uint8_t* d, size_t size, int64_t w, int64_t h) {
+    auto le16 = [&](size_t i) { return int64_t(d[i]) | int64_t(d[i + 1]) << 8; };
+    auto le32 = [&](size_t i) { return le16(i) | le16(i + 2) << 16; };
+    auto truncated = [&](int64_t need, const char* format) {
+        return int64_t(size) >= need ? std::string()
+                                     : std::string("truncated ") + format + " (" + std::to_string(w) + "x" + std::to_string(h) + " needs " +
+                                           std::to_string(need) + " bytes, the file has " + std::to_string(size) + ")";
+    };
+    const int64_t pixels = w * h;
+    if (size >= 2 && d[0] == 0xFF && d[1] == 0xD8) {  // JPEG
+        bool has_eoi = false;
+        for (size_t i = size; i-- > 2 && !has_eoi;) has_eoi = d[i - 1] == 0xFF && d[i] == 0xD9;
+        if (!has_eoi) return "truncated JPEG (no end-of-image marker)";
+        if (pixels > 512 * int64_t(size))
+            return "JPEG declares " + std::to_string(w) + "x" + std::to_string(h) + " pixels, more than its " + std::to_string(size) + " bytes can code";
+        return {};
+    }
+    if (size >= 30 && d[0] == 'B' && d[1] == 'M') {  // BMP: BI_RGB or BI_BITFIELDS rows, 4-byte aligned
+        const bool os2 = le32(14) == 12;
+        const int64_t bits = os2 ? le16(24) : le16(28), compression = os2 ? 0 : (size >= 34 ? le32(30) : 0);
+        if (compression != 0 && compression != 3) return {};
+        return truncated(le32(10) + (w * bits + 31) / 32 * 4 * h, "BMP");
+    }
+    PnmHeader pnm;
+    if (parse_pnm_header(d, size, pnm))
+        return truncated(pnm.data_offset + pixels * pnm.channels * (pnm.maxval > 255 ? 2 : 1), "PNM");
+    static const char* const magics[] = {"\x89PNG", "GIF8", "8BPS", "\x53\x80\xF6\x34", "#?RADIANCE", "#?RGBE"};
+    for (const char* m : magics)
+        if (size >= std::strlen(m) && std::memcmp(d, m, std::strlen(m)) == 0) return {};
+    if (size >= 18 && (d[2] == 1 || d[2] == 2 || d[2] == 3)) {  // uncompressed TGA (no magic: stb tries it last)
+        const int64_t colormap = d[1] ? le16(5) * ((d[7] + 7) / 8) : 0;
+        return truncated(18 + d[0] + colormap + pixels * ((d[16] + 7) / 8), "TGA");
+    }
+    return {};
+}
+
 inline void check_image(const Image& img, const char* what) {
     if (img.width <= 0 || img.height <= 0 || img.rgb.size() != size_t(img.width) * size_t(img.height) * 3)
         throw Error(std::string(what) + ": image of " + dims_str(img.width, img.height) + " holds " + std::to_string(img.rgb.size()) +
@@ -252,16 +319,17 @@ inline void check_image(const Image& img, const char* what) {
 
 // Decodes an encoded image (PNG, JPEG, BMP, GIF first frame, TGA, PNM, PSD, HDR) to 8-bit RGB:
 // grey is replicated, alpha dropped (Pillow's convert("RGB")). The header is read first and sizes
-// above kMaxImageSide / kMaxImagePixels are refused before any pixel memory is allocated.
+// above kMaxImageSide / `max_pixels` (a host may lower it), and files too short for what they declare
+// (see detail::payload_problem), are refused before any pixel memory is allocated.
 // `name` (usually the path) starts every error message.
-inline Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
+inline Image decode_image(const uint8_t* data, size_t size, const std::string& name, int64_t max_pixels = kMaxImagePixels) {
     if (size == 0) throw Error(name + ": empty file, not an image");
     if (size > size_t(INT_MAX)) throw Error(name + ": " + std::to_string(size) + " bytes is too large for the image decoder (limit 2 GiB)");
     auto check_size = [&](int64_t w, int64_t h) {
         if (w <= 0 || h <= 0) throw Error(name + ": image has a zero side (" + std::to_string(w) + "x" + std::to_string(h) + ")");
-        if (w > kMaxImageSide || h > kMaxImageSide || w * h > kMaxImagePixels)
+        if (w > kMaxImageSide || h > kMaxImageSide || w * h > max_pixels)
             throw Error(name + ": image declares " + std::to_string(w) + "x" + std::to_string(h) + " pixels, above the decoder limit (sides up to " +
-                        std::to_string(kMaxImageSide) + ", at most " + std::to_string(kMaxImagePixels) + " pixels)");
+                        std::to_string(kMaxImageSide) + ", at most " + std::to_string(max_pixels) + " pixels)");
     };
     auto undecodable = [&] {
         const char* why = stbi_failure_reason();
@@ -269,9 +337,16 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
     };
     int64_t png_w = 0, png_h = 0;
     if (detail::png_declared_size(data, size, png_w, png_h)) check_size(png_w, png_h);
+    detail::PnmHeader pnm;
+    if (detail::parse_pnm_header(data, size, pnm)) {
+        check_size(pnm.width, pnm.height);
+        if (pnm.maxval <= 0 || pnm.maxval > 65535) throw Error(name + ": PNM maximum sample value " + std::to_string(pnm.maxval) + " is outside 1..65535");
+    }
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(data, int(size), &w, &h, &comp)) throw undecodable();
     check_size(w, h);
+    const std::string payload = detail::payload_problem(data, size, w, h);
+    if (!payload.empty()) throw Error(name + ": " + payload);
     // stb_image 2.27 converts 16-bit PGM (P5, maxval > 255) to RGB with its 8-bit converter, then
     // reads the result as 16-bit: a heap over-read (found by tests/fuzz/fuzz_image). Refused here.
     if (comp != 3 && size >= 2 && data[0] == 'P' && data[1] == '5' && stbi_is_16_bit_from_memory(data, int(size)))
@@ -288,9 +363,9 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
     return img;
 }
 
-inline Image load_image(const std::string& path) {
+inline Image load_image(const std::string& path, int64_t max_pixels = kMaxImagePixels) {
     detail::MappedFile f(path);
-    return decode_image(f.data(), f.size(), path);
+    return decode_image(f.data(), f.size(), path, max_pixels);
 }
 
 // HF smart_resize (spec §7.2, §13): {height, width} as multiples of `factor` with area in

@@ -112,6 +112,10 @@ out("image", "rgb_4x3.bmp", b"BM" + struct.pack("<IHHI", 54 + len(bmp_rows), 0, 
 out("image", "rgb_3x2.ppm", b"P6\n3 2\n255\n" + bytes(range(18)))
 out("image", "grey_3x2.pgm", b"P5 3 2 255\n" + bytes([0, 50, 100, 150, 200, 250]))
 out("image", "rgb_2x2.tga", bytes([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 2, 0, 24, 0]) + bytes(range(12)))
+# A fuzzer find (a slow unit): 66 bytes of TGA header declaring 13648x13088 with no pixels behind it.
+out("image", "tga_truncated_13648x13088", bytes([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]) + b"P5 3  25\n\x005\x00\x11\x00\x00\x02\x00\x02: value is not defined\x00\x18\x00" + bytes(range(12)))
+# A fuzzer find: a PGM width of 94 digits (stb_image's header parser overflows int).
+out("image", "pnm_width_overflow", b"P5  " + b"9" * 94 + b"2\x96\x11\xfa")
 out("image", "gif_1x1.gif", b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\x00\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
 if shutil.which("convert"):
     src = os.path.join(fixture, "inputs", "image0_80x56.png")
