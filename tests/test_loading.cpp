@@ -1,6 +1,11 @@
 #include <doctest/doctest.h>
 #include <deepstack.hpp>
 
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <unistd.h>
+
 using namespace deepstack;
 static const std::string kData = DEEPSTACK_TEST_DATA;
 
@@ -24,4 +29,48 @@ TEST_CASE("safetensors of the fixtures map and validate") {
     CHECK_THROWS_WITH_AS(ws.get("model.visual.patch_embed.proj.weight", {32, 1536}),
                          doctest::Contains("has shape [32, 3, 2, 16, 16], expected [32, 1536]"), Error);
     CHECK_THROWS_WITH_AS(ws.get("nope", {1}), doctest::Contains("missing tensor 'nope'"), Error);
+}
+
+TEST_CASE("weights read into memory and mapped hold the same bytes and give the same logits") {
+    const std::string dir = kData + "/fixtures/tiny-video-4raw/model";
+    const WeightStore mapped = WeightStore::open_folder(dir, FileAccess::Map), read = WeightStore::open_folder(dir, FileAccess::Read);
+    REQUIRE(mapped.tensors().size() == read.tensors().size());
+    for (const auto& [name, t] : mapped.tensors()) {
+        CAPTURE(name);
+        const TensorInfo* r = read.find(name);
+        REQUIRE(r != nullptr);
+        CHECK(r->data != t.data);
+        CHECK(r->shape == t.shape);
+        CHECK(std::memcmp(r->data, t.data, t.nbytes) == 0);
+    }
+    const std::vector<int> ids = {1, 2, 3, 4, 5};
+    LoadOptions as_mapped;
+    as_mapped.map_weights = true;
+    Session a(Model::load(dir, as_mapped)), b(Model::load(dir));
+    const std::vector<float> want = a.prefill(ids);
+    CHECK(b.prefill(ids) == want);
+    // A quantized load releases the stored pages of the matrices it replaced; the (tied) embedding
+    // rows are still read from the mapping afterwards.
+    LoadOptions q8;
+    q8.weights = WeightFormat::Q8;
+    Session c(Model::load(dir, q8));
+    const std::vector<float> logits = c.prefill(ids);
+    float worst = 0, largest = 0;
+    for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(logits[i] - want[i])), largest = std::max(largest, std::abs(want[i]));
+    CHECK(worst <= 0.03f * largest);
+}
+
+TEST_CASE("a file read into memory that is shorter than its header says is refused") {
+    CHECK_THROWS_WITH_AS(detail::MappedFile("/nonexistent/model.safetensors", FileAccess::Read),
+                         doctest::Contains("/nonexistent/model.safetensors: cannot open"), Error);
+    const std::string path = "/tmp/deepstack-test-read-" + std::to_string(::getpid()) + ".bin";
+    {
+        std::ofstream out(path, std::ios::binary);
+        out << std::string(5000, 'x');
+    }
+    const detail::MappedFile f(path, FileAccess::Read);
+    CHECK(f.size() == 5000);
+    CHECK(f.data()[4999] == 'x');
+    CHECK(!f.is_mapping());
+    std::remove(path.c_str());
 }

@@ -1,6 +1,11 @@
 // deepstack/common.hpp - error type, dtypes, numeric conversions, small helpers.
 #pragma once
+#include <sys/mman.h>
+
+#include <cerrno>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <cstring>
 #include <chrono>
 #include <functional>
@@ -86,6 +91,57 @@ inline std::string shape_str(const std::vector<int64_t>& shape) {
     for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
     return s + "]";
 }
+
+// Large buffers in private anonymous memory, 2 MiB aligned and advised for transparent huge
+// pages: one page fault per 2 MiB instead of one per 4 KiB, and fewer TLB misses when the whole
+// buffer streams through the cores (on the project's VM a 4 KiB fault costs ~17 us, so a fresh
+// 25 MB activation buffer costs ~100 ms in faults alone). Smaller requests use the heap.
+constexpr size_t kHugePage = size_t(2) << 20;
+inline bool huge_size(size_t bytes) { return bytes >= kHugePage / 2; }
+inline size_t huge_round(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
+
+// Zero-filled, 64-byte aligned (2 MiB for large sizes); nullptr when out of memory.
+inline void* big_alloc(size_t bytes) {
+    if (!huge_size(bytes)) return std::aligned_alloc(64, (bytes + 63) / 64 * 64 + (bytes == 0 ? 64 : 0));
+    const size_t size = huge_round(bytes);
+    void* p = ::mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    // Keep the 2 MiB aligned part only, so that big_free can give back exactly `size` bytes.
+    const uintptr_t base = reinterpret_cast<uintptr_t>(p), aligned = (base + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
+    if (aligned > base) ::munmap(p, aligned - base);
+    if (base + kHugePage > aligned) ::munmap(reinterpret_cast<void*>(aligned + size), base + kHugePage - aligned);
+#ifdef MADV_HUGEPAGE
+    ::madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);  // advisory: 4 KiB pages still work
+#endif
+    return reinterpret_cast<void*>(aligned);
+}
+inline void big_free(void* p, size_t bytes) {
+    if (!p) return;
+    if (huge_size(bytes)) ::munmap(p, huge_round(bytes));
+    else std::free(p);
+}
+
+// std::vector allocator over big_alloc (KV cache, long-lived large arrays).
+template <typename T>
+struct BigAllocator {
+    using value_type = T;
+    BigAllocator() = default;
+    template <typename U>
+    BigAllocator(const BigAllocator<U>&) {}
+    T* allocate(size_t n) {
+        if (n > size_t(-1) / sizeof(T)) throw std::bad_alloc();
+        void* p = big_alloc(n * sizeof(T));
+        if (!p) throw std::bad_alloc();
+        return static_cast<T*>(p);
+    }
+    void deallocate(T* p, size_t n) { big_free(p, n * sizeof(T)); }
+    template <typename U>
+    bool operator==(const BigAllocator<U>&) const { return true; }
+    template <typename U>
+    bool operator!=(const BigAllocator<U>&) const { return false; }
+};
+template <typename T>
+using big_vector = std::vector<T, BigAllocator<T>>;
 
 }  // namespace detail
 }  // namespace deepstack

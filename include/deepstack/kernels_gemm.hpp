@@ -75,21 +75,25 @@ inline int omp_tid() {
 #endif
 }
 
-// Grow-only 64-byte aligned scratch buffer, one per thread and slot.
+// Grow-only 64-byte aligned scratch buffer, one per thread and slot (big_alloc: large ones sit in
+// 2 MiB pages). Contents are undefined on return. Slots 0-15 belong to the kernels, 16-23 to the
+// layer functions of vision.hpp and text.hpp (see kSlot* there).
 template <int Slot>
 inline float* scratch(size_t n_floats) {
     struct Buf {
         float* p = nullptr;
-        size_t n = 0;
-        ~Buf() { std::free(p); }
+        size_t bytes = 0;
+        ~Buf() { big_free(p, bytes); }
     };
     static thread_local Buf b;
-    if (b.n < n_floats) {
-        std::free(b.p);
-        const size_t bytes = ((n_floats * sizeof(float) + 63) / 64) * 64;
-        b.p = static_cast<float*>(std::aligned_alloc(64, bytes));
-        if (!b.p) throw Error("out of memory for kernel scratch");
-        b.n = n_floats;
+    const size_t bytes = std::max<size_t>(64, (n_floats * sizeof(float) + 63) / 64 * 64);
+    if (b.bytes < bytes) {
+        big_free(b.p, b.bytes);
+        b.p = nullptr;
+        b.bytes = 0;
+        b.p = static_cast<float*>(big_alloc(bytes));
+        if (!b.p) throw Error("out of memory for a " + std::to_string(bytes) + "-byte kernel scratch buffer");
+        b.bytes = bytes;
     }
     return b.p;
 }

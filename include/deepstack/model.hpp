@@ -18,11 +18,16 @@ struct LoadOptions {
     int threads = 0;  // OpenMP threads for all kernels (process-wide); 0 keeps the OpenMP default
     WeightFormat weights = WeightFormat::Stored;  // Q8 / Q4: quantize the large matrices at load
     bool bf16_compute = false;  // fast matmuls: bf16 activations for BF16 weights, int8 for Q8/Q4 prefill (not exact)
+    // Stored weights: false (default) reads the safetensors files into memory backed by 2 MiB pages
+    // (decode streams every weight per token; about 1.6x faster than over 4 KiB mapped pages here);
+    // true maps them (instant load, pages shared with other processes, RSS grows as they are touched).
+    // Q8 / Q4 always map: the stored bytes are read once to quantize, then released.
+    bool map_weights = false;
 };
 
-// A loaded model: configuration and weight views into the memory-mapped checkpoint (or quantized
-// copies of the large matrices, LoadOptions::weights). Immutable
-// after load, so one Model can serve many Sessions on many threads.
+// A loaded model: configuration and weight views into the checkpoint as read in or mapped
+// (LoadOptions::map_weights), or quantized copies of the large matrices (LoadOptions::weights).
+// Immutable after load, so one Model can serve many Sessions on many threads.
 struct Model {
     std::string dir;
     ModelConfig config;
@@ -36,7 +41,7 @@ struct Model {
         struct stat st {};
         if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw Error(dir + ": model folder not found");
         return from_store(load_model_config(dir + "/config.json"), load_preprocess_config(dir + "/preprocessor_config.json", false),
-                          load_preprocess_config(dir + "/video_preprocessor_config.json", true), WeightStore::open_folder(dir), dir,
+                          load_preprocess_config(dir + "/video_preprocessor_config.json", true), WeightStore::open_folder(dir, opt.weights == WeightFormat::Stored && !opt.map_weights ? FileAccess::Read : FileAccess::Map), dir,
                           opt);
     }
 
@@ -59,7 +64,9 @@ struct Model {
         m->store = std::move(store);
         m->vision = load_vision_weights(m->store, m->config.vision);
         m->text = load_text_weights(m->store, m->config.text, m->config.tie_word_embeddings);
-        quantize_weights(m->vision, m->text, opt.weights);
+        quantize_weights(m->vision, m->text, opt.weights, [&](const Matrix& stored) {
+            m->store.release(stored.data, size_t(stored.rows * stored.cols) * detail::dtype_size(stored.dtype));
+        });
         m->vision.compute = m->text.compute = opt.bf16_compute ? detail::Compute::Fast : detail::Compute::Exact;
         if (m->config.vision.fusion.type == FusionConfig::Type::Gated) m->gated = load_gated_fusion_weights(m->store, m->config);
         return m;

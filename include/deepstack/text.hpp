@@ -12,7 +12,7 @@ struct KVCache {
     int64_t length = 0;    // tokens cached
     int64_t capacity = 0;  // tokens allocated
     int64_t max_tokens = 0;  // hard limit (context size)
-    std::vector<std::vector<float>> k, v;
+    std::vector<detail::big_vector<float>> k, v;
 
     // Makes room for `extra` more tokens, growing geometrically up to max_tokens.
     void reserve_more(int64_t extra, const TextConfig& c) {
@@ -58,33 +58,38 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     const int64_t D = c.hidden_size, hd = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads,
                   I = c.intermediate_size;
     const int64_t past = cache.length;
-    std::vector<float> a(size_t(T * D)), q(size_t(T * Hq * hd)), o(size_t(T * Hq * hd));
+    // Per-thread scratch (kernels_gemm.hpp), reused by every layer and call: a [T, D] normed input,
+    // q and o [T, Hq*hd], y [T, D] a projection's output, gate and up [T, I].
+    float* a = scratch<16>(size_t(T * D));
+    float* q = scratch<17>(size_t(T * Hq * hd));
+    float* o = scratch<18>(size_t(T * Hq * hd));
+    float* y = scratch<19>(size_t(T * D));
+    float* gate = scratch<20>(size_t(T * I));
+    float* up = scratch<21>(size_t(T * I));
     float* kc = cache.k[size_t(layer)].data() + past * Hkv * hd;  // this chunk's rows in the cache
     float* vc = cache.v[size_t(layer)].data() + past * Hkv * hd;
 
-    rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a.data());
-    matmul(a.data(), T, L.q, q.data(), nullptr, mode);
-    matmul(a.data(), T, L.k, kc, nullptr, mode);
-    matmul(a.data(), T, L.v, vc, nullptr, mode);
-    rmsnorm(q.data(), T * Hq, hd, L.q_norm.data(), c.rms_norm_eps, q.data());
+    rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a);
+    matmul(a, T, L.q, q, nullptr, mode);
+    matmul(a, T, L.k, kc, nullptr, mode);
+    matmul(a, T, L.v, vc, nullptr, mode);
+    rmsnorm(q, T * Hq, hd, L.q_norm.data(), c.rms_norm_eps, q);
     rmsnorm(kc, T * Hkv, hd, L.k_norm.data(), c.rms_norm_eps, kc);
     for (int64_t t = 0; t < T; ++t) {
-        for (int64_t hh = 0; hh < Hq; ++hh) rope_rotate_half(q.data() + (t * Hq + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
+        for (int64_t hh = 0; hh < Hq; ++hh) rope_rotate_half(q + (t * Hq + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
         for (int64_t hh = 0; hh < Hkv; ++hh) rope_rotate_half(kc + (t * Hkv + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
     }
-    attention(q.data(), T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd),
-              1.f / std::sqrt(float(hd)), true, past, o.data());
-    std::vector<float> y(size_t(T * D));
-    matmul(o.data(), T, L.o, y.data(), nullptr, mode);
-    for (int64_t i = 0; i < T * D; ++i) h[i] += y[size_t(i)];
+    attention(q, T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd),
+              1.f / std::sqrt(float(hd)), true, past, o);
+    matmul(o, T, L.o, y, nullptr, mode);
+    for (int64_t i = 0; i < T * D; ++i) h[i] += y[i];
 
-    std::vector<float> gate(size_t(T * I)), up(size_t(T * I));
-    rmsnorm(h, T, D, L.post_norm.data(), c.rms_norm_eps, a.data());
-    matmul(a.data(), T, L.gate, gate.data(), nullptr, mode);
-    matmul(a.data(), T, L.up, up.data(), nullptr, mode);
-    silu_mul(gate.data(), up.data(), gate.data(), T * I);
-    matmul(gate.data(), T, L.down, y.data(), nullptr, mode);
-    for (int64_t i = 0; i < T * D; ++i) h[i] += y[size_t(i)];
+    rmsnorm(h, T, D, L.post_norm.data(), c.rms_norm_eps, a);
+    matmul(a, T, L.gate, gate, nullptr, mode);
+    matmul(a, T, L.up, up, nullptr, mode);
+    silu_mul(gate, up, gate, T * I);
+    matmul(gate, T, L.down, y, nullptr, mode);
+    for (int64_t i = 0; i < T * D; ++i) h[i] += y[i];
 }
 
 }  // namespace detail

@@ -66,35 +66,41 @@ inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, con
                          Compute mode) {
     const int64_t Dv = cfg.hidden_size, I = cfg.intermediate_size;
     const int heads = cfg.num_heads, dh = cfg.head_dim();
-    std::vector<float> y(size_t(S * Dv)), qkv(size_t(S * 3 * Dv)), q(size_t(S * Dv)), k(size_t(S * Dv)), v(size_t(S * Dv)),
-        attn(size_t(S * Dv));
-    layernorm(x, S, Dv, blk.norm1.w.data(), blk.norm1.b.data(), 1e-6f, y.data());
-    linear_forward(y.data(), S, blk.qkv, qkv.data(), mode);
+    // Per-thread scratch (kernels_gemm.hpp), reused by every block and call: y [S, Dv] normed input
+    // or a projection's output, qkv [S, 3*Dv] (later the MLP hidden [S, I]), q, k, v, attn [S, Dv].
+    float* y = scratch<16>(size_t(S * Dv));
+    float* qkv = scratch<17>(size_t(S * std::max<int64_t>(3 * Dv, I)));
+    float* q = scratch<18>(size_t(S * Dv));
+    float* k = scratch<19>(size_t(S * Dv));
+    float* v = scratch<20>(size_t(S * Dv));
+    float* attn = scratch<21>(size_t(S * Dv));
+    layernorm(x, S, Dv, blk.norm1.w.data(), blk.norm1.b.data(), 1e-6f, y);
+    linear_forward(y, S, blk.qkv, qkv, mode);
     // qkv row = [q heads | k heads | v heads]; split into three [S, heads, dh] arrays and rotate q, k.
 #pragma omp parallel for schedule(static)
     for (int64_t s = 0; s < S; ++s) {
-        const float* src = qkv.data() + s * 3 * Dv;
-        std::copy(src, src + Dv, q.data() + s * Dv);
-        std::copy(src + Dv, src + 2 * Dv, k.data() + s * Dv);
-        std::copy(src + 2 * Dv, src + 3 * Dv, v.data() + s * Dv);
+        const float* src = qkv + s * 3 * Dv;
+        std::copy(src, src + Dv, q + s * Dv);
+        std::copy(src + Dv, src + 2 * Dv, k + s * Dv);
+        std::copy(src + 2 * Dv, src + 3 * Dv, v + s * Dv);
         for (int h = 0; h < heads; ++h) {
-            rope_rotate_half(q.data() + s * Dv + h * dh, dh, cos_t + s * (dh / 2), sin_t + s * (dh / 2));
-            rope_rotate_half(k.data() + s * Dv + h * dh, dh, cos_t + s * (dh / 2), sin_t + s * (dh / 2));
+            rope_rotate_half(q + s * Dv + h * dh, dh, cos_t + s * (dh / 2), sin_t + s * (dh / 2));
+            rope_rotate_half(k + s * Dv + h * dh, dh, cos_t + s * (dh / 2), sin_t + s * (dh / 2));
         }
     }
     const float scale = 1.f / std::sqrt(float(dh));
     for (auto [b, e] : segments)
-        attention(q.data() + b * Dv, e - b, k.data() + b * Dv, v.data() + b * Dv, e - b, heads, heads, dh, scale, false, 0,
-                  attn.data() + b * Dv);
-    linear_forward(attn.data(), S, blk.proj, y.data(), mode);
-    for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[size_t(i)];
+        attention(q + b * Dv, e - b, k + b * Dv, v + b * Dv, e - b, heads, heads, dh, scale, false, 0,
+                  attn + b * Dv);
+    linear_forward(attn, S, blk.proj, y, mode);
+    for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[i];
 
-    std::vector<float> hidden(size_t(S * I));
-    layernorm(x, S, Dv, blk.norm2.w.data(), blk.norm2.b.data(), 1e-6f, y.data());
-    linear_forward(y.data(), S, blk.fc1, hidden.data(), mode);
-    gelu_tanh_inplace(hidden.data(), int64_t(hidden.size()));
-    linear_forward(hidden.data(), S, blk.fc2, y.data(), mode);
-    for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[size_t(i)];
+    float* hidden = qkv;  // [S, I]
+    layernorm(x, S, Dv, blk.norm2.w.data(), blk.norm2.b.data(), 1e-6f, y);
+    linear_forward(y, S, blk.fc1, hidden, mode);
+    gelu_tanh_inplace(hidden, S * I);
+    linear_forward(hidden, S, blk.fc2, y, mode);
+    for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[i];
 }
 
 // Patch merger: x [S, Dv] in merge-window order -> out [S/m², D].

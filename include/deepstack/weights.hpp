@@ -6,6 +6,8 @@
 #include "kernels.hpp"
 #include "safetensors.hpp"
 
+#include <functional>
+
 namespace deepstack {
 
 struct Linear {
@@ -170,11 +172,17 @@ inline TextWeights load_text_weights(const WeightStore& ws, const TextConfig& t,
 // gate/up/down, lm_head - by quantized copies, so the stored bytes are no longer read at run time
 // (file pages of a mapped checkpoint become reclaimable). The token embedding stays as stored (its
 // rows are read one by one); with tied embeddings lm_head becomes its own quantized matrix. The
-// patch embedding and position table are small and stay as stored.
-inline void quantize_weights(VisionWeights& v, TextWeights& t, WeightFormat format) {
+// patch embedding and position table are small and stay as stored. `replaced` (optional) is told
+// each stored matrix once its quantized copy exists (Model uses it to release the mapped pages).
+inline void quantize_weights(VisionWeights& v, TextWeights& t, WeightFormat format,
+                             const std::function<void(const Matrix&)>& replaced = {}) {
     if (format == WeightFormat::Stored) return;
     const DType target = format == WeightFormat::Q8 ? DType::Q8 : DType::Q4;
-    auto q = [&](Matrix& m) { m = quantize(m, target); };
+    auto q = [&](Matrix& m) {
+        const Matrix stored = m;
+        m = quantize(stored, target);
+        if (replaced) replaced(stored);
+    };
     for (auto& b : v.blocks)
         for (Linear* l : {&b.qkv, &b.proj, &b.fc1, &b.fc2}) q(l->w);
     q(v.merger.fc1.w);
