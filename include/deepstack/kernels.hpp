@@ -55,8 +55,8 @@ constexpr int kQuantGroup = 32;
 struct QuantWeights {
     DType type = DType::Q8;
     int64_t rows = 0, cols = 0, kpad = 0;
-    std::vector<int8_t> q;     // Q8: rows * kpad values; Q4: rows * kpad / 2 packed bytes
-    std::vector<float> scale;  // rows * (kpad / 32)
+    detail::big_vector<int8_t> q;     // Q8: rows * kpad values; Q4: rows * kpad / 2 packed bytes (2 MiB pages)
+    detail::big_vector<float> scale;  // rows * (kpad / 32)
     int64_t groups() const { return kpad / kQuantGroup; }
     int64_t row_bytes() const { return type == DType::Q8 ? kpad : kpad / 2; }
 };
