@@ -72,6 +72,24 @@ std::vector<double> dot_scale(const std::vector<float>& x, int64_t M, const Matr
 
 }  // namespace
 
+TEST_CASE("matmul (exact mode): every thread split of the GEMM covers each output once") {
+    // Large enough to be threaded: few columns (rows split across threads at multiples of the
+    // micro-kernel height), many columns (dynamic column blocks), and both with ragged edges.
+    struct Shape {
+        int64_t M, N, K;
+    };
+    uint32_t seed = 77;
+    for (Shape s : {Shape{100, 7, 2000}, Shape{61, 30, 1500}, Shape{29, 1100, 300}, Shape{300, 65, 257}}) {
+        auto w = make_weight(s.N, s.K, DType::BF16, seed++);
+        auto x = randn(size_t(s.M * s.K), seed++);
+        std::vector<float> y(size_t(s.M * s.N), NAN), yr(size_t(s.M * s.N), NAN);
+        matmul(x.data(), s.M, w.m, y.data(), nullptr);
+        matmul_ref(x.data(), s.M, w.m, yr.data(), nullptr);
+        INFO("M=" << s.M << " N=" << s.N << " K=" << s.K << " threads=" << omp_threads());
+        CHECK(max_rel_err(y, yr, dot_scale(x, s.M, w.m, nullptr)) < 1e-5);
+    }
+}
+
 TEST_CASE("matmul (exact mode) matches the scalar reference for all dtypes and odd shapes") {
     INFO("simd: " << simd::kName);
     const int64_t Ms[] = {1, 2, 3, 4, 5, 13, 17, 40};

@@ -42,9 +42,9 @@ inline int omp_threads_for(double work) { return work < double(1 << 20) ? 1 : om
 
 // Runs block(m0, m1, n0, n1) over an M x N product on nt threads: column blocks of nc handed out
 // dynamically when there are at least two per thread (tolerates a core shared with other work),
-// otherwise a static grid of row ranges x column ranges aligned to nr.
+// otherwise a static grid of row ranges (aligned to mr) x column ranges (aligned to nr).
 template <typename Block>
-inline void split_gemm(int64_t M, int64_t N, int nt, int64_t nc, int64_t nr, const Block& block) {
+inline void split_gemm(int64_t M, int64_t N, int nt, int64_t nc, int64_t nr, const Block& block, int64_t mr = 1) {
     const int64_t ncblocks = (N + nc - 1) / nc;
     if (nt > 1 && ncblocks >= 2 * nt) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
@@ -57,7 +57,8 @@ inline void split_gemm(int64_t M, int64_t N, int nt, int64_t nc, int64_t nr, con
     auto run = [&](int t) {
         const int ti = t / tn, tj = t % tn;
         const int64_t nb0 = nblocks * tj / tn, nb1 = nblocks * (tj + 1) / tn;
-        block(M * ti / tm, M * (ti + 1) / tm, std::min(N, nb0 * nr), std::min(N, nb1 * nr));
+        auto row = [&](int i) { return std::min(M, (M * i / tm + mr - 1) / mr * mr); };
+        block(row(ti), row(ti + 1), std::min(N, nb0 * nr), std::min(N, nb1 * nr));
     };
     if (tn * tm == 1) {
         run(0);
@@ -200,13 +201,27 @@ inline void pack_a(const float* x, int64_t ldx, int64_t m0, int mr, int64_t k0, 
     }
 }
 
-// The work of one thread: output rows [m_begin, m_end) x columns [n_begin, n_end).
-inline void gemm_block(const float* x, const Matrix& w, float* y, const float* bias, int64_t m_begin, int64_t m_end,
+// Activations packed once per call as panels [K/KC][M/MR][KC][MR] (zero padded rows), shared by
+// all threads: panel (kb, mb) holds rows [mb*MR, +MR) x cols [kb*KC, +KC) at apack_offset(kb, mb).
+inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (kb * mblocks + mb) * KC * MR; }
+
+inline void pack_all_a(const float* x, int64_t M, int64_t K, float* apack, int nt) {
+    const int64_t mblocks = (M + MR - 1) / MR, kblocks = (K + KC - 1) / KC;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t i = 0; i < kblocks * mblocks; ++i) {
+        const int64_t kb = i / mblocks, mb = i % mblocks;
+        pack_a(x, K, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC),
+               apack + apack_offset(kb, mb, mblocks));
+    }
+}
+
+// The work of one thread: output rows [m_begin, m_end) (m_begin a multiple of MR) x columns
+// [n_begin, n_end), over the packed activations of all M rows.
+inline void gemm_block(const float* apack, int64_t M, const Matrix& w, float* y, const float* bias, int64_t m_begin, int64_t m_end,
                        int64_t n_begin, int64_t n_end) {
-    const int64_t N = w.rows, K = w.cols;
+    const int64_t N = w.rows, K = w.cols, mblocks_all = (M + MR - 1) / MR;
     if (m_begin >= m_end || n_begin >= n_end) return;
     float* bpanel = scratch<0>(size_t(NC * KC));
-    float* apanel = scratch<1>(size_t(MC * KC));
     float* row_tmp = scratch<2>(size_t(KC));
     for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += NC) {
         const int64_t nc = std::min(NC, n_end - nc0);
@@ -215,18 +230,17 @@ inline void gemm_block(const float* x, const Matrix& w, float* y, const float* b
             const int64_t kc = std::min(KC, K - k0);
             for (int64_t p = 0; p < npanels; ++p)
                 pack_b(w, nc0 + p * NR, int(std::min<int64_t>(NR, nc - p * NR)), k0, kc, bpanel + p * kc * NR, row_tmp);
+            // MC rows at a time against the whole B block (it stays in L2, the A panels stream).
             for (int64_t mc0 = m_begin; mc0 < m_end; mc0 += MC) {
                 const int64_t mc = std::min(MC, m_end - mc0);
                 const int64_t mblocks = (mc + MR - 1) / MR;
-                for (int64_t mb = 0; mb < mblocks; ++mb)
-                    pack_a(x, K, mc0 + mb * MR, int(std::min<int64_t>(MR, mc - mb * MR)), k0, kc, apanel + mb * kc * MR);
                 for (int64_t p = 0; p < npanels; ++p) {
                     const int64_t n0 = nc0 + p * NR;
                     const int nvalid = int(std::min<int64_t>(NR, nc - p * NR));
                     for (int64_t mb = 0; mb < mblocks; ++mb) {
                         const int64_t m0 = mc0 + mb * MR;
-                        micro_kernel(apanel + mb * kc * MR, bpanel + p * kc * NR, kc, y + m0 * N + n0, N,
-                                     int(std::min<int64_t>(MR, mc - mb * MR)), nvalid, k0 == 0, bias ? bias + n0 : nullptr);
+                        micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks_all), bpanel + p * kc * NR, kc, y + m0 * N + n0, N,
+                                     int(std::min<int64_t>(MR, m_end - m0)), nvalid, k0 == 0, bias ? bias + n0 : nullptr);
                     }
                 }
             }
@@ -235,9 +249,12 @@ inline void gemm_block(const float* x, const Matrix& w, float* y, const float* b
 }
 
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
-    const int64_t N = w.rows;
-    const int nt = omp_threads_for(double(M) * double(N) * double(w.cols));
-    split_gemm(M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(x, w, y, bias, m0, m1, n0, n1); });
+    const int64_t N = w.rows, K = w.cols;
+    const int nt = omp_threads_for(double(M) * double(N) * double(K));
+    float* apack = scratch<1>(size_t(((K + KC - 1) / KC) * ((M + MR - 1) / MR) * KC * MR));
+    pack_all_a(x, M, K, apack, nt);
+    split_gemm(
+        M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(apack, M, w, y, bias, m0, m1, n0, n1); }, MR);
 }
 
 // ---- GEMV (M <= 4): stream each weight row once ----
