@@ -87,6 +87,9 @@ TEST_CASE("matmul (exact mode): every thread split of the GEMM covers each outpu
         matmul_ref(x.data(), s.M, w.m, yr.data(), nullptr);
         INFO("M=" << s.M << " N=" << s.N << " K=" << s.K << " threads=" << omp_threads());
         CHECK(max_rel_err(y, yr, dot_scale(x, s.M, w.m, nullptr)) < 1e-5);
+        matmul_bf16(x.data(), s.M, w.m, y.data(), nullptr);  // fast mode: its own packing, same split
+        matmul_bf16_ref(x.data(), s.M, w.m, yr.data(), nullptr);
+        CHECK(max_rel_err(y, yr, dot_scale(x, s.M, w.m, nullptr)) < 1e-5);
     }
 }
 

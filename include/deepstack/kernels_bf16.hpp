@@ -127,13 +127,16 @@ inline void round_rows_bf16(const float* x, int64_t M, int64_t K, int64_t kx, ui
     }
 }
 
-inline void gemm_block(const uint16_t* xb, int64_t kx, const Matrix& w, float* y, const float* bias, int64_t m_begin,
+// Activation panels of the whole call, packed once and shared by the threads: [K/KC][M/MR] panels
+// of [KC/2][MR] bf16 pairs, panel (kb, mb) at apack_offset(kb, mb).
+inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (kb * mblocks + mb) * (KC / 2) * MR; }
+
+inline void gemm_block(const uint32_t* apack, int64_t M, const Matrix& w, float* y, const float* bias, int64_t m_begin,
                        int64_t m_end, int64_t n_begin, int64_t n_end) {
-    const int64_t N = w.rows, K = w.cols;
+    const int64_t N = w.rows, K = w.cols, mblocks_all = (M + MR - 1) / MR;
     const auto* wd = static_cast<const uint16_t*>(w.data);
     if (m_begin >= m_end || n_begin >= n_end) return;
     auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));
-    auto* apanel = reinterpret_cast<uint32_t*>(scratch<6>(size_t(MC * KC / 2)));
     for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += NC) {
         const int64_t nc = std::min(NC, n_end - nc0);
         const int64_t npanels = (nc + NR - 1) / NR;
@@ -144,15 +147,13 @@ inline void gemm_block(const uint16_t* xb, int64_t kx, const Matrix& w, float* y
             for (int64_t mc0 = m_begin; mc0 < m_end; mc0 += MC) {
                 const int64_t mc = std::min(MC, m_end - mc0);
                 const int64_t mblocks = (mc + MR - 1) / MR;
-                for (int64_t mb = 0; mb < mblocks; ++mb)
-                    pack_a(xb, kx, mc0 + mb * MR, int(std::min<int64_t>(MR, mc - mb * MR)), k0, kc, apanel + mb * kp * MR);
                 for (int64_t p = 0; p < npanels; ++p) {
                     const int64_t n0 = nc0 + p * NR;
                     const int nvalid = int(std::min<int64_t>(NR, nc - p * NR));
                     for (int64_t mb = 0; mb < mblocks; ++mb) {
                         const int64_t m0 = mc0 + mb * MR;
-                        micro_kernel(apanel + mb * kp * MR, bpanel + p * kp * NR, kp, y + m0 * N + n0, N,
-                                     int(std::min<int64_t>(MR, mc - mb * MR)), nvalid, k0 == 0, bias ? bias + n0 : nullptr);
+                        micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks_all), bpanel + p * kp * NR, kp, y + m0 * N + n0, N,
+                                     int(std::min<int64_t>(MR, m_end - m0)), nvalid, k0 == 0, bias ? bias + n0 : nullptr);
                     }
                 }
             }
@@ -161,12 +162,20 @@ inline void gemm_block(const uint16_t* xb, int64_t kx, const Matrix& w, float* y
 }
 
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
-    const int64_t N = w.rows;
-    const int nt = omp_threads_for(double(M) * double(N) * double(w.cols));
-    const int64_t kx = (w.cols + 1) / 2 * 2;
+    const int64_t N = w.rows, K = w.cols;
+    const int nt = omp_threads_for(double(M) * double(N) * double(K));
+    const int64_t kx = (K + 1) / 2 * 2, mblocks = (M + MR - 1) / MR, kblocks = (K + KC - 1) / KC;
     auto* xb = reinterpret_cast<uint16_t*>(scratch<15>(size_t(M * kx / 2 + 16)));
-    round_rows_bf16(x, M, w.cols, kx, xb, nt);
-    split_gemm(M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(xb, kx, w, y, bias, m0, m1, n0, n1); });
+    round_rows_bf16(x, M, K, kx, xb, nt);
+    auto* apack = reinterpret_cast<uint32_t*>(scratch<6>(size_t(kblocks * mblocks * (KC / 2) * MR)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t i = 0; i < kblocks * mblocks; ++i) {
+        const int64_t kb = i / mblocks, mb = i % mblocks;
+        pack_a(xb, kx, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC),
+               apack + apack_offset(kb, mb, mblocks));
+    }
+    split_gemm(
+        M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(apack, M, w, y, bias, m0, m1, n0, n1); }, MR);
 }
 
 // GEMV (M <= 4): xb holds the activations as bf16, each row zero padded to kpad (multiple of 32).
