@@ -97,7 +97,7 @@ TEST_CASE("matmul (exact mode) matches the scalar reference for all dtypes and o
     INFO("simd: " << simd::kName);
     const int64_t Ms[] = {1, 2, 3, 4, 5, 13, 17, 40};
     const int64_t Ns[] = {1, 7, 33, 100};
-    const int64_t Ks[] = {1, 15, 17, 100, 300};
+    const int64_t Ks[] = {1, 15, 17, 64, 100, 300, 320};  // 64, 320: multiples of 32 (the BF16 pair GEMV)
     const DType dts[] = {DType::F32, DType::BF16, DType::F16};
     uint32_t seed = 1;
     for (DType dt : dts)

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -77,8 +78,8 @@ inline int omp_tid() {
 }
 
 // Grow-only 64-byte aligned scratch buffer, one per thread and slot (big_alloc: large ones sit in
-// 2 MiB pages). Contents are undefined on return. Slots 0-15 belong to the kernels, 16-23 to the
-// layer functions of vision.hpp and text.hpp (see kSlot* there).
+// 2 MiB pages). Contents are undefined on return. Slots 16-21 belong to the layer functions of
+// vision.hpp and text.hpp, every other slot to one kernel.
 template <int Slot>
 inline float* scratch(size_t n_floats) {
     struct Buf {
@@ -317,6 +318,52 @@ inline void gemv_rows(const float* x, int64_t K, const typename Src::T* wdata, f
     if (n < n1) gemv_rows<Src, MM, 1>(x, K, wdata, y, N, bias, n, n1);
 }
 
+// BF16 weights with K a multiple of 2W: each 2W-wide load of a weight row gives its even and odd
+// elements as fp32 (load_bf16_pairs), dotted with the activations stored the same way,
+// xp [MM][K] = per 2W block, W even then W odd elements (pair_activations). Fewer instructions per
+// weight byte than converting W at a time, so the loop stays at memory speed.
+inline void pair_activations(const float* x, int64_t MM, int64_t K, float* xp) {
+    using simd::W;
+    for (int64_t m = 0; m < MM; ++m)
+        for (int64_t b = 0; b < K; b += 2 * W)
+            for (int i = 0; i < W; ++i) {
+                xp[m * K + b + i] = x[m * K + b + 2 * i];
+                xp[m * K + b + W + i] = x[m * K + b + 2 * i + 1];
+            }
+}
+
+template <int MM, int R>
+inline void gemv_bf16_pairs(const float* xp, int64_t K, const uint16_t* wdata, float* y, int64_t N, const float* bias, int64_t n0,
+                            int64_t n1) {
+    using namespace simd;
+    int64_t n = n0;
+    for (; n + R <= n1; n += R) {
+        vf acc[MM][R][2];
+#pragma GCC unroll 4
+        for (int m = 0; m < MM; ++m)
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) acc[m][r][0] = acc[m][r][1] = zero();
+        const uint16_t* wr = wdata + n * K;
+        for (int64_t k = 0; k < K; k += 2 * W) {
+            vf we[R], wo[R];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) load_bf16_pairs(wr + r * K + k, we[r], wo[r]);
+#pragma GCC unroll 4
+            for (int m = 0; m < MM; ++m) {
+                const vf xe = load(xp + m * K + k), xo = load(xp + m * K + k + W);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; ++r) {
+                    acc[m][r][0] = simd::fma(xe, we[r], acc[m][r][0]);
+                    acc[m][r][1] = simd::fma(xo, wo[r], acc[m][r][1]);
+                }
+            }
+        }
+        for (int m = 0; m < MM; ++m)
+            for (int r = 0; r < R; ++r) y[m * N + n + r] = hsum(add(acc[m][r][0], acc[m][r][1])) + (bias ? bias[n + r] : 0.f);
+    }
+    if (n < n1) gemv_bf16_pairs<MM, 1>(xp, K, wdata, y, N, bias, n, n1);
+}
+
 template <class Src, int MM>
 inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows, K = w.cols;
@@ -328,8 +375,21 @@ inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* b
 #endif
     const int nt = omp_threads_for(double(MM) * double(N) * double(K));
     const int64_t chunks = (N + R - 1) / R;
+    const float* xp = nullptr;  // activations in pair order, when the BF16 pair kernel applies
+    if constexpr (std::is_same_v<Src, simd::BF16Src>) {
+        if (K % (2 * simd::W) == 0) {
+            float* buf = scratch<22>(size_t(MM * K));
+            pair_activations(x, MM, K, buf);
+            xp = buf;
+        }
+    }
+    auto rows = [&](int64_t n0, int64_t n1) {
+        if constexpr (std::is_same_v<Src, simd::BF16Src>)
+            if (xp) return gemv_bf16_pairs<MM, R>(xp, K, wd, y, N, bias, n0, n1);
+        gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, n0, n1);
+    };
     if (nt == 1 || chunks < 2) {
-        gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, 0, N);
+        rows(0, N);
         return;
     }
     // Dynamic blocks of rows (~128 KB of weights each): a core busy with other work delays the
@@ -339,7 +399,7 @@ inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* b
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int64_t b = 0; b < nblk; ++b) {
         const int64_t n0 = b * rows_per;
-        gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, n0, std::min(N, n0 + rows_per));
+        rows(n0, std::min(N, n0 + rows_per));
     }
 }
 

@@ -81,6 +81,13 @@ inline float hmax(vf v) {
 inline vf bf16x16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
 inline vf load_bf16(const uint16_t* p) { return bf16x16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 inline vf load_bf16_n(const uint16_t* p, int n) { return bf16x16(_mm256_maskz_loadu_epi16(tail_mask(n), p)); }
+// 2W bf16 values as two fp32 vectors: even = p[0], p[2], ...; odd = p[1], p[3], ... (a shift and a
+// mask, no shuffles: the GEMV pairs them with activations stored even/odd the same way).
+inline void load_bf16_pairs(const uint16_t* p, vf& even, vf& odd) {
+    const __m512i w = _mm512_loadu_si512(p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(int(0xFFFF0000u))));
+}
 inline vf load_f16(const uint16_t* p) { return _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 // int8 -> fp32 (W values); one quantization group of 32 int8 / 16 Q4 bytes as 32 / W vectors of q.
 inline vf load_i8(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))); }
@@ -142,6 +149,11 @@ inline float hmax(vf v) {
 }
 inline vf bf16x8(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
 inline vf load_bf16(const uint16_t* p) { return bf16x8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline void load_bf16_pairs(const uint16_t* p, vf& even, vf& odd) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(int(0xFFFF0000u))));
+}
 inline vf load_bf16_n(const uint16_t* p, int n) {
     alignas(16) uint16_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     std::memcpy(t, p, size_t(n) * 2);
@@ -213,6 +225,11 @@ inline vf pow2n(vf n) {
 inline float hsum(vf v) { return vaddvq_f32(v); }
 inline float hmax(vf v) { return vmaxvq_f32(v); }
 inline vf load_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+inline void load_bf16_pairs(const uint16_t* p, vf& even, vf& odd) {
+    const uint32x4_t w = vreinterpretq_u32_u16(vld1q_u16(p));
+    even = vreinterpretq_f32_u32(vshlq_n_u32(w, 16));
+    odd = vreinterpretq_f32_u32(vandq_u32(w, vdupq_n_u32(0xFFFF0000u)));
+}
 inline vf load_bf16_n(const uint16_t* p, int n) {
     uint16_t t[4] = {0, 0, 0, 0};
     for (int i = 0; i < n; ++i) t[i] = p[i];
@@ -313,6 +330,9 @@ inline float hmax(vf v) {
     return a > b ? a : b;
 }
 inline vf load_bf16(const uint16_t* p) { return vf{{bf16_to_f32(p[0]), bf16_to_f32(p[1]), bf16_to_f32(p[2]), bf16_to_f32(p[3])}}; }
+inline void load_bf16_pairs(const uint16_t* p, vf& even, vf& odd) {
+    for (int i = 0; i < 4; ++i) even.v[i] = bf16_to_f32(p[2 * i]), odd.v[i] = bf16_to_f32(p[2 * i + 1]);
+}
 inline vf load_bf16_n(const uint16_t* p, int n) {
     vf r = zero();
     for (int i = 0; i < n; ++i) r.v[i] = bf16_to_f32(p[i]);
