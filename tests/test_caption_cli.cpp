@@ -166,7 +166,8 @@ TEST_CASE("deepstack-caption: --help documents every flag") {
     const Run r = caption("--help");
     CHECK(r.status == 0);
     for (const char* flag : {"--model", "--prompt", "--system", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--min-p",
-                             "--repetition-penalty", "--presence-penalty", "--seed", "--threads", "--min-pixels", "--max-pixels", "--json"})
+                             "--repetition-penalty", "--presence-penalty", "--seed", "--threads", "--weights", "--compute", "--map-weights",
+                             "--min-pixels", "--max-pixels", "--video", "--fps", "--boxes", "--json"})
         CHECK_MESSAGE(r.out.find(flag) != std::string::npos, flag);
 }
 
@@ -242,4 +243,18 @@ TEST_CASE("deepstack-caption: streams text from a random model, stops at max tok
     CHECK(ja.at("sampling").at("top_k") == 20);
     CHECK(ja.at("sampling").at("temperature") == 0.7);
     CHECK(ja.at("prompt").get<std::string>() == "What is it?");
+
+    // Mapped weights are the same numbers as weights read into memory; the fast modes run end to end.
+    const Run mapped = caption(model + " --max-new-tokens 5 --temperature 0 --json --map-weights " + image);
+    REQUIRE(mapped.status == 0);
+    CHECK(nlohmann::json::parse(mapped.out).at("text") == j.at("text"));
+    for (const char* mode : {"--weights int8", "--weights q4 --compute bf16", "--compute bf16"}) {
+        const Run fast = caption(model + " --max-new-tokens 3 --temperature 0 --json " + mode + " " + image);
+        INFO(mode << " stderr: " << fast.err);
+        REQUIRE(fast.status == 0);
+        CHECK(nlohmann::json::parse(fast.out).at("generated_tokens") == 3);
+    }
+    const Run bad = caption(model + " --weights q5 " + image);
+    CHECK(bad.status == 1);
+    CHECK(bad.err.find("error: --weights: 'q5' is not one of bf16, int8, q4") != std::string::npos);
 }

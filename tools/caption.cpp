@@ -36,6 +36,11 @@ without it).
   --presence-penalty X     subtract X from tokens already in the reply (model card: 1.5); 0 = off
   --seed S                 sampler seed (default 0: the same reply on every run)
   --threads N              OpenMP threads (default: all cores)
+  --weights F              bf16 (as stored, default), int8 or q4: quantize the large matrices at load
+                           (smaller and faster to decode, not exact)
+  --compute C              f32 (exact, default) or bf16: bf16 activations in the matrix products (faster, not exact)
+  --map-weights            map the weight files instead of reading them into memory (instant load,
+                           shared page cache; decode is slower on 4 KiB pages)
   --min-pixels N           smallest image area after resizing (default: preprocessor_config.json)
   --max-pixels N           largest image area after resizing; fewer pixels, fewer tokens, faster
   --video PATH             a video after the images: a folder of frames (sorted by name), a .txt list
@@ -63,6 +68,7 @@ struct Args {
     std::optional<int> top_k, max_new_tokens;
     std::optional<uint64_t> seed;
     int threads = 0;
+    LoadOptions load;
     PixelBudget budget;
     bool json = false;
 };
@@ -109,6 +115,16 @@ bool parse_args(int argc, char** argv, Args& a) {
         else if (flag == "--presence-penalty") a.presence_penalty = float(parse_number(flag, value()));
         else if (flag == "--seed") a.seed = uint64_t(parse_count(flag, value()));
         else if (flag == "--threads") a.threads = parse_int(flag, value());
+        else if (flag == "--weights") {
+            const std::string w = value();
+            if (w != "bf16" && w != "int8" && w != "q4") throw Error("--weights: '" + w + "' is not one of bf16, int8, q4");
+            a.load.weights = w == "int8" ? WeightFormat::Q8 : w == "q4" ? WeightFormat::Q4 : WeightFormat::Stored;
+        } else if (flag == "--compute") {
+            const std::string c = value();
+            if (c != "f32" && c != "bf16") throw Error("--compute: '" + c + "' is not one of f32, bf16");
+            a.load.bf16_compute = c == "bf16";
+        } else if (flag == "--map-weights")
+            a.load.map_weights = true;
         else if (flag == "--min-pixels") a.budget.min_pixels = parse_count(flag, value());
         else if (flag == "--max-pixels") a.budget.max_pixels = parse_count(flag, value());
         else if (flag == "--json") a.json = true;
@@ -159,7 +175,7 @@ int run(const Args& a) {
     check_model_folder(a.model_dir);
     auto t0 = std::chrono::steady_clock::now();
     progress("loading %s", a.model_dir.c_str());
-    LoadOptions load_options;
+    LoadOptions load_options = a.load;
     load_options.threads = a.threads;
     const auto model = Model::load(a.model_dir, load_options);
     const Tokenizer tokenizer = Tokenizer::load(a.model_dir + "/tokenizer.json");
