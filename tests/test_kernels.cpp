@@ -338,16 +338,20 @@ TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference 
 #endif
     uint32_t seed = 900;
     for (DType qt : {DType::Q8, DType::Q4})
-        for (int64_t K : {1, 31, 32, 33, 100, 300, 600})
+        // 64, 192: whole 64-byte Q8 steps of the VNNI GEMV; 256, 640: whole Q4 steps too
+        for (int64_t K : {1, 31, 32, 33, 64, 100, 192, 256, 300, 600, 640})
             for (int64_t N : {1, 7, 33, 100}) {
                 auto w = make_weight(N, K, DType::BF16, seed++);
                 const Matrix q = quantize(w.m, qt);
                 auto bias = randn(size_t(N), seed++);
-                for (int64_t M : {5, 6, 17, 40}) {
+                for (int64_t M : {1, 2, 3, 4, 5, 6, 17, 40}) {
                     auto x = randn(size_t(M * K), seed++);
                     std::vector<float> y(size_t(M * N), NAN), yr(size_t(M * N), NAN), ye(size_t(M * N));
                     matmul(x.data(), M, q, y.data(), bias.data(), Compute::Fast);
                     matmul_quant_fast_ref(x.data(), M, q, yr.data(), bias.data());
+#if !defined(DEEPSTACK_HAVE_VNNI)
+                    if (M <= 4) matmul_ref(x.data(), M, q, yr.data(), bias.data());  // without VNNI: the exact GEMV
+#endif
                     INFO(dtype_name(qt) << " M=" << M << " N=" << N << " K=" << K);
                     CHECK(max_rel_err(y, yr, dot_scale(x, M, q, bias.data())) < 1e-5);
                     // vs the exact mode on the same weights: activation rounding <= max|x_g| / 254 per element

@@ -384,19 +384,124 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
     split_gemm(M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(xq, sx, qw, y, bias, m0, m1, n0, n1); });
 }
 
+// GEMV (M <= 4) in fast mode: the same int8 activations and integer group dot products as the GEMM,
+// on whole 64-byte weight loads (Q8: 2 groups, Q4: 4 groups), partial sums kept per 32-bit lane and
+// scaled per lane (a lane never mixes groups), so no horizontal sum until the row's end.
+//   Q8: vpdpbusd(x + 128 as u8, w as s8) - 128 * vpdpbusd(1, w) per lane.
+//   Q4: the stored nibbles are q + 8 (u8): vpdpbusd(nibbles, x) - 8 * (sum of the lane's 4 x).
+// Activations are laid out per 64-byte step to match: Q8 as is; Q4 per 4 groups as the 4 groups'
+// elements 0-15 (low nibbles), then their elements 16-31 (high nibbles). The groups after the last
+// whole step (kpad not a multiple of 64 / 128) are summed by scalar code from xq / sx.
+template <int MM>
+inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float* sx, const int8_t* xl, const int32_t* xcorr,
+                           const float* xs, float* y, const float* bias, int64_t n0, int64_t n1) {
+    const int64_t N = qw.rows, kpad = qw.kpad, G = qw.groups();
+    const bool q8 = qw.type == DType::Q8;
+    const int64_t step_groups = q8 ? 2 : 4, steps = G / step_groups, row_bytes = qw.row_bytes();
+    const __m512i ones = _mm512_set1_epi8(1), nib = _mm512_set1_epi8(15), flip = _mm512_set1_epi8(char(0x80));
+    // lane -> group within the step: Q8 lanes 0-7 / 8-15, Q4 lanes 4g..4g+3
+    const __m512i lane_group = q8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                                  : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    for (int64_t n = n0; n < n1; ++n) {
+        const int8_t* wr = qw.q.data() + n * row_bytes;
+        const float* ws = qw.scale.data() + n * G;
+        __m512 acc[MM];
+        for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
+        for (int64_t st = 0; st < steps; ++st) {
+            const __m512i w = _mm512_loadu_si512(wr + st * 64);
+            const __m512 wsv = _mm512_permutexvar_ps(lane_group, _mm512_castps128_ps512(q8 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(ws + st * 2)))
+                                                                                           : _mm_loadu_ps(ws + st * 4)));
+            for (int m = 0; m < MM; ++m) {
+                const int8_t* xm = xl + m * kpad + st * 128 / (q8 ? 2 : 1);
+                __m512i d;
+                if (q8) {
+                    const __m512i xu = _mm512_xor_si512(_mm512_loadu_si512(xm), flip);  // x + 128
+                    d = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, w),
+                                         _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, w), 7));
+                } else {
+                    const __m512i lo = _mm512_and_si512(w, nib), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
+                    d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xm));
+                    d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(xm + 64));
+                    d = _mm512_sub_epi32(d, _mm512_loadu_si512(xcorr + m * (kpad / 4) + st * 16));
+                }
+                const __m512 xsv = _mm512_loadu_ps(xs + m * (kpad / 4) + st * 16);  // x scale per lane
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(wsv, xsv), acc[m]);
+            }
+        }
+        for (int m = 0; m < MM; ++m) {
+            float tail = 0.f;
+            for (int64_t g = steps * step_groups; g < G; ++g) {
+                int32_t d = 0;
+                for (int64_t k = g * kQuantGroup; k < (g + 1) * kQuantGroup; ++k) d += int32_t(xq[m * kpad + k]) * quant_q(qw, n, k);
+                tail += float(d) * (sx[m * G + g] * ws[g]);
+            }
+            y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + tail + (bias ? bias[n] : 0.f);
+        }
+    }
+}
+
+inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* y, const float* bias) {
+    const int64_t K = qw.cols, N = qw.rows, G = qw.groups(), kpad = qw.kpad;
+    const bool q8 = qw.type == DType::Q8;
+    auto* xq = reinterpret_cast<int8_t*>(scratch<13>(size_t(M * kpad / 4 + 16)));
+    float* sx = scratch<14>(size_t(M * G));
+    auto* xl = reinterpret_cast<int8_t*>(scratch<23>(size_t(M * kpad / 4 + 16)));      // [M][kpad] in step layout
+    auto* xcorr = reinterpret_cast<int32_t*>(scratch<24>(size_t(M * kpad / 4 + 16)));  // [M][kpad/4] Q4: 8 * lane sums
+    float* xs = scratch<25>(size_t(M * kpad / 4 + 16));                                  // [M][kpad/4] x scale per lane
+    for (int64_t m = 0; m < M; ++m) {
+        int8_t* q = xq + m * kpad;
+        quantize_act_row(x + m * K, K, kpad, q, sx + m * G);
+        int8_t* l = xl + m * kpad;
+        if (q8) {
+            std::memcpy(l, q, size_t(kpad));
+            for (int64_t lane = 0; lane < kpad / 64 * 16; ++lane) xs[m * (kpad / 4) + lane] = sx[m * G + lane / 8];
+        } else {
+            for (int64_t st = 0; st < kpad / 128; ++st)
+                for (int g = 0; g < 4; ++g)
+                    for (int i = 0; i < 16; ++i) {
+                        l[st * 128 + g * 16 + i] = q[st * 128 + g * 32 + i];            // low nibbles: elements 0-15
+                        l[st * 128 + 64 + g * 16 + i] = q[st * 128 + g * 32 + 16 + i];  // high nibbles: 16-31
+                    }
+            // lane L of step st covers low bytes 4L..4L+3 and high bytes 4L..4L+3 of that step
+            for (int64_t st = 0; st < kpad / 128; ++st)
+                for (int lane = 0; lane < 16; ++lane) {
+                    int32_t sum = 0;
+                    for (int b = 0; b < 4; ++b) sum += l[st * 128 + 4 * lane + b] + l[st * 128 + 64 + 4 * lane + b];
+                    xcorr[m * (kpad / 4) + st * 16 + lane] = 8 * sum;
+                    xs[m * (kpad / 4) + st * 16 + lane] = sx[m * G + st * 4 + lane / 4];
+                }
+        }
+    }
+    auto rows = [&](int64_t n0, int64_t n1) {
+        switch (M) {
+            case 1: gemv_fast_rows<1>(qw, xq, sx, xl, xcorr, xs, y, bias, n0, n1); return;
+            case 2: gemv_fast_rows<2>(qw, xq, sx, xl, xcorr, xs, y, bias, n0, n1); return;
+            case 3: gemv_fast_rows<3>(qw, xq, sx, xl, xcorr, xs, y, bias, n0, n1); return;
+            default: gemv_fast_rows<4>(qw, xq, sx, xl, xcorr, xs, y, bias, n0, n1); return;
+        }
+    };
+    const int nt = omp_threads_for(double(M) * double(N) * double(K));
+    if (nt == 1) return rows(0, N);
+    const int64_t rows_per = std::max<int64_t>(4, std::min<int64_t>(256, N / (8 * nt)));
+    const int64_t nblk = (N + rows_per - 1) / rows_per;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int64_t b = 0; b < nblk; ++b) rows(b * rows_per, std::min(N, (b + 1) * rows_per));
+}
+
 }  // namespace gemm_q
 #endif  // AVX-512 VNNI
 
-// Fast mode for Q8 / Q4 weights (int8 activations per group of 32, VNNI integer dot products for
-// M > 4; the exact dequantizing GEMV for M <= 4, where reading the weights is the cost). Without
-// AVX-512 VNNI it computes matmul_quant_fast_ref's semantics with the scalar reference code.
+// Fast mode for Q8 / Q4 weights: int8 activations per group of 32 and VNNI integer dot products
+// (gemm_q::gemm for M > 4, gemm_q::gemv_fast for M <= 4). Without AVX-512 VNNI: the exact
+// dequantizing GEMV for M <= 4, else matmul_quant_fast_ref's semantics with its scalar code.
 inline void matmul_quant_fast(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
     if (W.dtype != DType::Q8 && W.dtype != DType::Q4) throw Error("matmul_quant_fast: weights must be Q8 or Q4");
     if (M <= 0 || W.rows <= 0) return;
-    if (M <= 4 && matmul_quant(x, M, W, y, bias)) return;
 #if defined(DEEPSTACK_HAVE_VNNI)
+    if (M <= 4) return gemm_q::gemv_fast(x, M, *static_cast<const QuantWeights*>(W.data), y, bias);
     gemm_q::gemm(x, M, W, y, bias);
 #else
+    if (M <= 4 && matmul_quant(x, M, W, y, bias)) return;
     matmul_quant_fast_ref(x, M, W, y, bias);
 #endif
 }
