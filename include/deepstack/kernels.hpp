@@ -8,7 +8,7 @@
 //                                       F32/BF16/F16/Q8/Q4 read in place (kernels_gemm.hpp)
 //   matmul(x, M, W, y, bias, Compute)   Compute::Fast: BF16 -> matmul_bf16, Q8/Q4 -> matmul_quant_fast
 //   matmul_bf16(...)                    bf16-rounded activations, AVX-512 BF16 dot products
-//   matmul_quant_fast(...)              int8 activations per group of 32, AVX-512 VNNI (M > 4)
+//   matmul_quant_fast(...)              int8 activations per group of 32, AVX-512 VNNI GEMM and GEMV
 //   layernorm, rmsnorm                  SIMD; gelu_tanh_inplace, gelu_erf_inplace, silu_inplace,
 //                                       silu_mul (array forms); gelu_tanh/gelu_erf/silu (scalar)
 //   attention(...)                      tiled, online softmax (kernels_attention.hpp)

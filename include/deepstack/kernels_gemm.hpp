@@ -2,10 +2,11 @@
 // dtype (F32 / BF16 / F16, and the load-time quantized Q8 / Q4), fp32 activations, fp32 accumulation.
 //   M <= 4 : GEMV path, bandwidth bound: each weight row is streamed once, converted in registers,
 //            dotted with the (up to 4) activation rows; OpenMP over output rows.
-//   M >  4 : packed, register-blocked GEMM: per thread, blocks of KC x NC weights are converted to
-//            fp32 into a private panel [NC/NR][KC][NR] (never the whole matrix), blocks of MC x KC
-//            activations into [MC/MR][KC][MR], and an MR x NR micro-kernel (broadcast x, FMA with
-//            NR/W weight vectors) accumulates in registers. OpenMP over output columns (N).
+//   M >  4 : packed, register-blocked GEMM: the activations are packed once per call into panels
+//            [K/KC][M/MR][KC][MR] shared by the threads; per thread, blocks of KC x NC weights are
+//            converted to fp32 into a private panel [NC/NR][KC][NR] (never the whole matrix), and an
+//            MR x NR micro-kernel (broadcast x, FMA with NR/W weight vectors) accumulates in
+//            registers. OpenMP over output columns (N).
 // Included from kernels.hpp (needs Matrix and weight_at).
 #pragma once
 #include "kernels_simd.hpp"
