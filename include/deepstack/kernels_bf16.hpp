@@ -131,36 +131,6 @@ inline void round_rows_bf16(const float* x, int64_t M, int64_t K, int64_t kx, ui
 // of [KC/2][MR] bf16 pairs, panel (kb, mb) at apack_offset(kb, mb).
 inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (kb * mblocks + mb) * (KC / 2) * MR; }
 
-inline void gemm_block(const uint32_t* apack, int64_t M, const Matrix& w, float* y, const float* bias, int64_t m_begin,
-                       int64_t m_end, int64_t n_begin, int64_t n_end) {
-    const int64_t N = w.rows, K = w.cols, mblocks_all = (M + MR - 1) / MR;
-    const auto* wd = static_cast<const uint16_t*>(w.data);
-    if (m_begin >= m_end || n_begin >= n_end) return;
-    auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));
-    for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += NC) {
-        const int64_t nc = std::min(NC, n_end - nc0);
-        const int64_t npanels = (nc + NR - 1) / NR;
-        for (int64_t k0 = 0; k0 < K; k0 += KC) {
-            const int64_t kc = std::min(KC, K - k0), kp = (kc + 1) / 2;
-            for (int64_t p = 0; p < npanels; ++p)
-                pack_b(wd, K, nc0 + p * NR, int(std::min<int64_t>(NR, nc - p * NR)), k0, kc, bpanel + p * kp * NR);
-            for (int64_t mc0 = m_begin; mc0 < m_end; mc0 += MC) {
-                const int64_t mc = std::min(MC, m_end - mc0);
-                const int64_t mblocks = (mc + MR - 1) / MR;
-                for (int64_t p = 0; p < npanels; ++p) {
-                    const int64_t n0 = nc0 + p * NR;
-                    const int nvalid = int(std::min<int64_t>(NR, nc - p * NR));
-                    for (int64_t mb = 0; mb < mblocks; ++mb) {
-                        const int64_t m0 = mc0 + mb * MR;
-                        micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks_all), bpanel + p * kp * NR, kp, y + m0 * N + n0, N,
-                                     int(std::min<int64_t>(MR, m_end - m0)), nvalid, k0 == 0, bias ? bias + n0 : nullptr);
-                    }
-                }
-            }
-        }
-    }
-}
-
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows, K = w.cols;
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
@@ -168,14 +138,22 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
     auto* xb = reinterpret_cast<uint16_t*>(scratch<15>(size_t(M * kx / 2 + 16)));
     round_rows_bf16(x, M, K, kx, xb, nt);
     auto* apack = reinterpret_cast<uint32_t*>(scratch<6>(size_t(kblocks * mblocks * (KC / 2) * MR)));
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < kblocks * mblocks; ++i) {
-        const int64_t kb = i / mblocks, mb = i % mblocks;
-        pack_a(xb, kx, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC),
-               apack + apack_offset(kb, mb, mblocks));
-    }
-    split_gemm(
-        M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(apack, M, w, y, bias, m0, m1, n0, n1); }, MR);
+    pack_panels(M, K, KC, MR, nt, [&](int64_t kb, int64_t mb) {
+        pack_a(xb, kx, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC), apack + apack_offset(kb, mb, mblocks));
+    });
+    const auto* wd = static_cast<const uint16_t*>(w.data);
+    auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
+        auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));  // [NC/NR][kc/2][NR] pairs
+        gemm_loops(
+            K, KC, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
+            [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) { pack_b(wd, K, n0, nvalid, k0, kc, bpanel + p * ((kc + 1) / 2) * NR); },
+            [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
+                const int64_t kp = (kc + 1) / 2;
+                micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks), bpanel + p * kp * NR, kp, y + m0 * N + n0, N, mvalid, nvalid,
+                             k0 == 0, bias ? bias + n0 : nullptr);
+            });
+    };
+    split_gemm(M, N, nt, NC, NR, block, MR);
 }
 
 // GEMV (M <= 4): xb holds the activations as bf16, each row zero padded to kpad (multiple of 32).
@@ -223,21 +201,8 @@ inline void gemv(const float* x, const Matrix& w, float* y, const float* bias) {
         for (int64_t k = K; k < kpad; ++k) xb[m * kpad + k] = 0;
     }
     const auto* wd = static_cast<const uint16_t*>(w.data);
-    const int nt = omp_threads_for(double(MM) * double(N) * double(K));
-    const int64_t chunks = (N + R - 1) / R;
-    if (nt == 1 || chunks < 2) {
-        gemv_rows<MM, R>(xb, kpad, wd, K, y, N, bias, 0, N);
-        return;
-    }
-    // Dynamic blocks of rows (~128 KB of weights each): a core busy with other work delays the
-    // call by one block instead of half the matrix.
-    const int64_t rows_per = std::max<int64_t>(R, std::min<int64_t>(256, (N / (8 * nt)) / R * R));
-    const int64_t nblk = (N + rows_per - 1) / rows_per;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t b = 0; b < nblk; ++b) {
-        const int64_t n0 = b * rows_per;
-        gemv_rows<MM, R>(xb, kpad, wd, K, y, N, bias, n0, std::min(N, n0 + rows_per));
-    }
+    split_gemv(N, R, omp_threads_for(double(MM) * double(N) * double(K)),
+               [&](int64_t n0, int64_t n1) { gemv_rows<MM, R>(xb, kpad, wd, K, y, N, bias, n0, n1); });
 }
 
 }  // namespace gemm_bf16

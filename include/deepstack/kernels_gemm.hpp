@@ -70,6 +70,50 @@ inline void split_gemm(int64_t M, int64_t N, int nt, int64_t nc, int64_t nr, con
     for (int t = 0; t < tn * tm; ++t) run(t);
 }
 
+// Runs rows(n0, n1) over the N output rows of a GEMV (r rows per kernel step) on nt threads:
+// dynamic blocks of up to 256 rows (at least 8 per thread), so a core busy with other work delays
+// the call by one block instead of half the matrix.
+template <typename Rows>
+inline void split_gemv(int64_t N, int64_t r, int nt, const Rows& rows) {
+    if (nt == 1 || N < 2 * r) return rows(int64_t(0), N);
+    const int64_t rows_per = std::max<int64_t>(r, std::min<int64_t>(256, (N / (8 * nt)) / r * r));
+    const int64_t nblk = (N + rows_per - 1) / rows_per;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int64_t b = 0; b < nblk; ++b) rows(b * rows_per, std::min(N, (b + 1) * rows_per));
+}
+
+// Calls pack(kb, mb) for every (depth block kb of kc, row panel mb of mr) of an M x K activation
+// matrix, on nt threads: the packed GEMMs pack their activations once per call this way.
+template <typename Pack>
+inline void pack_panels(int64_t M, int64_t K, int64_t kc, int64_t mr, int nt, const Pack& pack) {
+    const int64_t mblocks = (M + mr - 1) / mr, kblocks = (K + kc - 1) / kc;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t i = 0; i < kblocks * mblocks; ++i) pack(i / mblocks, i % mblocks);
+}
+
+// The loop nest of one thread's share of a packed GEMM (f32 here, bf16 and int8 in their files),
+// output rows [m_begin, m_end) (m_begin a multiple of mr) x columns [n_begin, n_end): per block of
+// nc weight columns and kc depth (K and kc in the GEMM's depth unit) the weight panels are packed,
+// pack_panel(p, n0, nvalid, k0, kcur), then the micro-kernel runs on every mr-row panel of the
+// rows, mc rows at a time so their panels stay in L2 with the weights: kernel(p, m0, mvalid, n0,
+// nvalid, k0, kcur).
+template <typename PackPanel, typename Kernel>
+inline void gemm_loops(int64_t K, int64_t kc, int64_t nc, int64_t nr, int64_t mc, int64_t mr, int64_t m_begin, int64_t m_end,
+                       int64_t n_begin, int64_t n_end, const PackPanel& pack_panel, const Kernel& kernel) {
+    if (m_begin >= m_end || n_begin >= n_end) return;
+    for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += nc) {
+        const int64_t ncur = std::min(nc, n_end - nc0), npanels = (ncur + nr - 1) / nr;
+        for (int64_t k0 = 0; k0 < K; k0 += kc) {
+            const int64_t kcur = std::min(kc, K - k0);
+            for (int64_t p = 0; p < npanels; ++p) pack_panel(p, nc0 + p * nr, int(std::min(nr, ncur - p * nr)), k0, kcur);
+            for (int64_t mc0 = m_begin; mc0 < m_end; mc0 += mc)
+                for (int64_t p = 0; p < npanels; ++p)
+                    for (int64_t m0 = mc0; m0 < std::min(m_end, mc0 + mc); m0 += mr)
+                        kernel(p, m0, int(std::min(mr, m_end - m0)), nc0 + p * nr, int(std::min(nr, ncur - p * nr)), k0, kcur);
+        }
+    }
+}
+
 inline int omp_tid() {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -207,56 +251,25 @@ inline void pack_a(const float* x, int64_t ldx, int64_t m0, int mr, int64_t k0, 
 // all threads: panel (kb, mb) holds rows [mb*MR, +MR) x cols [kb*KC, +KC) at apack_offset(kb, mb).
 inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (kb * mblocks + mb) * KC * MR; }
 
-inline void pack_all_a(const float* x, int64_t M, int64_t K, float* apack, int nt) {
-    const int64_t mblocks = (M + MR - 1) / MR, kblocks = (K + KC - 1) / KC;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < kblocks * mblocks; ++i) {
-        const int64_t kb = i / mblocks, mb = i % mblocks;
-        pack_a(x, K, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC),
-               apack + apack_offset(kb, mb, mblocks));
-    }
-}
-
-// The work of one thread: output rows [m_begin, m_end) (m_begin a multiple of MR) x columns
-// [n_begin, n_end), over the packed activations of all M rows.
-inline void gemm_block(const float* apack, int64_t M, const Matrix& w, float* y, const float* bias, int64_t m_begin, int64_t m_end,
-                       int64_t n_begin, int64_t n_end) {
-    const int64_t N = w.rows, K = w.cols, mblocks_all = (M + MR - 1) / MR;
-    if (m_begin >= m_end || n_begin >= n_end) return;
-    float* bpanel = scratch<0>(size_t(NC * KC));
-    float* row_tmp = scratch<2>(size_t(KC));
-    for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += NC) {
-        const int64_t nc = std::min(NC, n_end - nc0);
-        const int64_t npanels = (nc + NR - 1) / NR;
-        for (int64_t k0 = 0; k0 < K; k0 += KC) {
-            const int64_t kc = std::min(KC, K - k0);
-            for (int64_t p = 0; p < npanels; ++p)
-                pack_b(w, nc0 + p * NR, int(std::min<int64_t>(NR, nc - p * NR)), k0, kc, bpanel + p * kc * NR, row_tmp);
-            // MC rows at a time against the whole B block (it stays in L2, the A panels stream).
-            for (int64_t mc0 = m_begin; mc0 < m_end; mc0 += MC) {
-                const int64_t mc = std::min(MC, m_end - mc0);
-                const int64_t mblocks = (mc + MR - 1) / MR;
-                for (int64_t p = 0; p < npanels; ++p) {
-                    const int64_t n0 = nc0 + p * NR;
-                    const int nvalid = int(std::min<int64_t>(NR, nc - p * NR));
-                    for (int64_t mb = 0; mb < mblocks; ++mb) {
-                        const int64_t m0 = mc0 + mb * MR;
-                        micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks_all), bpanel + p * kc * NR, kc, y + m0 * N + n0, N,
-                                     int(std::min<int64_t>(MR, m_end - m0)), nvalid, k0 == 0, bias ? bias + n0 : nullptr);
-                    }
-                }
-            }
-        }
-    }
-}
-
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
-    const int64_t N = w.rows, K = w.cols;
+    const int64_t N = w.rows, K = w.cols, mblocks = (M + MR - 1) / MR;
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
-    float* apack = scratch<1>(size_t(((K + KC - 1) / KC) * ((M + MR - 1) / MR) * KC * MR));
-    pack_all_a(x, M, K, apack, nt);
-    split_gemm(
-        M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(apack, M, w, y, bias, m0, m1, n0, n1); }, MR);
+    float* apack = scratch<1>(size_t(((K + KC - 1) / KC) * mblocks * KC * MR));
+    pack_panels(M, K, KC, MR, nt, [&](int64_t kb, int64_t mb) {
+        pack_a(x, K, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC), apack + apack_offset(kb, mb, mblocks));
+    });
+    auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
+        float* bpanel = scratch<0>(size_t(NC * KC));  // [NC/NR][kc][NR] this thread's weight block
+        float* row_tmp = scratch<2>(size_t(KC));
+        gemm_loops(
+            K, KC, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
+            [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) { pack_b(w, n0, nvalid, k0, kc, bpanel + p * kc * NR, row_tmp); },
+            [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
+                micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks), bpanel + p * kc * NR, kc, y + m0 * N + n0, N, mvalid, nvalid,
+                             k0 == 0, bias ? bias + n0 : nullptr);
+            });
+    };
+    split_gemm(M, N, nt, NC, NR, block, MR);
 }
 
 // ---- GEMV (M <= 4): stream each weight row once ----
@@ -374,8 +387,6 @@ inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* b
 #else
     constexpr int R = MM <= 2 ? 4 : 2;
 #endif
-    const int nt = omp_threads_for(double(MM) * double(N) * double(K));
-    const int64_t chunks = (N + R - 1) / R;
     const float* xp = nullptr;  // activations in pair order, when the BF16 pair kernel applies
     if constexpr (std::is_same_v<Src, simd::BF16Src>) {
         if (K % (2 * simd::W) == 0) {
@@ -384,24 +395,11 @@ inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* b
             xp = buf;
         }
     }
-    auto rows = [&](int64_t n0, int64_t n1) {
+    split_gemv(N, R, omp_threads_for(double(MM) * double(N) * double(K)), [&](int64_t n0, int64_t n1) {
         if constexpr (std::is_same_v<Src, simd::BF16Src>)
             if (xp) return gemv_bf16_pairs<MM, R>(xp, K, wd, y, N, bias, n0, n1);
         gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, n0, n1);
-    };
-    if (nt == 1 || chunks < 2) {
-        rows(0, N);
-        return;
-    }
-    // Dynamic blocks of rows (~128 KB of weights each): a core busy with other work delays the
-    // call by one block instead of half the matrix.
-    const int64_t rows_per = std::max<int64_t>(R, std::min<int64_t>(256, (N / (8 * nt)) / R * R));
-    const int64_t nblk = (N + rows_per - 1) / rows_per;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t b = 0; b < nblk; ++b) {
-        const int64_t n0 = b * rows_per;
-        rows(n0, std::min(N, n0 + rows_per));
-    }
+    });
 }
 
 template <class Src>

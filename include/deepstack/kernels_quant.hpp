@@ -146,22 +146,8 @@ inline void gemv_quant_rows(const float* x, const QuantWeights& qw, float* y, co
 template <int MM>
 inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const float* bias) {
     constexpr int R = 4;
-    const int64_t N = qw.rows;
-    const int nt = omp_threads_for(double(MM) * double(N) * double(qw.cols));
-    const int64_t chunks = (N + R - 1) / R;
-    if (nt == 1 || chunks < 2) {
-        gemv_quant_rows<MM, R>(x, qw, y, bias, 0, N);
-        return;
-    }
-    // Dynamic blocks of rows (~128 KB of weights each): a core busy with other work delays the
-    // call by one block instead of half the matrix.
-    const int64_t rows_per = std::max<int64_t>(R, std::min<int64_t>(256, (N / (8 * nt)) / R * R));
-    const int64_t nblk = (N + rows_per - 1) / rows_per;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t b = 0; b < nblk; ++b) {
-        const int64_t n0 = b * rows_per;
-        gemv_quant_rows<MM, R>(x, qw, y, bias, n0, std::min(N, n0 + rows_per));
-    }
+    split_gemv(qw.rows, R, omp_threads_for(double(MM) * double(qw.rows) * double(qw.cols)),
+               [&](int64_t n0, int64_t n1) { gemv_quant_rows<MM, R>(x, qw, y, bias, n0, n1); });
 }
 
 }  // namespace gemm
@@ -333,55 +319,43 @@ inline void pack_a(const int8_t* xq, const float* sx, int64_t kpad, int64_t G, i
         }
 }
 
-inline void gemm_block(const int8_t* xq, const float* sx, const QuantWeights& qw, float* y, const float* bias,
-                       int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
-    const int64_t N = qw.rows, G = qw.groups(), kpad = qw.kpad;
-    if (m_begin >= m_end || n_begin >= n_end) return;
-    const int64_t qstride = GK * QPG;  // u32 per (panel row) per block
-    auto* bq = reinterpret_cast<int32_t*>(scratch<8>(size_t(NC * qstride)));
-    float* bsc = scratch<9>(size_t(NC * GK));
-    auto* bcor = reinterpret_cast<int32_t*>(scratch<10>(size_t(NC * GK)));
-    auto* aq = reinterpret_cast<uint32_t*>(scratch<11>(size_t(MC * qstride)));
-    float* asx = scratch<12>(size_t(MC * GK));
-    for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += NC) {
-        const int64_t nc = std::min(NC, n_end - nc0);
-        const int64_t npanels = (nc + NR - 1) / NR;
-        for (int64_t g0 = 0; g0 < G; g0 += GK) {
-            const int64_t ng = std::min(GK, G - g0);
-            for (int64_t p = 0; p < npanels; ++p)
-                pack_b(qw, nc0 + p * NR, int(std::min<int64_t>(NR, nc - p * NR)), g0, ng, bq + p * ng * QPG * NR,
-                       bsc + p * ng * NR, bcor + p * ng * NR);
-            for (int64_t mc0 = m_begin; mc0 < m_end; mc0 += MC) {
-                const int64_t mc = std::min(MC, m_end - mc0);
-                const int64_t mblocks = (mc + MR - 1) / MR;
-                for (int64_t mb = 0; mb < mblocks; ++mb)
-                    pack_a(xq, sx, kpad, G, mc0 + mb * MR, int(std::min<int64_t>(MR, mc - mb * MR)), g0, ng,
-                           aq + mb * ng * QPG * MR, asx + mb * ng * MR);
-                for (int64_t p = 0; p < npanels; ++p) {
-                    const int64_t n0 = nc0 + p * NR;
-                    const int nvalid = int(std::min<int64_t>(NR, nc - p * NR));
-                    for (int64_t mb = 0; mb < mblocks; ++mb) {
-                        const int64_t m0 = mc0 + mb * MR;
-                        micro_kernel(aq + mb * ng * QPG * MR, asx + mb * ng * MR, bq + p * ng * QPG * NR, bsc + p * ng * NR,
-                                     bcor + p * ng * NR, ng, y + m0 * N + n0, N, int(std::min<int64_t>(MR, mc - mb * MR)),
-                                     nvalid, g0 == 0, bias ? bias + n0 : nullptr);
-                    }
-                }
-            }
-        }
-    }
-}
+// Activation panels of the whole call, packed once and shared by the threads: per (group block kb
+// of GK, row panel mb) the u32 quads [GK][QPG][MR] at aq_offset and the scales [GK][MR] at as_offset.
+inline int64_t aq_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (kb * mblocks + mb) * GK * QPG * MR; }
+inline int64_t as_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (kb * mblocks + mb) * GK * MR; }
 
 inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const float* bias) {
     const auto& qw = *static_cast<const QuantWeights*>(W.data);
-    const int64_t N = qw.rows, K = qw.cols, G = qw.groups(), kpad = qw.kpad;
-    // activations quantized once per call (shared by the threads)
+    const int64_t N = qw.rows, K = qw.cols, G = qw.groups(), kpad = qw.kpad, mblocks = (M + MR - 1) / MR, kblocks = (G + GK - 1) / GK;
+    // activations quantized once per call, then packed as panels (shared by the threads)
     auto* xq = reinterpret_cast<int8_t*>(scratch<13>(size_t(M * kpad / 4 + 16)));
     float* sx = scratch<14>(size_t(M * G));
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && M * K >= (1 << 15))
     for (int64_t m = 0; m < M; ++m) quantize_act_row(x + m * K, K, kpad, xq + m * kpad, sx + m * G);
-    split_gemm(M, N, nt, NC, NR, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { gemm_block(xq, sx, qw, y, bias, m0, m1, n0, n1); });
+    auto* aq = reinterpret_cast<uint32_t*>(scratch<11>(size_t(kblocks * mblocks * GK * QPG * MR)));
+    float* asx = scratch<12>(size_t(kblocks * mblocks * GK * MR));
+    pack_panels(M, G, GK, MR, nt, [&](int64_t kb, int64_t mb) {
+        pack_a(xq, sx, kpad, G, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * GK, std::min(GK, G - kb * GK),
+               aq + aq_offset(kb, mb, mblocks), asx + as_offset(kb, mb, mblocks));
+    });
+    auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
+        // this thread's weight block: quads [NC/NR][ng][QPG][NR], scales and -128 * sums [NC/NR][ng][NR]
+        auto* bq = reinterpret_cast<int32_t*>(scratch<8>(size_t(NC * GK * QPG)));
+        float* bsc = scratch<9>(size_t(NC * GK));
+        auto* bcor = reinterpret_cast<int32_t*>(scratch<10>(size_t(NC * GK)));
+        gemm_loops(
+            G, GK, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
+            [&](int64_t p, int64_t n0, int nvalid, int64_t g0, int64_t ng) {
+                pack_b(qw, n0, nvalid, g0, ng, bq + p * ng * QPG * NR, bsc + p * ng * NR, bcor + p * ng * NR);
+            },
+            [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t g0, int64_t ng) {
+                const int64_t kb = g0 / GK, mb = m0 / MR;
+                micro_kernel(aq + aq_offset(kb, mb, mblocks), asx + as_offset(kb, mb, mblocks), bq + p * ng * QPG * NR, bsc + p * ng * NR,
+                             bcor + p * ng * NR, ng, y + m0 * N + n0, N, mvalid, nvalid, g0 == 0, bias ? bias + n0 : nullptr);
+            });
+    };
+    split_gemm(M, N, nt, NC, NR, block, MR);
 }
 
 // GEMV (M <= 4) in fast mode: the same int8 activations and integer group dot products as the GEMM,
@@ -480,12 +454,7 @@ inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* 
             default: gemv_fast_rows<4>(qw, xq, sx, xl, xcorr, xs, y, bias, n0, n1); return;
         }
     };
-    const int nt = omp_threads_for(double(M) * double(N) * double(K));
-    if (nt == 1) return rows(0, N);
-    const int64_t rows_per = std::max<int64_t>(4, std::min<int64_t>(256, N / (8 * nt)));
-    const int64_t nblk = (N + rows_per - 1) / rows_per;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t b = 0; b < nblk; ++b) rows(b * rows_per, std::min(N, (b + 1) * rows_per));
+    split_gemv(N, 1, omp_threads_for(double(M) * double(N) * double(K)), rows);
 }
 
 }  // namespace gemm_q
