@@ -383,7 +383,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
         for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
         for (int64_t st = 0; st < steps; ++st) {
             const __m512i w = _mm512_loadu_si512(wr + st * 64);
-            const __m512 wsv = _mm512_permutexvar_ps(lane_group, _mm512_castps128_ps512(q8 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(ws + st * 2)))
+            const __m512 wsv = _mm512_permutexvar_ps(lane_group, _mm512_castps128_ps512(q8 ? _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ws + st * 2)))
                                                                                            : _mm_loadu_ps(ws + st * 4)));
             for (int m = 0; m < MM; ++m) {
                 const int8_t* xm = xl + m * kpad + st * 128 / (q8 ? 2 : 1);
