@@ -20,7 +20,8 @@ struct LoadOptions {
     bool bf16_compute = false;  // fast matmuls: bf16 activations for BF16 weights, int8 for Q8/Q4 prefill (not exact)
     // Stored weights: false (default) reads the safetensors files into memory backed by 2 MiB pages
     // (decode streams every weight per token; about 1.6x faster than over 4 KiB mapped pages here);
-    // true maps them (instant load, pages shared with other processes, RSS grows as they are touched).
+    // true maps them (instant load, pages shared with other processes, RSS grows as they are touched;
+    // the choice for a model larger than the free RAM, which reading in cannot hold).
     // Q8 / Q4 always map: the stored bytes are read once to quantize, then released.
     bool map_weights = false;
 };
