@@ -406,6 +406,15 @@ TEST_CASE("decode: uncompressed files must hold every declared pixel; JPEGs must
                                  std::to_string(c.need - 1) + ")";
         CHECK_THROWS_WITH_AS(decode_image(c.bytes.data(), c.bytes.size() - 1, c.name), want.c_str(), Error);
     }
+    // A zero-length IDAT chunk right after IHDR (valid PNG; stb_image would memcpy to a null
+    // buffer, a fuzzer find) decodes to the same pixels as the file without it.
+    const std::vector<uint8_t> png_ok = read_bytes(kFixtures + "tiny-image/inputs/image0_80x56.png");
+    std::vector<uint8_t> with_empty(png_ok.begin(), png_ok.begin() + 33);  // signature + IHDR chunk
+    const uint8_t empty_idat[] = {0, 0, 0, 0, 'I', 'D', 'A', 'T', 0x35, 0xaf, 0x06, 0x1e};  // length 0, type, CRC-32
+    with_empty.insert(with_empty.end(), std::begin(empty_idat), std::end(empty_idat));
+    with_empty.insert(with_empty.end(), png_ok.begin() + 33, png_ok.end());
+    CHECK(decode_image(with_empty.data(), with_empty.size(), "e.png").rgb == decode_image(png_ok.data(), png_ok.size(), "ok.png").rgb);
+
     // PNM header numbers are read here before stb_image (whose parser overflows int on ten digits).
     const std::string long_width = "P5  99999999999999 2 255\n";
     CHECK_THROWS_WITH_AS(decode_image(reinterpret_cast<const uint8_t*>(long_width.data()), long_width.size(), "w.pgm"),

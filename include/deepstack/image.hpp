@@ -309,6 +309,30 @@ inline std::string payload_problem(const uint8_t* d, size_t size, int64_t w, int
     return {};
 }
 
+// A PNG's bytes without its zero-length IDAT chunks (they carry no data; stb_image 2.27 passes a
+// null buffer to memcpy for a leading one, undefined behaviour found by tests/fuzz/fuzz_image), or
+// an empty vector when the file has none. Chunks: 4-byte big-endian length, type, data, CRC.
+inline std::vector<uint8_t> png_without_empty_idat(const uint8_t* d, size_t size) {
+    if (size < 8 || std::memcmp(d, "\x89PNG\r\n\x1a\n", 8) != 0) return {};
+    std::vector<std::pair<size_t, size_t>> drop;  // [begin, end) of each empty IDAT chunk
+    for (size_t i = 8; i + 12 <= size;) {
+        const uint64_t len = uint64_t(d[i]) << 24 | uint64_t(d[i + 1]) << 16 | uint64_t(d[i + 2]) << 8 | d[i + 3];
+        if (len == 0 && std::memcmp(d + i + 4, "IDAT", 4) == 0) drop.emplace_back(i, i + 12);
+        if (len > size - i - 12) break;
+        i += size_t(len) + 12;
+    }
+    if (drop.empty()) return {};
+    std::vector<uint8_t> out;
+    out.reserve(size);
+    size_t from = 0;
+    for (auto [b, e] : drop) {
+        out.insert(out.end(), d + from, d + b);
+        from = e;
+    }
+    out.insert(out.end(), d + from, d + size);
+    return out;
+}
+
 inline void check_image(const Image& img, const char* what) {
     if (img.width <= 0 || img.height <= 0 || img.rgb.size() != size_t(img.width) * size_t(img.height) * 3)
         throw Error(std::string(what) + ": image of " + dims_str(img.width, img.height) + " holds " + std::to_string(img.rgb.size()) +
@@ -351,6 +375,8 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
     // reads the result as 16-bit: a heap over-read (found by tests/fuzz/fuzz_image). Refused here.
     if (comp != 3 && size >= 2 && data[0] == 'P' && data[1] == '5' && stbi_is_16_bit_from_memory(data, int(size)))
         throw Error(name + ": 16-bit greyscale PGM is not supported");
+    const std::vector<uint8_t> cleaned = detail::png_without_empty_idat(data, size);
+    if (!cleaned.empty()) data = cleaned.data(), size = cleaned.size();
     int dw = 0, dh = 0;
     std::unique_ptr<uint8_t, void (*)(void*)> pixels(stbi_load_from_memory(data, int(size), &dw, &dh, &comp, 3), stbi_image_free);
     if (!pixels) throw undecodable();

@@ -116,6 +116,8 @@ out("image", "rgb_2x2.tga", bytes([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 2, 
 out("image", "tga_truncated_13648x13088", bytes([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]) + b"P5 3  25\n\x005\x00\x11\x00\x00\x02\x00\x02: value is not defined\x00\x18\x00" + bytes(range(12)))
 # A fuzzer find: a PGM width of 94 digits (stb_image's header parser overflows int).
 out("image", "pnm_width_overflow", b"P5  " + b"9" * 94 + b"2\x96\x11\xfa")
+# A fuzzer find, kept as found (tests/fuzz/corpus/image/png_empty_idat): a PNG whose first IDAT
+# chunk is empty (stb_image passed a null buffer to memcpy); not regenerated here.
 out("image", "gif_1x1.gif", b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\x00\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
 if shutil.which("convert"):
     src = os.path.join(fixture, "inputs", "image0_80x56.png")
