@@ -2,7 +2,6 @@
 #pragma once
 #include <sys/mman.h>
 
-#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <new>

@@ -270,10 +270,11 @@ inline bool parse_pnm_header(const uint8_t* d, size_t size, PnmHeader& h) {
 // What a file's own bytes say about its declared width x height, checked before decoding: stb_image
 // reads zeros past the end of its buffer, so a truncated file would otherwise decode to a partly
 // black picture of any declared size (a 66-byte TGA declaring 13648x13088 made 535 MB of pixels).
+// `pnm`: the parsed header when the file is a PGM / PPM, else null.
 // Returns an empty string when the file can hold its pixels, else the problem. Uncompressed TGA,
 // BMP and PNM must hold every pixel byte; a JPEG must end its data (an EOI marker) and codes at
 // least one bit per 8x8 block, so it cannot declare more than 512 pixels per byte.
-inline std::string payload_problem(const uint8_t* d, size_t size, int64_t w, int64_t h) {
+inline std::string payload_problem(const uint8_t* d, size_t size, int64_t w, int64_t h, const PnmHeader* pnm) {
     auto le16 = [&](size_t i) { return int64_t(d[i]) | int64_t(d[i + 1]) << 8; };
     auto le32 = [&](size_t i) { return le16(i) | le16(i + 2) << 16; };
     auto truncated = [&](int64_t need, const char* format) {
@@ -296,9 +297,7 @@ inline std::string payload_problem(const uint8_t* d, size_t size, int64_t w, int
         if (compression != 0 && compression != 3) return {};
         return truncated(le32(10) + (w * bits + 31) / 32 * 4 * h, "BMP");
     }
-    PnmHeader pnm;
-    if (parse_pnm_header(d, size, pnm))
-        return truncated(pnm.data_offset + pixels * pnm.channels * (pnm.maxval > 255 ? 2 : 1), "PNM");
+    if (pnm) return truncated(pnm->data_offset + pixels * pnm->channels * (pnm->maxval > 255 ? 2 : 1), "PNM");
     static const char* const magics[] = {"\x89PNG", "GIF8", "8BPS", "\x53\x80\xF6\x34", "#?RADIANCE", "#?RGBE"};
     for (const char* m : magics)
         if (size >= std::strlen(m) && std::memcmp(d, m, std::strlen(m)) == 0) return {};
@@ -362,19 +361,19 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
     int64_t png_w = 0, png_h = 0;
     if (detail::png_declared_size(data, size, png_w, png_h)) check_size(png_w, png_h);
     detail::PnmHeader pnm;
-    if (detail::parse_pnm_header(data, size, pnm)) {
+    const bool is_pnm = detail::parse_pnm_header(data, size, pnm);
+    if (is_pnm) {
         check_size(pnm.width, pnm.height);
         if (pnm.maxval <= 0 || pnm.maxval > 65535) throw Error(name + ": PNM maximum sample value " + std::to_string(pnm.maxval) + " is outside 1..65535");
     }
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(data, int(size), &w, &h, &comp)) throw undecodable();
     check_size(w, h);
-    const std::string payload = detail::payload_problem(data, size, w, h);
+    const std::string payload = detail::payload_problem(data, size, w, h, is_pnm ? &pnm : nullptr);
     if (!payload.empty()) throw Error(name + ": " + payload);
     // stb_image 2.27 converts 16-bit PGM (P5, maxval > 255) to RGB with its 8-bit converter, then
     // reads the result as 16-bit: a heap over-read (found by tests/fuzz/fuzz_image). Refused here.
-    if (comp != 3 && size >= 2 && data[0] == 'P' && data[1] == '5' && stbi_is_16_bit_from_memory(data, int(size)))
-        throw Error(name + ": 16-bit greyscale PGM is not supported");
+    if (is_pnm && pnm.channels == 1 && pnm.maxval > 255) throw Error(name + ": 16-bit greyscale PGM is not supported");
     const std::vector<uint8_t> cleaned = detail::png_without_empty_idat(data, size);
     if (!cleaned.empty()) data = cleaned.data(), size = cleaned.size();
     int dw = 0, dh = 0;

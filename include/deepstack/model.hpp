@@ -41,8 +41,9 @@ struct Model {
     static std::shared_ptr<const Model> load(const std::string& dir, const LoadOptions& opt = {}) {
         struct stat st {};
         if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw Error(dir + ": model folder not found");
+        const FileAccess access = opt.weights == WeightFormat::Stored && !opt.map_weights ? FileAccess::Read : FileAccess::Map;
         return from_store(load_model_config(dir + "/config.json"), load_preprocess_config(dir + "/preprocessor_config.json", false),
-                          load_preprocess_config(dir + "/video_preprocessor_config.json", true), WeightStore::open_folder(dir, opt.weights == WeightFormat::Stored && !opt.map_weights ? FileAccess::Read : FileAccess::Map), dir,
+                          load_preprocess_config(dir + "/video_preprocessor_config.json", true), WeightStore::open_folder(dir, access), dir,
                           opt);
     }
 
