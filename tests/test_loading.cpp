@@ -60,6 +60,42 @@ TEST_CASE("weights read into memory and mapped hold the same bytes and give the 
     CHECK(worst <= 0.03f * largest);
 }
 
+TEST_CASE("a file read into memory has its data area on a 64-byte line whatever the header length") {
+    // header lengths giving data areas at 8 + len = 40, 8 and 63 mod 64; 1.5 MiB of data so that the
+    // buffer is in 2 MiB pages (made read-only whole)
+    for (const size_t pad : {size_t(0), size_t(32), size_t(55)}) {
+        CAPTURE(pad);
+        const int64_t n = 768 * 1024;  // bf16 values
+        nlohmann::json h;
+        h["w"] = {{"dtype", "BF16"}, {"shape", {n}}, {"data_offsets", {0, 2 * n}}};
+        std::string header = h.dump();
+        header += std::string((64 - (8 + header.size()) % 64 + 40 + pad) % 64, ' ');
+        const std::string path = "/tmp/deepstack-test-align-" + std::to_string(::getpid()) + ".safetensors";
+        {
+            std::ofstream out(path, std::ios::binary);
+            uint8_t len[8];
+            for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(header.size()) >> (8 * i));
+            out.write(reinterpret_cast<const char*>(len), 8);
+            out << header;
+            for (int64_t i = 0; i < n; ++i) {
+                const uint16_t v = uint16_t(i * 40503u);
+                out.put(char(v & 0xff)).put(char(v >> 8));
+            }
+        }
+        CHECK((8 + header.size()) % 64 == (40 + pad) % 64);
+        WeightStore read, mapped;
+        read.add_file(path, FileAccess::Read);
+        mapped.add_file(path, FileAccess::Map);
+        const TensorInfo* r = read.find("w");
+        const TensorInfo* m = mapped.find("w");
+        REQUIRE(r != nullptr);
+        REQUIRE(m != nullptr);
+        CHECK(reinterpret_cast<uintptr_t>(r->data) % 64 == 0);
+        CHECK(std::memcmp(r->data, m->data, size_t(2 * n)) == 0);
+        std::remove(path.c_str());
+    }
+}
+
 TEST_CASE("a file read into memory that is shorter than its header says is refused") {
     CHECK_THROWS_WITH_AS(detail::MappedFile("/nonexistent/model.safetensors", FileAccess::Read),
                          doctest::Contains("/nonexistent/model.safetensors: cannot open"), Error);
