@@ -211,7 +211,7 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
     const int64_t nqb = (rows + attn::BQ - 1) / attn::BQ;
     const int64_t tasks = nqb * Hkv;
     const size_t work_floats = size_t(2 * attn::BQP * int64_t(d) + attn::BQP * attn::BK + 2 * attn::BQ);
-    const int nt = omp_threads_for(double(Tq) * double(Tk) * double(Hq) * double(d));
+    const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));  // Q K^T and P V
     // With many queries, transpose K once per call into [Hkv][nkb][d][BK] (zero padded) and share it.
     const int64_t nkb = (Tk + attn::BK - 1) / attn::BK;
     float* ktall = nullptr;

@@ -383,7 +383,7 @@ inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* b
     const int64_t N = w.rows, K = w.cols;
     const auto* wd = static_cast<const typename Src::T*>(w.data);
 #if defined(DEEPSTACK_SIMD_AVX512)
-    constexpr int R = 4;
+    constexpr int R = MM == 1 ? 8 : 4;
 #else
     constexpr int R = MM <= 2 ? 4 : 2;
 #endif
