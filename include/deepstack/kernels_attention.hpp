@@ -40,7 +40,7 @@ inline void pv_chunk(const float* p, int jmax, const float* vbase, int64_t vstri
         for (int u = 0; u < QN; ++u) b[u] = set1(p[u * BK + jj]);
 #pragma GCC unroll 4
         for (int c = 0; c < C; ++c) {
-            const vf vv = load(vr + c * W);
+            const vf vv = in_register(load(vr + c * W));
             for (int u = 0; u < QN; ++u) a[u][c] = simd::fma(b[u], vv, a[u][c]);
         }
     }
@@ -89,7 +89,7 @@ inline void attention_task(const float* q, const float* k, const float* v, int64
                     for (int u = 0; u < QN; ++u) b[u] = set1(q0[u * d + t]);
 #pragma GCC unroll 4
                     for (int c = 0; c < NVK; ++c) {
-                        const vf kv = load(kt + t * BK + c * W);
+                        const vf kv = in_register(load(kt + t * BK + c * W));
                         for (int u = 0; u < QN; ++u) a[u][c] = simd::fma(b[u], kv, a[u][c]);
                     }
                 }

@@ -439,6 +439,18 @@ inline vf gelu_erf(vf x) {
     return mul(mul(x, set1(0.5f)), onep);
 }
 
+// A vector loaded once and used by several FMAs: GCC otherwise folds the load into every FMA as a
+// memory operand (one load per use), which leaves a small tile load-port bound (attention's score
+// and P*V tiles ran at about half the GEMM's rate that way).
+inline vf in_register(vf v) {
+#if (defined(DEEPSTACK_SIMD_AVX512) || defined(DEEPSTACK_SIMD_AVX2)) && defined(__GNUC__)
+    __asm__("" : "+v"(v));
+#elif defined(DEEPSTACK_SIMD_NEON) && defined(__GNUC__)
+    __asm__("" : "+w"(v));
+#endif
+    return v;
+}
+
 // Loads of W weights of a given storage type as fp32 (tag dispatch for the templated kernels).
 struct F32Src {
     using T = float;
