@@ -461,7 +461,7 @@ std::vector<int> random_ids(const ModelConfig& c, int n, uint32_t seed) {
 }
 
 struct VisionRun {
-    double preprocess_s = 0, encode_s = 0;
+    double preprocess_s = 0, encode_s = 0, first_encode_s = 0;  // best of two encodes; the first one
     int64_t patches = 0;
 };
 
@@ -473,10 +473,16 @@ VisionRun run_vision(const Model& m, int side) {
     r.preprocess_s = detail::seconds_since(t0);
     const auto& g = in.patches.grid_thw;
     r.patches = int64_t(g[0]) * g[1] * g[2];
-    t0 = Clock::now();
-    const VisionFeatures f = encode_vision(m.vision, m.config.vision, in.patches.pixels.data(), {g});
-    r.encode_s = detail::seconds_since(t0);
-    if (f.embeds.empty()) throw Error("vision encoder returned nothing");
+    // Two encodes: the first at a new size also grows the per-thread scratch buffers (page faults);
+    // the better one is the encoder's speed, the first is printed beside it.
+    for (int run = 0; run < 2; ++run) {
+        t0 = Clock::now();
+        const VisionFeatures f = encode_vision(m.vision, m.config.vision, in.patches.pixels.data(), {g});
+        const double s = detail::seconds_since(t0);
+        if (f.embeds.empty()) throw Error("vision encoder returned nothing");
+        r.encode_s = run == 0 ? s : std::min(r.encode_s, s);
+        if (run == 0) r.first_encode_s = s;
+    }
     return r;
 }
 
@@ -573,7 +579,8 @@ void print_table(const Report& r, const Args& a) {
     const char* peak_name = r.compute == "bf16" ? "bf16 peak" : "fp32 peak";
     auto vis = [&](const char* name, const VisionRun& v, double bound) {
         if (v.encode_s <= 0) return;
-        std::printf("%-16s %.2f s (%" PRId64 " patches, preprocess %.3f s)", name, v.encode_s, v.patches, v.preprocess_s);
+        std::printf("%-16s %.2f s (first call %.2f s; %" PRId64 " patches, preprocess %.3f s)", name, v.encode_s, v.first_encode_s, v.patches,
+                    v.preprocess_s);
         if (bound > 0) std::printf("   %s bound %.2f s  -> %.0f%% of peak", peak_name, bound, 100 * bound / v.encode_s);
         std::printf("\n");
     };
@@ -602,8 +609,8 @@ void print_json(const Report& r) {
         {"load_s", r.load_s}, {"rss_after_load_bytes", r.rss_after_load}, {"peak_rss_bytes", r.peak_rss},
         {"rss_anon_bytes", r.rss_anon}, {"rss_file_bytes", r.rss_file},
         {"mem_bw_gbps", r.mem_bw}, {"fma_peak_gflops", r.fma_peak}, {"bf16_peak_gflops", r.bf16_peak},
-        {"vision_448_s", r.v448.encode_s}, {"vision_448_bound_s", r.vision_448_bound},
-        {"vision_896_s", r.v896.encode_s}, {"vision_896_bound_s", r.vision_896_bound},
+        {"vision_448_s", r.v448.encode_s}, {"vision_448_first_s", r.v448.first_encode_s}, {"vision_448_bound_s", r.vision_448_bound},
+        {"vision_896_s", r.v896.encode_s}, {"vision_896_first_s", r.v896.first_encode_s}, {"vision_896_bound_s", r.vision_896_bound},
         {"prefill_256_tok_s", r.prefill_256}, {"prefill_256_bound_tok_s", r.prefill_256_bound},
         {"prefill_1024_tok_s", r.prefill_1024}, {"prefill_1024_bound_tok_s", r.prefill_1024_bound},
         {"decode_tok_s", r.decode}, {"decode_bound_tok_s", r.decode_bound}, {"decode_steps", r.decode_steps}};
