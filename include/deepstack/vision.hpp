@@ -106,12 +106,14 @@ inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, con
 // Patch merger: x [S, Dv] in merge-window order -> out [S/m², D].
 inline std::vector<float> merge_patches(const float* x, int64_t S, const MergerWeights& m, const VisionConfig& cfg, Compute mode) {
     const int64_t Dv = cfg.hidden_size, merged = cfg.merged_dim(), N = S * Dv / merged, D = cfg.out_hidden_size;
-    std::vector<float> z(size_t(S * Dv));  // viewed as [N, merged]: consecutive window rows concatenated
+    // temporaries in 2 MiB pages (big_vector): megabytes each, and 4 KiB page faults are slow here
+    big_vector<float> z(size_t(S * Dv));  // viewed as [N, merged]: consecutive window rows concatenated
     if (m.postshuffle)
         layernorm(x, N, merged, m.norm.w.data(), m.norm.b.data(), 1e-6f, z.data());
     else
         layernorm(x, S, Dv, m.norm.w.data(), m.norm.b.data(), 1e-6f, z.data());
-    std::vector<float> hidden(size_t(N * merged)), out(size_t(N * D));
+    big_vector<float> hidden(size_t(N * merged));
+    std::vector<float> out(size_t(N * D));
     linear_forward(z.data(), N, m.fc1, hidden.data(), mode);
     gelu_erf_inplace(hidden.data(), int64_t(hidden.size()));
     linear_forward(hidden.data(), N, m.fc2, out.data(), mode);
@@ -141,11 +143,12 @@ inline VisionFeatures encode_vision(const VisionWeights& W, const VisionConfig& 
             S += int64_t(g[1]) * g[2];
         }
     }
-    std::vector<float> x(size_t(S * Dv));
+    big_vector<float> x(size_t(S * Dv));  // the residual stream [S, Dv]
     linear_forward(pixels, S, W.patch_embed, x.data(), W.compute);
     if (trace) trace(trace_prefix + ".vision.patch_embed", {S, Dv}, x.data());
 
-    std::vector<float> pos(size_t(S * Dv)), cos_t(size_t(S * dh / 2)), sin_t(size_t(S * dh / 2));
+    big_vector<float> pos(size_t(S * Dv));
+    std::vector<float> cos_t(size_t(S * dh / 2)), sin_t(size_t(S * dh / 2));
     int64_t row = 0;
     for (auto& g : grids) {
         position_embedding(W.pos_embed, g[0], g[1], g[2], merge, pos.data() + row * Dv);
