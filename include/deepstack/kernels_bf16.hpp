@@ -13,6 +13,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 #if defined(DEEPSTACK_SIMD_AVX512) && defined(__AVX512BF16__)
@@ -82,17 +83,25 @@ inline void micro_kernel(const uint32_t* __restrict a, const uint32_t* __restric
     }
 }
 
-// Weight rows [n0, n0 + nvalid), cols [k0, k0 + kc) as bf16 pairs [kp][NR] (zero padded).
+// Weight rows [n0, n0 + nvalid), cols [k0, k0 + kc) as bf16 pairs [kp][NR] (zero padded): whole
+// blocks of 16 rows x 16 pairs by a register transpose, the remaining pairs one by one.
 inline void pack_b(const uint16_t* w, int64_t K, int64_t n0, int nvalid, int64_t k0, int64_t kc, uint32_t* dst) {
-    const int64_t kp = (kc + 1) / 2;
+    const int64_t kp = (kc + 1) / 2, full = kc / 2, p16 = full / 16 * 16;
+    for (int h = 0; h < NR; h += 16)
+        for (int64_t p = 0; p < p16; p += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; ++i)
+                r[i] = h + i < nvalid ? _mm512_loadu_si512(w + (n0 + h + i) * K + k0 + 2 * p) : _mm512_setzero_si512();
+            simd::transpose16x16_32(r);
+            for (int q = 0; q < 16; ++q) _mm512_storeu_si512(dst + (p + q) * NR + h, r[q]);
+        }
     for (int j = 0; j < NR; ++j) {
         if (j < nvalid) {
             const uint16_t* src = w + (n0 + j) * K + k0;
-            const int64_t full = kc / 2;
-            for (int64_t p = 0; p < full; ++p) dst[p * NR + j] = pair_at(src + 2 * p);
+            for (int64_t p = p16; p < full; ++p) dst[p * NR + j] = pair_at(src + 2 * p);
             if (kc & 1) dst[full * NR + j] = src[kc - 1];
         } else {
-            for (int64_t p = 0; p < kp; ++p) dst[p * NR + j] = 0;
+            for (int64_t p = p16; p < kp; ++p) dst[p * NR + j] = 0;
         }
     }
 }

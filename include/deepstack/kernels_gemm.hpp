@@ -21,11 +21,12 @@
 #include <omp.h>
 #endif
 
-// GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (_mm512_undefined_* inside the
+// GCC 12's AVX-512 intrinsic headers trip -W(maybe-)uninitialized (_mm512_undefined_* inside the
 // intrinsics) once inlined at -O3; silence that false positive for the kernels only.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace deepstack {
@@ -224,15 +225,24 @@ inline void micro_kernel(const float* __restrict a, const float* __restrict b, i
 }
 
 // Pack weight rows [n0, n0 + nvalid) x cols [k0, k0 + kc) as fp32 [kc][NR] (zero padded columns).
-inline void pack_b(const Matrix& w, int64_t n0, int nvalid, int64_t k0, int64_t kc, float* dst, float* row_tmp) {
-    for (int j = 0; j < NR; ++j) {
-        if (j < nvalid) {
-            weight_segment_f32(w, n0 + j, k0, kc, row_tmp);
-            for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = row_tmp[k];
-        } else {
-            for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = 0.f;
+// rows_tmp: [NR][KC] floats, the rows converted to fp32 before they are transposed (16 x 16
+// register blocks with AVX-512, element by element otherwise).
+inline void pack_b(const Matrix& w, int64_t n0, int nvalid, int64_t k0, int64_t kc, float* dst, float* rows_tmp) {
+    for (int j = 0; j < nvalid; ++j) weight_segment_f32(w, n0 + j, k0, kc, rows_tmp + j * KC);
+    int64_t k_done = 0;
+#if defined(DEEPSTACK_SIMD_AVX512)
+    static_assert(NR % 16 == 0, "the packing transposes 16 columns at a time");
+    k_done = kc / 16 * 16;
+    for (int h = 0; h < NR; h += 16)
+        for (int64_t k = 0; k < k_done; k += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; ++i) r[i] = h + i < nvalid ? _mm512_loadu_si512(rows_tmp + (h + i) * KC + k) : _mm512_setzero_si512();
+            simd::transpose16x16_32(r);
+            for (int q = 0; q < 16; ++q) _mm512_storeu_si512(dst + (k + q) * NR + h, r[q]);
         }
-    }
+#endif
+    for (int64_t k = k_done; k < kc; ++k)
+        for (int j = 0; j < NR; ++j) dst[k * NR + j] = j < nvalid ? rows_tmp[j * KC + k] : 0.f;
 }
 
 // Pack activation rows [m0, m0 + mr) x cols [k0, k0 + kc) as [kc][MR] (zero padded rows).
@@ -260,10 +270,10 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
     });
     auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
         float* bpanel = scratch<0>(size_t(NC * KC));  // [NC/NR][kc][NR] this thread's weight block
-        float* row_tmp = scratch<2>(size_t(KC));
+        float* rows_tmp = scratch<2>(size_t(NR * KC));
         gemm_loops(
             K, KC, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
-            [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) { pack_b(w, n0, nvalid, k0, kc, bpanel + p * kc * NR, row_tmp); },
+            [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) { pack_b(w, n0, nvalid, k0, kc, bpanel + p * kc * NR, rows_tmp); },
             [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
                 micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks), bpanel + p * kc * NR, kc, y + m0 * N + n0, N, mvalid, nvalid,
                              k0 == 0, bias ? bias + n0 : nullptr);

@@ -22,11 +22,12 @@
 #define DEEPSTACK_SIMD_SCALAR 1
 #endif
 
-// GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (_mm512_undefined_* inside the
+// GCC 12's AVX-512 intrinsic headers trip -W(maybe-)uninitialized (_mm512_undefined_* inside the
 // intrinsics) once inlined at -O3; silence that false positive for the kernels only.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace deepstack {
@@ -104,6 +105,30 @@ inline void load_q4_group(const int8_t* p, vf* out) {
     out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
 }
 inline vf load_f16_n(const uint16_t* p, int n) { return _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_maskz_loadu_epi16(tail_mask(n), p)); }
+// r[i][j] <- r[j][i] for a 16 x 16 block of 32-bit elements (the GEMMs' weight-panel packing):
+// interleave 32-bit, then 64-bit elements of row pairs, then 128-bit lanes twice.
+inline void transpose16x16_32(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int h = 0; h < 16; h += 8)
+        for (int i = 0; i < 4; ++i) {
+            t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
+        }
+    for (int i = 0; i < 8; ++i) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    }
+}
 
 #elif defined(DEEPSTACK_SIMD_AVX2)
 inline constexpr const char* kName = "avx2";
