@@ -100,14 +100,8 @@ int max_threads() {
 double memory_bandwidth_gbps() {
     using namespace detail::simd;
     const int64_t n = int64_t(1) << 28;  // 1 GiB of floats
-    const size_t bytes = size_t(n) * sizeof(float);
-    struct Buffer {
-        float* p;
-        size_t bytes;
-        ~Buffer() { detail::big_free(p, bytes); }
-    } held{static_cast<float*>(detail::big_alloc(bytes)), bytes};
-    if (!held.p) throw Error("cannot allocate the 1 GiB bandwidth buffer");
-    float* buf = held.p;
+    detail::big_vector<float> held(static_cast<size_t>(n));
+    float* buf = held.data();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) buf[size_t(i)] = 1.f;
     double best = 0, sink = 0;

@@ -88,13 +88,8 @@ inline void micro_kernel(const uint32_t* __restrict a, const uint32_t* __restric
 inline void pack_b(const uint16_t* w, int64_t K, int64_t n0, int nvalid, int64_t k0, int64_t kc, uint32_t* dst) {
     const int64_t kp = (kc + 1) / 2, full = kc / 2, p16 = full / 16 * 16;
     for (int h = 0; h < NR; h += 16)
-        for (int64_t p = 0; p < p16; p += 16) {
-            __m512i r[16];
-            for (int i = 0; i < 16; ++i)
-                r[i] = h + i < nvalid ? _mm512_loadu_si512(w + (n0 + h + i) * K + k0 + 2 * p) : _mm512_setzero_si512();
-            simd::transpose16x16_32(r);
-            for (int q = 0; q < 16; ++q) _mm512_storeu_si512(dst + (p + q) * NR + h, r[q]);
-        }
+        for (int64_t p = 0; p < p16; p += 16)
+            simd::transpose16_rows(w + (n0 + h) * K + k0 + 2 * p, K * 2, nvalid - h, dst + p * NR + h, NR * 4);
     for (int j = 0; j < NR; ++j) {
         if (j < nvalid) {
             const uint16_t* src = w + (n0 + j) * K + k0;

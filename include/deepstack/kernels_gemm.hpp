@@ -234,12 +234,8 @@ inline void pack_b(const Matrix& w, int64_t n0, int nvalid, int64_t k0, int64_t 
     static_assert(NR % 16 == 0, "the packing transposes 16 columns at a time");
     k_done = kc / 16 * 16;
     for (int h = 0; h < NR; h += 16)
-        for (int64_t k = 0; k < k_done; k += 16) {
-            __m512i r[16];
-            for (int i = 0; i < 16; ++i) r[i] = h + i < nvalid ? _mm512_loadu_si512(rows_tmp + (h + i) * KC + k) : _mm512_setzero_si512();
-            simd::transpose16x16_32(r);
-            for (int q = 0; q < 16; ++q) _mm512_storeu_si512(dst + (k + q) * NR + h, r[q]);
-        }
+        for (int64_t k = 0; k < k_done; k += 16)
+            simd::transpose16_rows(rows_tmp + h * KC + k, KC * 4, nvalid - h, dst + k * NR + h, NR * 4);
 #endif
     for (int64_t k = k_done; k < kc; ++k)
         for (int j = 0; j < NR; ++j) dst[k * NR + j] = j < nvalid ? rows_tmp[j * KC + k] : 0.f;
