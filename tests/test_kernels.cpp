@@ -303,6 +303,49 @@ TEST_CASE("quantize Q8 / Q4: round trip within half a step, matmul matches the d
     CHECK_THROWS_AS(quantize(make_weight(2, 2, DType::F32, 1).m, DType::BF16), Error);
 }
 
+TEST_CASE("row tiles: a BF16 matrix rewritten in place reads the same in every kernel, to the bit") {
+    uint32_t seed = 900;
+    // N: one tile, a ragged tail of row-major rows, threaded GEMV/GEMM with a tail; K: 32-column chunks
+    for (int64_t N : {8, 13, 40, 100, 1100})
+        for (int64_t K : {32, 64, 320, 2048}) {
+            auto rowmajor = make_weight(N, K, DType::BF16, seed++);
+            TestWeight tiled = rowmajor;
+            tiled.m.data = tiled.u16.data();
+            tile_bf16_rows(tiled.m, tiled.u16.data());
+            INFO("N=" << N << " K=" << K);
+            REQUIRE(tiled.m.tile_rows == kTileRows);
+            if (K > kTileCols) CHECK(tiled.u16 != rowmajor.u16);  // one chunk per row: the tiles are the rows
+            bool same = true;
+            for (int64_t r = 0; r < N; ++r)
+                for (int64_t c = 0; c < K; ++c) same = same && weight_at(tiled.m, r, c) == weight_at(rowmajor.m, r, c);
+            CHECK(same);
+            std::vector<float> seg_t(static_cast<size_t>(K)), seg_r(static_cast<size_t>(K));
+            weight_segment_f32(tiled.m, N - 1, 5, K - 9, seg_t.data());
+            weight_segment_f32(rowmajor.m, N - 1, 5, K - 9, seg_r.data());
+            weight_segment_f32(tiled.m, 0, 5, K - 9, seg_t.data() + 1);
+            weight_segment_f32(rowmajor.m, 0, 5, K - 9, seg_r.data() + 1);
+            CHECK(seg_t == seg_r);
+            auto bias = randn(size_t(N), seed++);
+            for (int64_t M : {1, 2, 3, 4, 5, 17, 40}) {
+                auto x = randn(size_t(M * K), seed++);
+                INFO("M=" << M);
+                for (Compute mode : {Compute::Exact, Compute::Fast}) {
+                    std::vector<float> y_t(size_t(M * N), NAN), y_r(size_t(M * N), NAN);
+                    matmul(x.data(), M, tiled.m, y_t.data(), bias.data(), mode);
+                    matmul(x.data(), M, rowmajor.m, y_r.data(), bias.data(), mode);
+                    CHECK(y_t == y_r);
+                }
+            }
+            const Matrix q_t = quantize(tiled.m, DType::Q8), q_r = quantize(rowmajor.m, DType::Q8);
+            CHECK(static_cast<const QuantWeights*>(q_t.data)->q == static_cast<const QuantWeights*>(q_r.data)->q);
+        }
+    auto f32 = make_weight(16, 64, DType::F32, 1);
+    CHECK_THROWS_AS(tile_bf16_rows(f32.m, nullptr), Error);
+    auto ragged = make_weight(16, 40, DType::BF16, 2);
+    CHECK_FALSE(tileable(ragged.m));
+    CHECK_THROWS_AS(tile_bf16_rows(ragged.m, ragged.u16.data()), Error);
+}
+
 TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activations, fp32 accumulation") {
 #if defined(DEEPSTACK_HAVE_DPBF16)
     MESSAGE("fast mode uses AVX-512 BF16 dot products");

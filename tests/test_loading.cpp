@@ -46,9 +46,22 @@ TEST_CASE("weights read into memory and mapped hold the same bytes and give the 
     const std::vector<int> ids = {1, 2, 3, 4, 5};
     LoadOptions as_mapped;
     as_mapped.map_weights = true;
-    Session a(Model::load(dir, as_mapped)), b(Model::load(dir));
+    auto mapped_model = Model::load(dir, as_mapped), read_model = Model::load(dir);
+    // Read in, the decoder's BF16 matrices are rewritten as row tiles (Matrix::tile_rows); mapped,
+    // they stay row-major. Both give the same logits to the bit: prefill (GEMM) and one token (GEMV).
+    for (const auto* m : {&read_model->text.layers[0].q, &read_model->text.layers[1].down, &read_model->text.lm_head})
+        CHECK(m->tile_rows == kTileRows);
+    CHECK(read_model->text.embed.tile_rows == 0);  // untied here: the embedding is only read by rows
+    CHECK(mapped_model->text.layers[0].q.tile_rows == 0);
+    Session a(mapped_model), b(read_model);
     const std::vector<float> want = a.prefill(ids);
     CHECK(b.prefill(ids) == want);
+    CHECK(b.prefill({7}) == a.prefill({7}));
+    LoadOptions fast, fast_mapped;
+    fast.bf16_compute = fast_mapped.bf16_compute = fast_mapped.map_weights = true;
+    Session fa(Model::load(dir, fast_mapped)), fb(Model::load(dir, fast));
+    CHECK(fb.prefill(ids) == fa.prefill(ids));
+    CHECK(fb.prefill({7}) == fa.prefill({7}));
     // A quantized load releases the stored pages of the matrices it replaced; the (tied) embedding
     // rows are still read from the mapping afterwards.
     LoadOptions q8;

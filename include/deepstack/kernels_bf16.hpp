@@ -101,6 +101,19 @@ inline void pack_b(const uint16_t* w, int64_t K, int64_t n0, int nvalid, int64_t
     }
 }
 
+// pack_b for rows that all lie in row tiles (Matrix::tile_rows; n0 a multiple of 8, k0 and kc of
+// 32): each 16 x 16-pair block is read from two tiles, 8 rows 64 bytes apart in each.
+inline void pack_b_tiled(const Matrix& w, int64_t n0, int nvalid, int64_t k0, int64_t kc, uint32_t* dst) {
+    const auto* wd = static_cast<const uint16_t*>(w.data);
+    const int64_t last = n0 + nvalid - 1;  // rows past it are zero
+    for (int h = 0; h < NR; h += 16)
+        for (int64_t p = 0; p < kc / 2; p += 16) {
+            const int64_t k = k0 + 2 * p;
+            simd::transpose16_rows(wd + weight_index(w, std::min(n0 + h, last), k), wd + weight_index(w, std::min(n0 + h + 8, last), k),
+                                   kTileCols * 2, nvalid - h, dst + p * NR + h, NR * 4);
+        }
+}
+
 // Activation rows [m0, m0 + mr), cols [k0, k0 + kc) as bf16 pairs [kp][MR] (zero padded), from xb:
 // the activations already rounded to bf16, rows of kx (K rounded up to even) values.
 inline void pack_a(const uint16_t* xb, int64_t kx, int64_t m0, int mr, int64_t k0, int64_t kc, uint32_t* dst) {
@@ -148,9 +161,21 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
     const auto* wd = static_cast<const uint16_t*>(w.data);
     auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
         auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));  // [NC/NR][kc/2][NR] pairs
+        auto* rows_tmp = reinterpret_cast<uint16_t*>(scratch<26>(size_t(NR * KC / 2)));  // [NR][kc] row-major, tiled weights only
         gemm_loops(
             K, KC, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
-            [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) { pack_b(wd, K, n0, nvalid, k0, kc, bpanel + p * ((kc + 1) / 2) * NR); },
+            [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
+                uint32_t* dst = bpanel + p * ((kc + 1) / 2) * NR;
+                if (!w.tile_rows) return pack_b(wd, K, n0, nvalid, k0, kc, dst);
+                if (n0 + nvalid <= w.rows / kTileRows * kTileRows) return pack_b_tiled(w, n0, nvalid, k0, kc, dst);
+                for (int j = 0; j < nvalid; ++j)  // rows past the tiles among them: gather the rows first
+                    for (int64_t k = k0; k < k0 + kc;) {
+                        const int64_t len = std::min(k0 + kc, (k / kTileCols + 1) * kTileCols) - k;
+                        std::memcpy(rows_tmp + j * kc + (k - k0), wd + weight_index(w, n0 + j, k), size_t(len) * sizeof(uint16_t));
+                        k += len;
+                    }
+                pack_b(rows_tmp, kc, 0, nvalid, 0, kc, dst);
+            },
             [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
                 const int64_t kp = (kc + 1) / 2;
                 micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks), bpanel + p * kp * NR, kp, y + m0 * N + n0, N, mvalid, nvalid,
@@ -161,22 +186,26 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
 }
 
 // GEMV (M <= 4): xb holds the activations as bf16, each row zero padded to kpad (multiple of 32).
-template <int MM, int R>
+// Tiled: rows [n0, n1) lie in row tiles (Matrix::tile_rows), n0 and n1 multiples of R.
+template <int MM, int R, bool Tiled = false>
 inline void gemv_rows(const uint16_t* xb, int64_t kpad, const uint16_t* w, int64_t K, float* y, int64_t N,
                       const float* bias, int64_t n0, int64_t n1) {
+    static_assert(!Tiled || kTileRows % R == 0, "an R-row group stays inside one tile");
     int64_t n = n0;
     for (; n + R <= n1; n += R) {
         __m512 acc[MM][R];
         for (int m = 0; m < MM; ++m)
             for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-        const uint16_t* wr = w + n * K;
+        // row r, columns [k, k + 32): wr + r * rstep + k * kstep (in a tile: chunk after chunk of 8 rows)
+        const uint16_t* wr = Tiled ? w + (n / kTileRows) * kTileRows * K + (n % kTileRows) * kTileCols : w + n * K;
+        const int64_t rstep = Tiled ? kTileCols : K, kstep = Tiled ? kTileRows : 1;
         int64_t k = 0;
         for (; k + 32 <= K; k += 32) {
             __m512bh xv[MM];
             for (int m = 0; m < MM; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xb + m * kpad + k);
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) {
-                const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + r * K + k);
+                const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + r * rstep + k * kstep);
                 for (int m = 0; m < MM; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv[m], wv);
             }
         }
@@ -185,19 +214,19 @@ inline void gemv_rows(const uint16_t* xb, int64_t kpad, const uint16_t* w, int64
             __m512bh xv[MM];
             for (int m = 0; m < MM; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xb + m * kpad + k);
             for (int r = 0; r < R; ++r) {
-                const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr + r * K + k);
+                const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr + r * rstep + k * kstep);
                 for (int m = 0; m < MM; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv[m], wv);
             }
         }
         for (int m = 0; m < MM; ++m)
             for (int r = 0; r < R; ++r) y[m * N + n + r] = simd::hsum(acc[m][r]) + (bias ? bias[n + r] : 0.f);
     }
-    if (n < n1) gemv_rows<MM, 1>(xb, kpad, w, K, y, N, bias, n, n1);
+    if (n < n1) gemv_rows<MM, 1, Tiled>(xb, kpad, w, K, y, N, bias, n, n1);
 }
 
 template <int MM>
 inline void gemv(const float* x, const Matrix& w, float* y, const float* bias) {
-    constexpr int R = 4;
+    constexpr int R = MM <= 2 ? 8 : 4;
     const int64_t N = w.rows, K = w.cols, kpad = (K + 31) / 32 * 32;
     auto* xb = reinterpret_cast<uint16_t*>(scratch<7>(size_t(MM * kpad / 2 + 16)));
     for (int m = 0; m < MM; ++m) {
@@ -205,8 +234,14 @@ inline void gemv(const float* x, const Matrix& w, float* y, const float* bias) {
         for (int64_t k = K; k < kpad; ++k) xb[m * kpad + k] = 0;
     }
     const auto* wd = static_cast<const uint16_t*>(w.data);
-    split_gemv(N, R, omp_threads_for(double(MM) * double(N) * double(K)),
-               [&](int64_t n0, int64_t n1) { gemv_rows<MM, R>(xb, kpad, wd, K, y, N, bias, n0, n1); });
+    const int64_t tiled_rows = w.tile_rows ? N / kTileRows * kTileRows : 0;  // rows [0, tiled_rows) in row tiles
+    split_gemv(N, R, omp_threads_for(double(MM) * double(N) * double(K)), [&](int64_t n0, int64_t n1) {
+        if (n0 < tiled_rows) {
+            gemv_rows<MM, R, true>(xb, kpad, wd, K, y, N, bias, n0, std::min(n1, tiled_rows));
+            n0 = std::min(n1, tiled_rows);
+        }
+        gemv_rows<MM, R>(xb, kpad, wd, K, y, N, bias, n0, n1);
+    });
 }
 
 }  // namespace gemm_bf16

@@ -159,6 +159,15 @@ inline void convert_segment(const typename Src::T* p, int64_t kc, float* out) {
 }
 
 inline void weight_segment_f32(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out) {
+    if (w.tile_rows && n < w.rows / kTileRows * kTileRows) {  // 32-column chunks, each contiguous
+        const auto* wd = static_cast<const uint16_t*>(w.data);
+        for (int64_t k = k0; k < k0 + kc;) {
+            const int64_t len = std::min(k0 + kc, (k / kTileCols + 1) * kTileCols) - k;
+            convert_segment<simd::BF16Src>(wd + weight_index(w, n, k), len, out + (k - k0));
+            k += len;
+        }
+        return;
+    }
     const int64_t off = n * w.cols + k0;
     switch (w.dtype) {
         case DType::F32: convert_segment<simd::F32Src>(static_cast<const float*>(w.data) + off, kc, out); return;
@@ -352,10 +361,19 @@ inline void pair_activations(const float* x, int64_t MM, int64_t K, float* xp) {
             }
 }
 
-template <int MM, int R>
+//
+// Tiled: the rows [n0, n1) lie in row tiles (Matrix::tile_rows), n0 and n1 multiples of R, R a
+// divisor of kTileRows: row n's columns [k, k + 32) sit at tile(n) + k * kTileRows + (n % 8) * 32.
+template <int MM, int R, bool Tiled = false>
 inline void gemv_bf16_pairs(const float* xp, int64_t K, const uint16_t* wdata, float* y, int64_t N, const float* bias, int64_t n0,
                             int64_t n1) {
     using namespace simd;
+    static_assert(!Tiled || (kTileRows % R == 0 && kTileCols % (2 * W) == 0), "a tiled step stays inside one tile chunk");
+    // offset of (row r of the R-row group, column k) from the group's first element
+    auto at = [K](int r, int64_t k) -> int64_t {
+        if constexpr (Tiled) return (k - k % kTileCols) * kTileRows + r * kTileCols + k % kTileCols;
+        else return r * K + k;
+    };
     int64_t n = n0;
     for (; n + R <= n1; n += R) {
         vf acc[MM][R][2];
@@ -363,11 +381,11 @@ inline void gemv_bf16_pairs(const float* xp, int64_t K, const uint16_t* wdata, f
         for (int m = 0; m < MM; ++m)
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) acc[m][r][0] = acc[m][r][1] = zero();
-        const uint16_t* wr = wdata + n * K;
+        const uint16_t* wr = Tiled ? wdata + (n / kTileRows) * kTileRows * K + (n % kTileRows) * kTileCols : wdata + n * K;
         for (int64_t k = 0; k < K; k += 2 * W) {
             vf we[R], wo[R];
 #pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) load_bf16_pairs(wr + r * K + k, we[r], wo[r]);
+            for (int r = 0; r < R; ++r) load_bf16_pairs(wr + at(r, k), we[r], wo[r]);
 #pragma GCC unroll 4
             for (int m = 0; m < MM; ++m) {
                 const vf xe = load(xp + m * K + k), xo = load(xp + m * K + k + W);
@@ -381,7 +399,7 @@ inline void gemv_bf16_pairs(const float* xp, int64_t K, const uint16_t* wdata, f
         for (int m = 0; m < MM; ++m)
             for (int r = 0; r < R; ++r) y[m * N + n + r] = hsum(add(acc[m][r][0], acc[m][r][1])) + (bias ? bias[n + r] : 0.f);
     }
-    if (n < n1) gemv_bf16_pairs<MM, 1>(xp, K, wdata, y, N, bias, n, n1);
+    if (n < n1) gemv_bf16_pairs<MM, 1, Tiled>(xp, K, wdata, y, N, bias, n, n1);
 }
 
 template <class Src, int MM>
@@ -401,9 +419,15 @@ inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* b
             xp = buf;
         }
     }
+    const int64_t tiled_rows = w.tile_rows ? N / kTileRows * kTileRows : 0;  // rows [0, tiled_rows) in row tiles
     split_gemv(N, R, omp_threads_for(double(MM) * double(N) * double(K)), [&](int64_t n0, int64_t n1) {
-        if constexpr (std::is_same_v<Src, simd::BF16Src>)
+        if constexpr (std::is_same_v<Src, simd::BF16Src>) {
+            if (n0 < tiled_rows) {
+                gemv_bf16_pairs<MM, R, true>(xp, K, wd, y, N, bias, n0, std::min(n1, tiled_rows));
+                n0 = std::min(n1, tiled_rows);
+            }
             if (xp) return gemv_bf16_pairs<MM, R>(xp, K, wd, y, N, bias, n0, n1);
+        }
         gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, n0, n1);
     });
 }

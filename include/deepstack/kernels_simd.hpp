@@ -129,14 +129,19 @@ inline void transpose16x16_32(__m512i r[16]) {
         r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
     }
 }
-// 16 rows of 16 32-bit elements, row i at src + i * src_stride bytes (rows >= valid read as zero),
-// written transposed: dst + q * dst_stride bytes receives element q of every row.
-inline void transpose16_rows(const void* src, int64_t src_stride, int valid, void* dst, int64_t dst_stride) {
+// 16 rows of 16 32-bit elements, rows 0-7 at lo + i * src_stride bytes and rows 8-15 at
+// hi + (i - 8) * src_stride (rows >= valid read as zero), written transposed: dst + q * dst_stride
+// bytes receives element q of every row. Two halves so that two 8-row weight tiles can be read.
+inline void transpose16_rows(const void* lo, const void* hi, int64_t src_stride, int valid, void* dst, int64_t dst_stride) {
     __m512i r[16];
     for (int i = 0; i < 16; ++i)
-        r[i] = i < valid ? _mm512_loadu_si512(static_cast<const char*>(src) + i * src_stride) : _mm512_setzero_si512();
+        r[i] = i < valid ? _mm512_loadu_si512(static_cast<const char*>(i < 8 ? lo : hi) + (i % 8) * src_stride) : _mm512_setzero_si512();
     transpose16x16_32(r);
     for (int q = 0; q < 16; ++q) _mm512_storeu_si512(static_cast<char*>(dst) + q * dst_stride, r[q]);
+}
+// The same with row i at src + i * src_stride bytes.
+inline void transpose16_rows(const void* src, int64_t src_stride, int valid, void* dst, int64_t dst_stride) {
+    transpose16_rows(src, static_cast<const char*>(src) + 8 * src_stride, src_stride, valid, dst, dst_stride);
 }
 
 #elif defined(DEEPSTACK_SIMD_AVX2)

@@ -19,7 +19,8 @@ struct LoadOptions {
     WeightFormat weights = WeightFormat::Stored;  // Q8 / Q4: quantize the large matrices at load
     bool bf16_compute = false;  // fast matmuls: bf16 activations for BF16 weights, int8 for Q8/Q4 prefill (not exact)
     // Stored weights: false (default) reads the safetensors files into memory backed by 2 MiB pages
-    // (decode streams every weight per token; about 1.6x faster than over 4 KiB mapped pages here);
+    // (decode streams every weight per token; about 1.6x faster than over 4 KiB mapped pages here)
+    // and re-orders the decoder's BF16 matrices there as row tiles (Matrix, tile_text_weights);
     // true maps them (instant load, pages shared with other processes, RSS grows as they are touched;
     // the choice for a model larger than the free RAM, which reading in cannot hold).
     // Q8 / Q4 always map: the stored bytes are read once to quantize, then released.
@@ -69,6 +70,7 @@ struct Model {
         quantize_weights(m->vision, m->text, opt.weights, [&](const Matrix& stored) {
             m->store.release(stored.data, size_t(stored.rows * stored.cols) * detail::dtype_size(stored.dtype));
         });
+        tile_text_weights(m->text, m->store);
         m->vision.compute = m->text.compute = opt.bf16_compute ? detail::Compute::Fast : detail::Compute::Exact;
         if (m->config.vision.fusion.type == FusionConfig::Type::Gated) m->gated = load_gated_fusion_weights(m->store, m->config);
         return m;

@@ -97,6 +97,13 @@ public:
     MappedFile& operator=(const MappedFile&) = delete;
 
     const uint8_t* data() const { return data_; }
+    // The bytes when read into this process's own memory (FileAccess::Read), nullptr for a mapping.
+    // They are read-only (whole pages protected) except between set_writable(true) and (false).
+    uint8_t* owned_data() { return mapped_ ? nullptr : const_cast<uint8_t*>(data_); }
+    void set_writable(bool writable) {
+        if (!mapped_ && region_ && huge_size(region_bytes_))
+            ::mprotect(region_, huge_round(region_bytes_), writable ? PROT_READ | PROT_WRITE : PROT_READ);
+    }
     size_t size() const { return size_; }
     const std::string& path() const { return path_; }
     bool is_mapping() const { return mapped_; }
@@ -234,11 +241,20 @@ inline std::vector<TensorInfo> parse_safetensors(const uint8_t* buf, size_t size
 class WeightStore {
 public:
     WeightStore() = default;
+    // Move-only: a model may rewrite the bytes it owns (owned_bytes), so two stores never share them.
+    WeightStore(const WeightStore&) = delete;
+    WeightStore& operator=(const WeightStore&) = delete;
+    WeightStore(WeightStore&&) = default;
+    WeightStore& operator=(WeightStore&&) = default;
 
     // Opens one .safetensors file.
     void add_file(const std::string& path, FileAccess access = FileAccess::Map) {
         auto file = std::make_shared<detail::MappedFile>(path, access);
         if (file->is_mapping()) mappings_.push_back({file->data(), file->size()});
+        else if (file->owned_data()) {
+            owned_.push_back({file->owned_data(), file->size()});
+            read_files_.push_back(file);
+        }
         add_source(file->data(), file->size(), path, file);
     }
 
@@ -311,6 +327,20 @@ public:
         }
     }
 
+    // The bytes [data, data + nbytes) when the store owns them (a file read in with
+    // FileAccess::Read, or a tensor copied to aligned memory); nullptr for mappings and buffers,
+    // which others may share. The loader rewrites matrices there in place (row tiles), between
+    // set_writable(true) and set_writable(false): files read in are otherwise read-only.
+    void set_writable(bool writable) {
+        for (auto& f : read_files_) f->set_writable(writable);
+    }
+    uint8_t* owned_bytes(const void* data, size_t nbytes) {
+        const auto* b = static_cast<const uint8_t*>(data);
+        for (const auto& [base, size] : owned_)
+            if (b >= base && b + nbytes <= base + size) return base + (b - base);
+        return nullptr;
+    }
+
     const std::unordered_map<std::string, TensorInfo>& tensors() const { return tensors_; }
     size_t total_bytes() const { return total_bytes_; }  // bytes of all files/buffers
 
@@ -327,6 +357,7 @@ private:
         if (words) {
             auto arena = std::make_shared<std::vector<uint64_t>>(words);
             uint64_t* p = arena->data();
+            owned_.push_back({reinterpret_cast<uint8_t*>(p), words * 8});
             for (auto& t : parsed)
                 if (misaligned(t)) {
                     std::memcpy(p, t.data, t.nbytes);
@@ -347,6 +378,8 @@ private:
 
     std::vector<std::shared_ptr<const void>> owners_;  // mappings / buffers the views point into
     std::vector<std::pair<const uint8_t*, size_t>> mappings_;  // the FileAccess::Map files among them
+    std::vector<std::pair<uint8_t*, size_t>> owned_;            // the files read in and aligned copies among them
+    std::vector<std::shared_ptr<detail::MappedFile>> read_files_;  // the FileAccess::Read files
     std::unordered_map<std::string, TensorInfo> tensors_;
     std::string first_name_;
     size_t total_bytes_ = 0;

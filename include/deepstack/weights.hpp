@@ -193,6 +193,23 @@ inline void quantize_weights(VisionWeights& v, TextWeights& t, WeightFormat form
     q(t.lm_head);
 }
 
+// Rewrites the decoder's BF16 matrices - q/k/v/o, gate/up/down, lm_head - as row tiles (see
+// Matrix) where the store owns their bytes (read in, not mapped): each decode step streams them
+// all through the GEMV. A tied embedding follows its lm_head (its rows are read by weight_row).
+inline void tile_text_weights(TextWeights& t, WeightStore& ws) {
+    auto tile = [&](Matrix& m) {
+        if (!detail::tileable(m)) return;
+        uint8_t* bytes = ws.owned_bytes(m.data, size_t(m.rows * m.cols) * sizeof(uint16_t));
+        if (bytes) detail::tile_bf16_rows(m, reinterpret_cast<uint16_t*>(bytes));
+    };
+    ws.set_writable(true);
+    for (auto& L : t.layers)
+        for (Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) tile(*m);
+    tile(t.lm_head);
+    ws.set_writable(false);
+    if (t.embed.data == t.lm_head.data) t.embed.tile_rows = t.lm_head.tile_rows;
+}
+
 inline GatedFusionWeights load_gated_fusion_weights(const WeightStore& ws, const ModelConfig& c) {
     const std::string p = "model.visual.deepstack_fusion.";
     const int64_t levels = int64_t(c.vision.deepstack_visual_indexes.size()) + 1, D = c.text.hidden_size;
