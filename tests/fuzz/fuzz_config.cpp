@@ -13,10 +13,8 @@ using namespace deepstack;
 
 static const std::string kData = DEEPSTACK_TEST_DATA;
 
-static const WeightStore& tiny_store() {
-    static const WeightStore ws = WeightStore::open_folder(kData + "/fixtures/tiny-image/model");
-    return ws;
-}
+// A fresh store per model (WeightStore is move-only); mapping the tiny file is cheap.
+static WeightStore tiny_store() { return WeightStore::open_folder(kData + "/fixtures/tiny-image/model"); }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     deepstack_fuzz::Reader in{data, size};
