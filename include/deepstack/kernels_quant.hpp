@@ -361,19 +361,21 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
 
 // GEMV (M <= 4) in fast mode: the same int8 activations and integer group dot products as the GEMM,
 // on whole 64-byte weight loads (Q8: 2 groups, Q4: 4 groups), partial sums kept per 32-bit lane and
-// scaled per lane (a lane never mixes groups), so no horizontal sum until the row's end.
-//   Q8: vpdpbusd(x + 128 as u8, w as s8) - 128 * vpdpbusd(1, w) per lane.
-//   Q4: the stored nibbles are q + 8 (u8): vpdpbusd(nibbles, x) - 8 * (sum of the lane's 4 x).
+// scaled per lane (a lane never mixes groups), so no horizontal sum until the row's end. The
+// weights are made unsigned and the lane's share of the shift is subtracted by starting the dot
+// product from xneg = -(shift * sum of the lane's x), precomputed once per call:
+//   Q8: vpdpbusd(xneg, w + 128 as u8, x), xneg = -128 * (sum of the lane's 4 x).
+//   Q4: the stored nibbles are q + 8 (u8): vpdpbusd(xneg, nibbles, x), xneg = -8 * (sum of the lane's 4 + 4 x).
 // Activations are laid out per 64-byte step to match: Q8 as is; Q4 per 4 groups as the 4 groups'
 // elements 0-15 (low nibbles), then their elements 16-31 (high nibbles). The groups after the last
 // whole step (kpad not a multiple of 64 / 128) are summed by scalar code from xq / sx.
 template <int MM>
-inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float* sx, const int8_t* xl, const int32_t* xcorr,
+inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float* sx, const int8_t* xl, const int32_t* xneg,
                            const float* xs, float* y, const float* bias, int64_t n0, int64_t n1) {
     const int64_t N = qw.rows, kpad = qw.kpad, G = qw.groups();
     const bool q8 = qw.type == DType::Q8;
     const int64_t step_groups = q8 ? 2 : 4, steps = G / step_groups, row_bytes = qw.row_bytes();
-    const __m512i ones = _mm512_set1_epi8(1), nib = _mm512_set1_epi8(15), flip = _mm512_set1_epi8(char(0x80));
+    const __m512i nib = _mm512_set1_epi8(15), flip = _mm512_set1_epi8(char(0x80));
     // lane -> group within the step: Q8 lanes 0-7 / 8-15, Q4 lanes 4g..4g+3
     const __m512i lane_group = q8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
                                   : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
@@ -386,19 +388,14 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
             const __m512i w = _mm512_loadu_si512(wr + st * 64);
             const __m512 wsv = _mm512_permutexvar_ps(lane_group, _mm512_castps128_ps512(q8 ? _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ws + st * 2)))
                                                                                            : _mm_loadu_ps(ws + st * 4)));
+            // unsigned weights: Q8 w + 128; Q4 the low and the high nibbles
+            const __m512i wu = q8 ? _mm512_xor_si512(w, flip) : _mm512_and_si512(w, nib);
+            const __m512i wh = q8 ? wu : _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
             for (int m = 0; m < MM; ++m) {
                 const int8_t* xm = xl + m * kpad + st * 128 / (q8 ? 2 : 1);
-                __m512i d;
-                if (q8) {
-                    const __m512i xu = _mm512_xor_si512(_mm512_loadu_si512(xm), flip);  // x + 128
-                    d = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, w),
-                                         _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, w), 7));
-                } else {
-                    const __m512i lo = _mm512_and_si512(w, nib), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
-                    d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xm));
-                    d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(xm + 64));
-                    d = _mm512_sub_epi32(d, _mm512_loadu_si512(xcorr + m * (kpad / 4) + st * 16));
-                }
+                __m512i d = _mm512_loadu_si512(xneg + m * (kpad / 4) + st * 16);
+                d = _mm512_dpbusd_epi32(d, wu, _mm512_loadu_si512(xm));
+                if (!q8) d = _mm512_dpbusd_epi32(d, wh, _mm512_loadu_si512(xm + 64));
                 const __m512 xsv = _mm512_loadu_ps(xs + m * (kpad / 4) + st * 16);  // x scale per lane
                 acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(wsv, xsv), acc[m]);
             }
@@ -421,7 +418,7 @@ inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* 
     auto* xq = reinterpret_cast<int8_t*>(scratch<13>(size_t(M * kpad / 4 + 16)));
     float* sx = scratch<14>(size_t(M * G));
     auto* xl = reinterpret_cast<int8_t*>(scratch<23>(size_t(M * kpad / 4 + 16)));      // [M][kpad] in step layout
-    auto* xcorr = reinterpret_cast<int32_t*>(scratch<24>(size_t(M * kpad / 4 + 16)));  // [M][kpad/4] Q4: 8 * lane sums
+    auto* xneg = reinterpret_cast<int32_t*>(scratch<24>(size_t(M * kpad / 4 + 16)));   // [M][kpad/4] -shift * lane sums
     float* xs = scratch<25>(size_t(M * kpad / 4 + 16));                                  // [M][kpad/4] x scale per lane
     for (int64_t m = 0; m < M; ++m) {
         int8_t* q = xq + m * kpad;
@@ -429,7 +426,11 @@ inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* 
         int8_t* l = xl + m * kpad;
         if (q8) {
             std::memcpy(l, q, size_t(kpad));
-            for (int64_t lane = 0; lane < kpad / 64 * 16; ++lane) xs[m * (kpad / 4) + lane] = sx[m * G + lane / 8];
+            // lane L of step st covers bytes 4L..4L+3 of that step
+            for (int64_t lane = 0; lane < kpad / 64 * 16; ++lane) {
+                xneg[m * (kpad / 4) + lane] = -128 * (l[4 * lane] + l[4 * lane + 1] + l[4 * lane + 2] + l[4 * lane + 3]);
+                xs[m * (kpad / 4) + lane] = sx[m * G + lane / 8];
+            }
         } else {
             for (int64_t st = 0; st < kpad / 128; ++st)
                 for (int g = 0; g < 4; ++g)
@@ -442,17 +443,17 @@ inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* 
                 for (int lane = 0; lane < 16; ++lane) {
                     int32_t sum = 0;
                     for (int b = 0; b < 4; ++b) sum += l[st * 128 + 4 * lane + b] + l[st * 128 + 64 + 4 * lane + b];
-                    xcorr[m * (kpad / 4) + st * 16 + lane] = 8 * sum;
+                    xneg[m * (kpad / 4) + st * 16 + lane] = -8 * sum;
                     xs[m * (kpad / 4) + st * 16 + lane] = sx[m * G + st * 4 + lane / 4];
                 }
         }
     }
     auto rows = [&](int64_t n0, int64_t n1) {
         switch (M) {
-            case 1: gemv_fast_rows<1>(qw, xq, sx, xl, xcorr, xs, y, bias, n0, n1); return;
-            case 2: gemv_fast_rows<2>(qw, xq, sx, xl, xcorr, xs, y, bias, n0, n1); return;
-            case 3: gemv_fast_rows<3>(qw, xq, sx, xl, xcorr, xs, y, bias, n0, n1); return;
-            default: gemv_fast_rows<4>(qw, xq, sx, xl, xcorr, xs, y, bias, n0, n1); return;
+            case 1: gemv_fast_rows<1>(qw, xq, sx, xl, xneg, xs, y, bias, n0, n1); return;
+            case 2: gemv_fast_rows<2>(qw, xq, sx, xl, xneg, xs, y, bias, n0, n1); return;
+            case 3: gemv_fast_rows<3>(qw, xq, sx, xl, xneg, xs, y, bias, n0, n1); return;
+            default: gemv_fast_rows<4>(qw, xq, sx, xl, xneg, xs, y, bias, n0, n1); return;
         }
     };
     split_gemv(N, 1, omp_threads_for(double(M) * double(N) * double(K)), rows);
