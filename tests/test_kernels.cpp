@@ -251,9 +251,38 @@ TEST_CASE("vector gelu_tanh, gelu_erf, silu, silu_mul against exact double formu
     for (size_t i = 0; i < out.size(); ++i) CHECK(std::fabs(out[i] - silu(g[i]) * u[i]) <= 1e-6f * std::fabs(silu(g[i]) * u[i]) + 1e-30f);
 }
 
+TEST_CASE("quantize Q8 / Q4: the bytes of a 16-group block are interleaved by quads, then the groups after it") {
+    const int64_t N = 3, K = 17 * kQuantGroup;  // one whole block and one group after it
+    auto w = make_weight(N, K, DType::F32, 42);
+    for (DType qt : {DType::Q8, DType::Q4}) {
+        const Matrix m = quantize(w.m, qt);
+        const auto& qw = *static_cast<const QuantWeights*>(m.data);
+        const int64_t gb = qt == DType::Q8 ? 32 : 16;
+        REQUIRE(qw.row_bytes() == 17 * gb);
+        // stored byte i of group g of row n, from the definition of the format (kernels.hpp)
+        auto expect = [&](int64_t n, int64_t g, int64_t i) {
+            auto q = [&](int64_t k) {
+                const float s = qw.scale[size_t(n * 17 + g)], v = w.f32[size_t(n * K + g * 32 + k)];
+                return int(std::nearbyint(v / s));
+            };
+            if (qt == DType::Q8) return int8_t(q(i));
+            return int8_t(uint8_t((q(i) + 8) | ((q(i + 16) + 8) << 4)));
+        };
+        bool same = true;
+        for (int64_t n = 0; n < N; ++n) {
+            const int8_t* row = qw.q.data() + n * qw.row_bytes();
+            for (int64_t g = 0; g < 16; ++g)
+                for (int64_t i = 0; i < gb; ++i) same = same && row[(i / 4) * 64 + g * 4 + i % 4] == expect(n, g, i);
+            for (int64_t i = 0; i < gb; ++i) same = same && row[16 * gb + i] == expect(n, 16, i);
+        }
+        INFO(dtype_name(qt));
+        CHECK(same);
+    }
+}
+
 TEST_CASE("quantize Q8 / Q4: round trip within half a step, matmul matches the dequantized reference") {
     for (DType qt : {DType::Q8, DType::Q4}) {
-        for (int64_t K : {1, 31, 32, 33, 100, 300}) {
+        for (int64_t K : {1, 31, 32, 33, 100, 300, 600}) {  // 600: one 16-group block, then 3 groups
             for (DType src : {DType::F32, DType::BF16}) {
                 const int64_t N = 37;
                 auto w = make_weight(N, K, src, uint32_t(K * 3 + int(qt)));
@@ -381,8 +410,8 @@ TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference 
 #endif
     uint32_t seed = 900;
     for (DType qt : {DType::Q8, DType::Q4})
-        // 64, 192: whole 64-byte Q8 steps of the VNNI GEMV; 256, 640: whole Q4 steps too
-        for (int64_t K : {1, 31, 32, 33, 64, 100, 192, 256, 300, 600, 640})
+        // 600, 640, 1030: whole 16-group blocks of the VNNI GEMV and the GEMM's packing, then groups after them
+        for (int64_t K : {1, 31, 32, 33, 64, 100, 192, 256, 300, 600, 640, 1030})  // 640, 1030: whole 16-group blocks + groups after
             for (int64_t N : {1, 7, 33, 100}) {
                 auto w = make_weight(N, K, DType::BF16, seed++);
                 const Matrix q = quantize(w.m, qt);

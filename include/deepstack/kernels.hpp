@@ -56,19 +56,37 @@ struct Matrix {
 
 // The bytes behind a Q8 / Q4 Matrix (Matrix::data points at this object, Matrix::storage owns it).
 // Symmetric per-group quantization along K (the `cols` / input dim) in groups of kQuantGroup = 32,
-// K zero-padded to kpad (a multiple of 32), one fp32 scale per (row, group):
-//   Q8: q[row * kpad + k] int8 in [-127, 127], w ~ scale * q, scale = max|w| / 127
-//   Q4: 16 bytes per group; byte i holds element i (low nibble) and element i + 16 (high nibble),
+// K zero-padded to kpad (a multiple of 32), one fp32 scale per (row, group). A group's bytes:
+//   Q8: 32 bytes, byte i = q of element i, int8 in [-127, 127], w ~ scale * q, scale = max|w| / 127
+//   Q4: 16 bytes; byte i holds element i (low nibble) and element i + 16 (high nibble),
 //       stored as q + 8 with q in [-8, 7], w ~ scale * q, scale = max|w| / 7
 // Rounding error per element <= scale / 2 (max|w| / 254 for Q8, max|w| / 14 for Q4).
-constexpr int kQuantGroup = 32;
+// Each row holds row_bytes(): its groups in blocks of kQuantBlock = 16, a block interleaved as
+// [quad][16 groups][4 bytes] (quad j = bytes 4j..4j+3 of each group: one 64-byte load gives the
+// same 4 bytes of 16 groups, so each 32-bit SIMD lane stays in one group and the GEMV scales once
+// per block), then the groups after the last whole block one after the other (quant_quad).
+constexpr int kQuantGroup = 32, kQuantBlock = 16;
 struct QuantWeights {
     DType type = DType::Q8;
     int64_t rows = 0, cols = 0, kpad = 0;
-    detail::big_vector<int8_t> q;     // Q8: rows * kpad values; Q4: rows * kpad / 2 packed bytes (2 MiB pages)
+    detail::big_vector<int8_t> q;     // rows * row_bytes() (2 MiB pages)
     detail::big_vector<float> scale;  // rows * (kpad / 32)
     int64_t groups() const { return kpad / kQuantGroup; }
-    int64_t row_bytes() const { return type == DType::Q8 ? kpad : kpad / 2; }
+    int64_t group_bytes() const { return type == DType::Q8 ? kQuantGroup : kQuantGroup / 2; }
+    int64_t row_bytes() const { return groups() * group_bytes(); }
+    // Quad j (4 bytes) of group g of row n: quant_quad(n, g, 0) + j * quad_stride(g).
+    int64_t quad_stride(int64_t g) const { return g < groups() / kQuantBlock * kQuantBlock ? 4 * kQuantBlock : 4; }
+    const int8_t* quant_quad(int64_t n, int64_t g, int64_t j) const {
+        const int64_t gb = group_bytes();
+        const int8_t* row = q.data() + n * row_bytes();
+        if (quad_stride(g) != 4) return row + (g / kQuantBlock) * kQuantBlock * gb + j * (4 * kQuantBlock) + (g % kQuantBlock) * 4;
+        return row + g * gb + j * 4;
+    }
+    int8_t* quant_quad(int64_t n, int64_t g, int64_t j) {
+        return const_cast<int8_t*>(static_cast<const QuantWeights*>(this)->quant_quad(n, g, j));
+    }
+    // Byte i of group g of row n.
+    int8_t group_byte(int64_t n, int64_t g, int64_t i) const { return quant_quad(n, g, i / 4)[i % 4]; }
 };
 
 namespace detail {
@@ -129,10 +147,10 @@ inline float weight_at(const Matrix& w, int64_t r, int64_t c) {
         case DType::Q8:
         case DType::Q4: {
             const auto* qw = static_cast<const QuantWeights*>(w.data);
-            const float s = qw->scale[size_t(r * qw->groups() + c / kQuantGroup)];
-            if (w.dtype == DType::Q8) return s * float(qw->q[size_t(r * qw->kpad + c)]);
             const int64_t g = c / kQuantGroup, j = c % kQuantGroup;
-            const uint8_t b = uint8_t(qw->q[size_t(r * qw->row_bytes() + g * 16 + (j & 15))]);
+            const float s = qw->scale[size_t(r * qw->groups() + g)];
+            if (w.dtype == DType::Q8) return s * float(qw->group_byte(r, g, j));
+            const uint8_t b = uint8_t(qw->group_byte(r, g, j & 15));
             return s * float(int((j < 16) ? (b & 15) : (b >> 4)) - 8);
         }
         default: throw Error(std::string("weight_at: unsupported dtype ") + dtype_name(w.dtype));

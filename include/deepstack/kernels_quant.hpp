@@ -50,12 +50,13 @@ inline Matrix quantize(const Matrix& w, DType target) {
                 int q[kQuantGroup];
                 for (int j = 0; j < kQuantGroup; ++j)
                     q[j] = int(std::max(-qmax, std::min(qmax, std::nearbyint(v[j] * inv))));
-                int8_t* dst = qw->q.data() + n * rb;
+                int8_t bytes[kQuantGroup];
                 if (target == DType::Q8) {
-                    for (int j = 0; j < kQuantGroup; ++j) dst[g * kQuantGroup + j] = int8_t(q[j]);
+                    for (int j = 0; j < kQuantGroup; ++j) bytes[j] = int8_t(q[j]);
                 } else {
-                    for (int j = 0; j < 16; ++j) dst[g * 16 + j] = int8_t(uint8_t((q[j] + 8) | ((q[j + 16] + 8) << 4)));
+                    for (int j = 0; j < 16; ++j) bytes[j] = int8_t(uint8_t((q[j] + 8) | ((q[j + 16] + 8) << 4)));
                 }
+                for (int64_t quad = 0; quad < rb / G / 4; ++quad) std::memcpy(qw->quant_quad(n, g, quad), bytes + 4 * quad, 4);
             }
         }
     }
@@ -70,10 +71,17 @@ inline Matrix quantize(const Matrix& w, DType target) {
 
 namespace detail {
 
+// The stored bytes of group g of row n, in order (32 for Q8, 16 for Q4), gathered from its quads.
+inline void group_bytes(const QuantWeights& qw, int64_t n, int64_t g, int8_t* out) {
+    for (int64_t quad = 0; quad < qw.group_bytes() / 4; ++quad) std::memcpy(out + 4 * quad, qw.quant_quad(n, g, quad), 4);
+}
+
 // One group of 32 quantized weights (row n, group g) as 32 / W vectors of q (not yet scaled).
 inline void load_quant_group(const QuantWeights& qw, int64_t n, int64_t g, simd::vf* out) {
-    if (qw.type == DType::Q8) simd::load_q8_group(qw.q.data() + n * qw.kpad + g * kQuantGroup, out);
-    else simd::load_q4_group(qw.q.data() + n * (qw.kpad / 2) + g * 16, out);
+    alignas(64) int8_t bytes[kQuantGroup];
+    group_bytes(qw, n, g, bytes);
+    if (qw.type == DType::Q8) simd::load_q8_group(bytes, out);
+    else simd::load_q4_group(bytes, out);
 }
 
 inline void dequant_row_segment(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out) {
@@ -171,9 +179,9 @@ inline bool matmul_quant(const float* x, int64_t M, const Matrix& W, float* y, c
 
 // Raw quantized value of weight (n, k).
 inline int quant_q(const QuantWeights& qw, int64_t n, int64_t k) {
-    if (qw.type == DType::Q8) return qw.q[size_t(n * qw.kpad + k)];
     const int64_t g = k / kQuantGroup, j = k % kQuantGroup;
-    const uint8_t b = uint8_t(qw.q[size_t(n * (qw.kpad / 2) + g * 16 + (j & 15))]);
+    if (qw.type == DType::Q8) return qw.group_byte(n, g, j);
+    const uint8_t b = uint8_t(qw.group_byte(n, g, j & 15));
     return int((j < 16) ? (b & 15) : (b >> 4)) - 8;
 }
 
@@ -269,25 +277,43 @@ inline void micro_kernel(const uint32_t* __restrict a, const float* __restrict a
 
 inline void pack_b(const QuantWeights& qw, int64_t n0, int nvalid, int64_t g0, int64_t ng, int32_t* dq, float* ds, int32_t* dc) {
     alignas(64) int8_t t[kQuantGroup];
+    // Q8 groups [g0, g0 + ng) inside one 16-group block: quad q of group g0 + g at quad0 + q * 64 + 4 * g
+    const bool q8_in_block = qw.type == DType::Q8 && g0 % kQuantBlock + ng <= kQuantBlock && qw.quad_stride(g0) != 4;
     for (int j = 0; j < NR; ++j) {
+        if (q8_in_block && j < nvalid) {
+            const int64_t n = n0 + j;
+            const int8_t* quad0 = qw.quant_quad(n, g0, 0);
+            int32_t sums[GK] = {};
+            for (int q = 0; q < QPG; ++q)
+                for (int64_t g = 0; g < ng; ++g) {
+                    const int8_t* p = quad0 + q * (4 * kQuantBlock) + 4 * g;
+                    std::memcpy(dq + (g * QPG + q) * NR + j, p, 4);
+                    sums[g] += p[0] + p[1] + p[2] + p[3];
+                }
+            for (int64_t g = 0; g < ng; ++g) {
+                ds[g * NR + j] = qw.scale[size_t(n * qw.groups() + g0 + g)];
+                dc[g * NR + j] = -128 * sums[g];
+            }
+            continue;
+        }
         for (int64_t g = 0; g < ng; ++g) {
             if (j < nvalid) {
                 const int64_t n = n0 + j, gg = g0 + g;
-                const int8_t* src;
-                if (qw.type == DType::Q8) {
-                    src = qw.q.data() + n * qw.kpad + gg * kQuantGroup;
+                const int8_t* quad0 = qw.quant_quad(n, gg, 0);
+                const int64_t qs = qw.quad_stride(gg);
+                if (qw.type == DType::Q8) {  // the group's values in order
+                    for (int q = 0; q < QPG; ++q) std::memcpy(t + 4 * q, quad0 + q * qs, 4);
                 } else {
-                    const int8_t* p = qw.q.data() + n * (qw.kpad / 2) + gg * 16;
-                    for (int u = 0; u < 16; ++u) {
-                        const uint8_t bb = uint8_t(p[u]);
-                        t[u] = int8_t(int(bb & 15) - 8);
-                        t[u + 16] = int8_t(int(bb >> 4) - 8);
-                    }
-                    src = t;
+                    for (int q = 0; q < QPG / 2; ++q)
+                        for (int u = 0; u < 4; ++u) {
+                            const uint8_t bb = uint8_t(quad0[q * qs + u]);
+                            t[4 * q + u] = int8_t(int(bb & 15) - 8);
+                            t[4 * q + u + 16] = int8_t(int(bb >> 4) - 8);
+                        }
                 }
                 int32_t sum = 0;
-                for (int u = 0; u < kQuantGroup; ++u) sum += src[u];
-                for (int q = 0; q < QPG; ++q) std::memcpy(dq + (g * QPG + q) * NR + j, src + 4 * q, 4);
+                for (int u = 0; u < kQuantGroup; ++u) sum += t[u];
+                for (int q = 0; q < QPG; ++q) std::memcpy(dq + (g * QPG + q) * NR + j, t + 4 * q, 4);
                 ds[g * NR + j] = qw.scale[size_t(n * qw.groups() + gg)];
                 dc[g * NR + j] = -128 * sum;
             } else {
@@ -359,50 +385,59 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
     split_gemm(M, N, nt, NC, NR, block, MR);
 }
 
-// GEMV (M <= 4) in fast mode: the same int8 activations and integer group dot products as the GEMM,
-// on whole 64-byte weight loads (Q8: 2 groups, Q4: 4 groups), partial sums kept per 32-bit lane and
-// scaled per lane (a lane never mixes groups), so no horizontal sum until the row's end. The
-// weights are made unsigned and the lane's share of the shift is subtracted by starting the dot
-// product from xneg = -(shift * sum of the lane's x), precomputed once per call:
-//   Q8: vpdpbusd(xneg, w + 128 as u8, x), xneg = -128 * (sum of the lane's 4 x).
-//   Q4: the stored nibbles are q + 8 (u8): vpdpbusd(xneg, nibbles, x), xneg = -8 * (sum of the lane's 4 + 4 x).
-// Activations are laid out per 64-byte step to match: Q8 as is; Q4 per 4 groups as the 4 groups'
-// elements 0-15 (low nibbles), then their elements 16-31 (high nibbles). The groups after the last
-// whole step (kpad not a multiple of 64 / 128) are summed by scalar code from xq / sx.
+// GEMV (M <= 4) in fast mode: the same int8 activations and integer group dot products as the GEMM.
+// A block of 16 groups (QuantWeights layout) is read as 64-byte steps (Q8: 8, Q4: 4) holding the
+// same 4 bytes of each group, so 32-bit lane L stays in group L: its integer dot product runs over
+// the whole block and is scaled once per block (weight and activation scales of the 16 groups are
+// contiguous). The weights are made unsigned and the shift undone by starting each lane from
+// xneg = -(shift * sum of the group's x):
+//   Q8: vpdpbusd(xneg, w + 128 as u8, x), shift 128.
+//   Q4: the stored nibbles are q + 8 (u8): vpdpbusd over the low nibbles (elements 0-15) and the
+//       high nibbles (16-31) against x in the same order, shift 8.
+// xl holds the activations in that order per block: Q8 step j = bytes 4j..4j+3 of each of the 16
+// groups; Q4 step j = elements 4j..4j+3 of each group, then elements 16+4j..16+4j+3. The groups
+// after the last whole block are summed by scalar code from xq / sx.
 template <int MM>
-inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float* sx, const int8_t* xl, const int32_t* xneg,
-                           const float* xs, float* y, const float* bias, int64_t n0, int64_t n1) {
-    const int64_t N = qw.rows, kpad = qw.kpad, G = qw.groups();
+inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float* sx, const int8_t* xl, const int32_t* xneg, float* y,
+                           const float* bias, int64_t n0, int64_t n1) {
+    const int64_t N = qw.rows, kpad = qw.kpad, G = qw.groups(), blocks = G / kQuantBlock, row_bytes = qw.row_bytes();
     const bool q8 = qw.type == DType::Q8;
-    const int64_t step_groups = q8 ? 2 : 4, steps = G / step_groups, row_bytes = qw.row_bytes();
     const __m512i nib = _mm512_set1_epi8(15), flip = _mm512_set1_epi8(char(0x80));
-    // lane -> group within the step: Q8 lanes 0-7 / 8-15, Q4 lanes 4g..4g+3
-    const __m512i lane_group = q8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
-                                  : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     for (int64_t n = n0; n < n1; ++n) {
         const int8_t* wr = qw.q.data() + n * row_bytes;
         const float* ws = qw.scale.data() + n * G;
         __m512 acc[MM];
         for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
-        for (int64_t st = 0; st < steps; ++st) {
-            const __m512i w = _mm512_loadu_si512(wr + st * 64);
-            const __m512 wsv = _mm512_permutexvar_ps(lane_group, _mm512_castps128_ps512(q8 ? _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ws + st * 2)))
-                                                                                           : _mm_loadu_ps(ws + st * 4)));
-            // unsigned weights: Q8 w + 128; Q4 the low and the high nibbles
-            const __m512i wu = q8 ? _mm512_xor_si512(w, flip) : _mm512_and_si512(w, nib);
-            const __m512i wh = q8 ? wu : _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
-            for (int m = 0; m < MM; ++m) {
-                const int8_t* xm = xl + m * kpad + st * 128 / (q8 ? 2 : 1);
-                __m512i d = _mm512_loadu_si512(xneg + m * (kpad / 4) + st * 16);
-                d = _mm512_dpbusd_epi32(d, wu, _mm512_loadu_si512(xm));
-                if (!q8) d = _mm512_dpbusd_epi32(d, wh, _mm512_loadu_si512(xm + 64));
-                const __m512 xsv = _mm512_loadu_ps(xs + m * (kpad / 4) + st * 16);  // x scale per lane
-                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(wsv, xsv), acc[m]);
+        for (int64_t b = 0; b < blocks; ++b) {
+            __m512i d[MM];
+            for (int m = 0; m < MM; ++m) d[m] = _mm512_loadu_si512(xneg + m * G + b * kQuantBlock);
+            const int8_t* xb = xl + b * kQuantBlock * kQuantGroup;  // 512 bytes of activations per block
+            if (q8) {
+                const int8_t* wb = wr + b * kQuantBlock * kQuantGroup;
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; ++j) {
+                    const __m512i wu = _mm512_xor_si512(_mm512_loadu_si512(wb + j * 64), flip);  // w + 128
+                    for (int m = 0; m < MM; ++m) d[m] = _mm512_dpbusd_epi32(d[m], wu, _mm512_loadu_si512(xb + m * kpad + j * 64));
+                }
+            } else {
+                const int8_t* wb = wr + b * kQuantBlock * kQuantGroup / 2;
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; ++j) {
+                    const __m512i w = _mm512_loadu_si512(wb + j * 64);
+                    const __m512i lo = _mm512_and_si512(w, nib), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
+                    for (int m = 0; m < MM; ++m) {
+                        d[m] = _mm512_dpbusd_epi32(d[m], lo, _mm512_loadu_si512(xb + m * kpad + j * 128));
+                        d[m] = _mm512_dpbusd_epi32(d[m], hi, _mm512_loadu_si512(xb + m * kpad + j * 128 + 64));
+                    }
+                }
             }
+            const __m512 wsv = _mm512_loadu_ps(ws + b * kQuantBlock);
+            for (int m = 0; m < MM; ++m)
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[m]), _mm512_mul_ps(wsv, _mm512_loadu_ps(sx + m * G + b * kQuantBlock)), acc[m]);
         }
         for (int m = 0; m < MM; ++m) {
             float tail = 0.f;
-            for (int64_t g = steps * step_groups; g < G; ++g) {
+            for (int64_t g = blocks * kQuantBlock; g < G; ++g) {
                 int32_t d = 0;
                 for (int64_t k = g * kQuantGroup; k < (g + 1) * kQuantGroup; ++k) d += int32_t(xq[m * kpad + k]) * quant_q(qw, n, k);
                 tail += float(d) * (sx[m * G + g] * ws[g]);
@@ -413,47 +448,38 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
 }
 
 inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* y, const float* bias) {
-    const int64_t K = qw.cols, N = qw.rows, G = qw.groups(), kpad = qw.kpad;
+    const int64_t K = qw.cols, N = qw.rows, G = qw.groups(), kpad = qw.kpad, blocks = G / kQuantBlock;
     const bool q8 = qw.type == DType::Q8;
     auto* xq = reinterpret_cast<int8_t*>(scratch<13>(size_t(M * kpad / 4 + 16)));
     float* sx = scratch<14>(size_t(M * G));
-    auto* xl = reinterpret_cast<int8_t*>(scratch<23>(size_t(M * kpad / 4 + 16)));      // [M][kpad] in step layout
-    auto* xneg = reinterpret_cast<int32_t*>(scratch<24>(size_t(M * kpad / 4 + 16)));   // [M][kpad/4] -shift * lane sums
-    float* xs = scratch<25>(size_t(M * kpad / 4 + 16));                                  // [M][kpad/4] x scale per lane
+    auto* xl = reinterpret_cast<int8_t*>(scratch<23>(size_t(M * kpad / 4 + 16)));     // [M][kpad] in block order
+    auto* xneg = reinterpret_cast<int32_t*>(scratch<24>(size_t(M * G + 16)));          // [M][G] -shift * group sums
     for (int64_t m = 0; m < M; ++m) {
-        int8_t* q = xq + m * kpad;
-        quantize_act_row(x + m * K, K, kpad, q, sx + m * G);
+        const int8_t* q = xq + m * kpad;
+        quantize_act_row(x + m * K, K, kpad, xq + m * kpad, sx + m * G);
         int8_t* l = xl + m * kpad;
-        if (q8) {
-            std::memcpy(l, q, size_t(kpad));
-            // lane L of step st covers bytes 4L..4L+3 of that step
-            for (int64_t lane = 0; lane < kpad / 64 * 16; ++lane) {
-                xneg[m * (kpad / 4) + lane] = -128 * (l[4 * lane] + l[4 * lane + 1] + l[4 * lane + 2] + l[4 * lane + 3]);
-                xs[m * (kpad / 4) + lane] = sx[m * G + lane / 8];
-            }
-        } else {
-            for (int64_t st = 0; st < kpad / 128; ++st)
-                for (int g = 0; g < 4; ++g)
-                    for (int i = 0; i < 16; ++i) {
-                        l[st * 128 + g * 16 + i] = q[st * 128 + g * 32 + i];            // low nibbles: elements 0-15
-                        l[st * 128 + 64 + g * 16 + i] = q[st * 128 + g * 32 + 16 + i];  // high nibbles: 16-31
-                    }
-            // lane L of step st covers low bytes 4L..4L+3 and high bytes 4L..4L+3 of that step
-            for (int64_t st = 0; st < kpad / 128; ++st)
-                for (int lane = 0; lane < 16; ++lane) {
-                    int32_t sum = 0;
-                    for (int b = 0; b < 4; ++b) sum += l[st * 128 + 4 * lane + b] + l[st * 128 + 64 + 4 * lane + b];
-                    xneg[m * (kpad / 4) + st * 16 + lane] = -8 * sum;
-                    xs[m * (kpad / 4) + st * 16 + lane] = sx[m * G + st * 4 + lane / 4];
-                }
+        for (int64_t g = 0; g < G; ++g) {
+            int32_t sum = 0;
+            for (int i = 0; i < kQuantGroup; ++i) sum += q[g * kQuantGroup + i];
+            xneg[m * G + g] = -(q8 ? 128 : 8) * sum;
         }
+        for (int64_t b = 0; b < blocks; ++b)
+            for (int lane = 0; lane < kQuantBlock; ++lane) {
+                const int8_t* src = q + (b * kQuantBlock + lane) * kQuantGroup;
+                int8_t* dst = l + b * kQuantBlock * kQuantGroup + lane * 4;
+                for (int j = 0; j < 8; ++j) {
+                    // Q8: step j holds bytes 4j..4j+3; Q4: step j / 2, low nibbles (elements 4(j/2)..) or high (16 + ...)
+                    const int64_t from = q8 ? 4 * j : (j % 2 == 0 ? 4 * (j / 2) : 16 + 4 * (j / 2));
+                    std::memcpy(dst + j * 64, src + from, 4);
+                }
+            }
     }
     auto rows = [&](int64_t n0, int64_t n1) {
         switch (M) {
-            case 1: gemv_fast_rows<1>(qw, xq, sx, xl, xneg, xs, y, bias, n0, n1); return;
-            case 2: gemv_fast_rows<2>(qw, xq, sx, xl, xneg, xs, y, bias, n0, n1); return;
-            case 3: gemv_fast_rows<3>(qw, xq, sx, xl, xneg, xs, y, bias, n0, n1); return;
-            default: gemv_fast_rows<4>(qw, xq, sx, xl, xneg, xs, y, bias, n0, n1); return;
+            case 1: gemv_fast_rows<1>(qw, xq, sx, xl, xneg, y, bias, n0, n1); return;
+            case 2: gemv_fast_rows<2>(qw, xq, sx, xl, xneg, y, bias, n0, n1); return;
+            case 3: gemv_fast_rows<3>(qw, xq, sx, xl, xneg, y, bias, n0, n1); return;
+            default: gemv_fast_rows<4>(qw, xq, sx, xl, xneg, y, bias, n0, n1); return;
         }
     };
     split_gemv(N, 1, omp_threads_for(double(M) * double(N) * double(K)), rows);
