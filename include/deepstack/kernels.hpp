@@ -113,6 +113,19 @@ inline int64_t weight_index(const Matrix& w, int64_t r, int64_t c) {
     return (r / kTileRows) * kTileRows * w.cols + (c / kTileCols) * (kTileRows * kTileCols) + (r % kTileRows) * kTileCols + c % kTileCols;
 }
 
+// Calls chunk(index, offset, len) for the contiguous pieces of row n, columns [k0, k0 + kc), in
+// either layout: one piece for a row-major row, one per 32-column chunk (or part) in a row tile;
+// index is the piece's first element in w.data, offset its first column minus k0.
+template <typename Chunk>
+inline void for_each_row_piece(const Matrix& w, int64_t n, int64_t k0, int64_t kc, const Chunk& chunk) {
+    if (w.tile_rows == 0 || n >= w.rows / kTileRows * kTileRows) return chunk(n * w.cols + k0, int64_t(0), kc);
+    for (int64_t k = k0; k < k0 + kc;) {
+        const int64_t len = std::min(k0 + kc, (k / kTileCols + 1) * kTileCols) - k;
+        chunk(weight_index(w, n, k), k - k0, len);
+        k += len;
+    }
+}
+
 // Can w be stored in row tiles (BF16, whole 32-column chunks, at least one group of 8 rows)?
 inline bool tileable(const Matrix& w) {
     return w.dtype == DType::BF16 && w.tile_rows == 0 && w.cols % kTileCols == 0 && w.rows >= kTileRows;

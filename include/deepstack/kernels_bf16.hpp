@@ -161,19 +161,18 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
     const auto* wd = static_cast<const uint16_t*>(w.data);
     auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
         auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));  // [NC/NR][kc/2][NR] pairs
-        auto* rows_tmp = reinterpret_cast<uint16_t*>(scratch<26>(size_t(NR * KC / 2)));  // [NR][kc] row-major, tiled weights only
         gemm_loops(
             K, KC, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
             [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
                 uint32_t* dst = bpanel + p * ((kc + 1) / 2) * NR;
                 if (!w.tile_rows) return pack_b(wd, K, n0, nvalid, k0, kc, dst);
                 if (n0 + nvalid <= w.rows / kTileRows * kTileRows) return pack_b_tiled(w, n0, nvalid, k0, kc, dst);
-                for (int j = 0; j < nvalid; ++j)  // rows past the tiles among them: gather the rows first
-                    for (int64_t k = k0; k < k0 + kc;) {
-                        const int64_t len = std::min(k0 + kc, (k / kTileCols + 1) * kTileCols) - k;
-                        std::memcpy(rows_tmp + j * kc + (k - k0), wd + weight_index(w, n0 + j, k), size_t(len) * sizeof(uint16_t));
-                        k += len;
-                    }
+                // rows past the tiles among them: gather the rows row-major first, [NR][kc]
+                auto* rows_tmp = reinterpret_cast<uint16_t*>(scratch<26>(size_t(NR * KC / 2)));
+                for (int j = 0; j < nvalid; ++j)
+                    for_each_row_piece(w, n0 + j, k0, kc, [&](int64_t i, int64_t at, int64_t len) {
+                        std::memcpy(rows_tmp + j * kc + at, wd + i, size_t(len) * sizeof(uint16_t));
+                    });
                 pack_b(rows_tmp, kc, 0, nvalid, 0, kc, dst);
             },
             [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t k0, int64_t kc) {

@@ -172,19 +172,14 @@ inline void convert_segment(const typename Src::T* p, int64_t kc, float* out) {
 }
 
 inline void weight_segment_f32(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out) {
-    if (w.tile_rows && n < w.rows / kTileRows * kTileRows) {  // 32-column chunks, each contiguous
-        const auto* wd = static_cast<const uint16_t*>(w.data);
-        for (int64_t k = k0; k < k0 + kc;) {
-            const int64_t len = std::min(k0 + kc, (k / kTileCols + 1) * kTileCols) - k;
-            convert_segment<simd::BF16Src>(wd + weight_index(w, n, k), len, out + (k - k0));
-            k += len;
-        }
-        return;
-    }
     const int64_t off = n * w.cols + k0;
     switch (w.dtype) {
         case DType::F32: convert_segment<simd::F32Src>(static_cast<const float*>(w.data) + off, kc, out); return;
-        case DType::BF16: convert_segment<simd::BF16Src>(static_cast<const uint16_t*>(w.data) + off, kc, out); return;
+        case DType::BF16:
+            for_each_row_piece(w, n, k0, kc, [&](int64_t i, int64_t at, int64_t len) {
+                convert_segment<simd::BF16Src>(static_cast<const uint16_t*>(w.data) + i, len, out + at);
+            });
+            return;
         case DType::F16: convert_segment<simd::F16Src>(static_cast<const uint16_t*>(w.data) + off, kc, out); return;
         default: dequant_row_segment(w, n, k0, kc, out); return;
     }
@@ -374,7 +369,6 @@ inline void pair_activations(const float* x, int64_t MM, int64_t K, float* xp) {
             }
 }
 
-//
 // Tiled: the rows [n0, n1) lie in row tiles (Matrix::tile_rows), n0 and n1 multiples of R, R a
 // divisor of kTileRows: row n's columns [k, k + 32) sit at tile(n) + k * kTileRows + (n % 8) * 32.
 template <int MM, int R, bool Tiled = false>

@@ -56,7 +56,7 @@ inline Matrix quantize(const Matrix& w, DType target) {
                 } else {
                     for (int j = 0; j < 16; ++j) bytes[j] = int8_t(uint8_t((q[j] + 8) | ((q[j + 16] + 8) << 4)));
                 }
-                for (int64_t quad = 0; quad < rb / G / 4; ++quad) std::memcpy(qw->quant_quad(n, g, quad), bytes + 4 * quad, 4);
+                for (int64_t quad = 0; quad < qw->group_bytes() / 4; ++quad) std::memcpy(qw->quant_quad(n, g, quad), bytes + 4 * quad, 4);
             }
         }
     }
@@ -469,8 +469,8 @@ inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* 
     auto* xl = reinterpret_cast<int8_t*>(scratch<23>(size_t(M * kpad / 4 + 16)));     // [M][kpad] in block order
     auto* xneg = reinterpret_cast<int32_t*>(scratch<24>(size_t(M * G + 16)));          // [M][G] -shift * group sums
     for (int64_t m = 0; m < M; ++m) {
-        const int8_t* q = xq + m * kpad;
-        quantize_act_row(x + m * K, K, kpad, xq + m * kpad, sx + m * G);
+        int8_t* q = xq + m * kpad;
+        quantize_act_row(x + m * K, K, kpad, q, sx + m * G);
         int8_t* l = xl + m * kpad;
         for (int64_t g = 0; g < G; ++g) {
             int32_t sum = 0;

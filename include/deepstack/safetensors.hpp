@@ -251,10 +251,7 @@ public:
     void add_file(const std::string& path, FileAccess access = FileAccess::Map) {
         auto file = std::make_shared<detail::MappedFile>(path, access);
         if (file->is_mapping()) mappings_.push_back({file->data(), file->size()});
-        else if (file->owned_data()) {
-            owned_.push_back({file->owned_data(), file->size()});
-            read_files_.push_back(file);
-        }
+        else if (file->owned_data()) read_files_.push_back(file);
         add_source(file->data(), file->size(), path, file);
     }
 
@@ -336,8 +333,11 @@ public:
     }
     uint8_t* owned_bytes(const void* data, size_t nbytes) {
         const auto* b = static_cast<const uint8_t*>(data);
-        for (const auto& [base, size] : owned_)
-            if (b >= base && b + nbytes <= base + size) return base + (b - base);
+        auto within = [&](uint8_t* base, size_t size) { return b >= base && b + nbytes <= base + size ? base + (b - base) : nullptr; };
+        for (const auto& f : read_files_)
+            if (uint8_t* p = within(f->owned_data(), f->size())) return p;
+        for (const auto& [base, size] : aligned_copies_)
+            if (uint8_t* p = within(base, size)) return p;
         return nullptr;
     }
 
@@ -357,7 +357,7 @@ private:
         if (words) {
             auto arena = std::make_shared<std::vector<uint64_t>>(words);
             uint64_t* p = arena->data();
-            owned_.push_back({reinterpret_cast<uint8_t*>(p), words * 8});
+            aligned_copies_.push_back({reinterpret_cast<uint8_t*>(p), words * 8});
             for (auto& t : parsed)
                 if (misaligned(t)) {
                     std::memcpy(p, t.data, t.nbytes);
@@ -378,8 +378,8 @@ private:
 
     std::vector<std::shared_ptr<const void>> owners_;  // mappings / buffers the views point into
     std::vector<std::pair<const uint8_t*, size_t>> mappings_;  // the FileAccess::Map files among them
-    std::vector<std::pair<uint8_t*, size_t>> owned_;            // the files read in and aligned copies among them
-    std::vector<std::shared_ptr<detail::MappedFile>> read_files_;  // the FileAccess::Read files
+    std::vector<std::shared_ptr<detail::MappedFile>> read_files_;  // the FileAccess::Read files among them
+    std::vector<std::pair<uint8_t*, size_t>> aligned_copies_;    // the arenas of misaligned tensors' copies
     std::unordered_map<std::string, TensorInfo> tensors_;
     std::string first_name_;
     size_t total_bytes_ = 0;
