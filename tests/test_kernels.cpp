@@ -265,7 +265,7 @@ TEST_CASE("quantize Q8 / Q4: the bytes of a 16-group block are interleaved by qu
                 const float s = qw.scale[size_t(n * 17 + g)], v = w.f32[size_t(n * K + g * 32 + k)];
                 return int(std::nearbyint(v / s));
             };
-            if (qt == DType::Q8) return int8_t(q(i));
+            if (qt == DType::Q8) return int8_t(uint8_t(q(i) + 128));
             return int8_t(uint8_t((q(i) + 8) | ((q(i + 16) + 8) << 4)));
         };
         bool same = true;

@@ -57,7 +57,8 @@ struct Matrix {
 // The bytes behind a Q8 / Q4 Matrix (Matrix::data points at this object, Matrix::storage owns it).
 // Symmetric per-group quantization along K (the `cols` / input dim) in groups of kQuantGroup = 32,
 // K zero-padded to kpad (a multiple of 32), one fp32 scale per (row, group). A group's bytes:
-//   Q8: 32 bytes, byte i = q of element i, int8 in [-127, 127], w ~ scale * q, scale = max|w| / 127
+//   Q8: 32 bytes, byte i = q of element i stored as q + 128 (u8) with q in [-127, 127],
+//       w ~ scale * q, scale = max|w| / 127 (unsigned, as the VNNI GEMV multiplies it)
 //   Q4: 16 bytes; byte i holds element i (low nibble) and element i + 16 (high nibble),
 //       stored as q + 8 with q in [-8, 7], w ~ scale * q, scale = max|w| / 7
 // Rounding error per element <= scale / 2 (max|w| / 254 for Q8, max|w| / 14 for Q4).
@@ -162,7 +163,7 @@ inline float weight_at(const Matrix& w, int64_t r, int64_t c) {
             const auto* qw = static_cast<const QuantWeights*>(w.data);
             const int64_t g = c / kQuantGroup, j = c % kQuantGroup;
             const float s = qw->scale[size_t(r * qw->groups() + g)];
-            if (w.dtype == DType::Q8) return s * float(qw->group_byte(r, g, j));
+            if (w.dtype == DType::Q8) return s * float(int(uint8_t(qw->group_byte(r, g, j))) - 128);
             const uint8_t b = uint8_t(qw->group_byte(r, g, j & 15));
             return s * float(int((j < 16) ? (b & 15) : (b >> 4)) - 8);
         }
