@@ -392,7 +392,10 @@ inline void gemv_bf16_pairs(const float* xp, int64_t K, const uint16_t* wdata, f
         for (int64_t k = 0; k < K; k += 2 * W) {
             vf we[R], wo[R];
 #pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) load_bf16_pairs(wr + at(r, k), we[r], wo[r]);
+            for (int r = 0; r < R; ++r) {
+                prefetch_ahead(wr + at(r, k));
+                load_bf16_pairs(wr + at(r, k), we[r], wo[r]);
+            }
 #pragma GCC unroll 4
             for (int m = 0; m < MM; ++m) {
                 const vf xe = load(xp + m * K + k), xo = load(xp + m * K + k + W);

@@ -399,21 +399,13 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
 // the whole block and is scaled once per block (weight and activation scales of the 16 groups are
 // contiguous). The weights are stored unsigned and the shift is undone by starting each lane from
 // xneg = -(shift * sum of the group's x):
-//   Q8: the stored bytes are q + 128: vpdpbusd(xneg, bytes, x), shift 128 (stored signed, the
-//       64-byte line needed an XOR before the dot product, and the GEMV ran at ~80% of a plain
-//       read of its bytes instead of ~100%).
+//   Q8: the stored bytes are q + 128: vpdpbusd(xneg, bytes, x), shift 128 (stored signed, each
+//       64-byte line needed an XOR first, and the GEMV streamed at 75% of a plain read, not 87%).
 //   Q4: the stored nibbles are q + 8 (u8): vpdpbusd over the low nibbles (elements 0-15) and the
 //       high nibbles (16-31) against x in the same order, shift 8.
 // xl holds the activations in that order per block: Q8 step j = bytes 4j..4j+3 of each of the 16
 // groups; Q4 step j = elements 4j..4j+3 of each group, then elements 16+4j..16+4j+3. The groups
 // after the last whole block are summed by scalar code from xq / sx.
-// Software prefetch of the weight line 4 KB ahead, non-temporal: the hardware prefetchers alone
-// kept too few lines in flight (the GEMV's loads of the activations share the load queue), and
-// NTA keeps the stream out of L2 (Q8 GEMV 85-89% -> 95-99% of a plain read of its bytes, Q4 +3-7%;
-// an ordinary T0 prefetch at the same distance gained little). Past the end of the matrix it reads
-// nothing: prefetches never fault.
-inline void prefetch_ahead(const int8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p) + 4096, _MM_HINT_NTA); }
-
 template <int MM>
 inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float* sx, const int8_t* xl, const int32_t* xneg, float* y,
                            const float* bias, int64_t n0, int64_t n1) {
@@ -445,7 +437,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
                 const int8_t* wb = wr + b * kQuantBlock * kQuantGroup;
                 for (int j = 0; j < 8; j += 4) {
                     __m512i u[4];
-                    for (int i = 0; i < 4; ++i) prefetch_ahead(wb + (j + i) * 64);
+                    for (int i = 0; i < 4; ++i) simd::prefetch_ahead(wb + (j + i) * 64);
                     for (int i = 0; i < 4; ++i) u[i] = _mm512_loadu_si512(wb + (j + i) * 64);  // stored as q + 128
                     dot4(u, j);
                 }
@@ -454,7 +446,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
                 for (int j = 0; j < 4; j += 2) {
                     __m512i u[4];
                     for (int i = 0; i < 2; ++i) {
-                        prefetch_ahead(wb + (j + i) * 64);
+                        simd::prefetch_ahead(wb + (j + i) * 64);
                         const __m512i w = _mm512_loadu_si512(wb + (j + i) * 64);
                         u[2 * i] = _mm512_and_si512(w, nib);
                         u[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
