@@ -166,6 +166,10 @@ TEST_CASE("attention (tiled, online softmax) matches the scalar reference") {
         {65, 65, 3, 1, 128, true, 0},  {100, 130, 4, 4, 72, false, 0}, {1, 50, 8, 2, 64, true, 49},
         {3, 200, 4, 2, 128, true, 197}, {17, 90, 2, 1, 8, true, 73},   {40, 40, 2, 1, 5, false, 0},
         {70, 300, 2, 2, 64, true, 230},
+        // one query (decode: keys split into chunks, merged): the 2B's heads, odd d, a query seeing
+        // part of the keys, a single key, more chunks than threads
+        {1, 300, 16, 8, 128, true, 299}, {1, 130, 6, 2, 37, true, 100}, {1, 1, 4, 4, 64, true, 0},
+        {1, 1000, 4, 1, 72, false, 0},
     };
     uint32_t seed = 100;
     for (const auto& c : cases) {

@@ -52,7 +52,7 @@ inline void pv_chunk(const float* p, int jmax, const float* vbase, int64_t vstri
 // One task: query rows [r0, r0 + bq) of kv head kvh, where row r is query position r / G of head
 // kvh * G + r % G (G = Hq / Hkv: the heads sharing this K/V are processed together). work: >= 2*BQP*d + BQP*BK + 2*BQ floats.
 // ktall: keys transposed per (kv head, key block) as [Hkv][nkb][d][BK], or null (then scores are
-// direct dot products against the key rows: the decode path, where transposing would cost more).
+// direct dot products against the key rows: few queries, where transposing would cost more).
 inline void attention_task(const float* q, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
                            float scale, bool causal, int64_t q_offset, int64_t r0, int bq, int kvh, float* out,
                            float* work, const float* ktall, int64_t nkb) {
@@ -196,6 +196,101 @@ inline void attention_task(const float* q, const float* k, const float* v, int64
     }
 }
 
+// G dot products of the query rows q[g * d] with one key row kr (length d), times scale, into s[g * sstride].
+inline void query_dots(const float* q, int G, const float* kr, int d, float scale, float* s, int64_t sstride) {
+    using namespace simd;
+    for (int g0 = 0; g0 < G; g0 += 4) {
+        const int ng = std::min(4, G - g0);
+        const float* qg = q + int64_t(g0) * d;
+        vf a[4] = {zero(), zero(), zero(), zero()};
+        int t = 0;
+        for (; t + W <= d; t += W) {
+            const vf kv = load(kr + t);
+            for (int u = 0; u < ng; ++u) a[u] = simd::fma(load(qg + u * d + t), kv, a[u]);
+        }
+        if (t < d) {
+            const vf kv = load_n(kr + t, d - t);
+            for (int u = 0; u < ng; ++u) a[u] = simd::fma(load_n(qg + u * d + t, d - t), kv, a[u]);
+        }
+        for (int u = 0; u < ng; ++u) s[(g0 + u) * sstride] = hsum(a[u]) * scale;
+    }
+}
+
+// One query row per head (decode), keys [0, n_keys): the keys are split into chunks, one task
+// each, and a task streams its K rows, then its V rows, for all heads at once - a position's heads
+// are contiguous in the cache, so every task reads two sequential streams (a task per head read
+// 512-byte pieces 4 KB apart and ran at about half the memory's speed). Each chunk keeps its own
+// softmax (max m, sum l, unnormalised output o per head); the chunks are then merged by their maxima.
+// q [Hq, d], k/v rows of stride Hkv * d, out [Hq, d].
+inline void attention_one_query(const float* q, const float* k, const float* v, int64_t n_keys, int Hq, int Hkv, int d, float scale,
+                                float* out, int nt) {
+    using namespace simd;
+    const int G = Hq / Hkv;
+    const int64_t kvstride = int64_t(Hkv) * d, hd = int64_t(Hq) * d;
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n_keys / 64, 4 * nt)), per = (n_keys + chunks - 1) / chunks;
+    // per chunk: o [Hq][d], then m [Hq], l [Hq]
+    float* part = scratch<25>(size_t(chunks * (hd + 2 * Hq)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && chunks > 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t j0 = c * per, len = std::max<int64_t>(0, std::min(n_keys, j0 + per) - j0);
+        float* o = part + c * (hd + 2 * Hq);
+        float* m = o + hd;
+        float* l = m + Hq;
+        float* p = scratch<3>(size_t(Hq * per));  // [Hq][per] scores, then probabilities
+        for (int64_t j = 0; j < len; ++j) {
+            const float* kr = k + (j0 + j) * kvstride;
+            for (int hk = 0; hk < Hkv; ++hk) query_dots(q + int64_t(hk) * G * d, G, kr + int64_t(hk) * d, d, scale, p + int64_t(hk) * G * per + j, per);
+        }
+        for (int h = 0; h < Hq; ++h) {
+            float* ph = p + int64_t(h) * per;
+            vf mx = set1(-INFINITY);
+            int64_t j = 0;
+            for (; j + W <= len; j += W) mx = simd::max(mx, load(ph + j));
+            float mh = hmax(mx);
+            for (; j < len; ++j) mh = std::max(mh, ph[j]);
+            const vf mv = set1(mh);
+            vf sum = zero();
+            for (j = 0; j + W <= len; j += W) {
+                const vf e = simd::exp(sub(load(ph + j), mv));
+                store(ph + j, e);
+                sum = add(sum, e);
+            }
+            float lh = hsum(sum);
+            for (; j < len; ++j) lh += (ph[j] = std::exp(ph[j] - mh));
+            m[h] = mh;
+            l[h] = lh;
+        }
+        std::fill(o, o + hd, 0.f);
+        for (int64_t j = 0; j < len; ++j) {
+            const float* vr = v + (j0 + j) * kvstride;
+            for (int h = 0; h < Hq; ++h) {
+                const float* vh = vr + int64_t(h / G) * d;
+                float* oh = o + int64_t(h) * d;
+                const vf pj = set1(p[int64_t(h) * per + j]);
+                int t = 0;
+                for (; t + W <= d; t += W) store(oh + t, simd::fma(pj, load(vh + t), load(oh + t)));
+                for (; t < d; ++t) oh[t] += p[int64_t(h) * per + j] * vh[t];
+            }
+        }
+    }
+    for (int h = 0; h < Hq; ++h) {
+        float mmax = -INFINITY, lsum = 0.f;
+        for (int64_t c = 0; c < chunks; ++c) mmax = std::max(mmax, part[c * (hd + 2 * Hq) + hd + h]);
+        float* dst = out + int64_t(h) * d;
+        std::fill(dst, dst + d, 0.f);
+        if (mmax == -INFINITY) continue;  // no key visible
+        for (int64_t c = 0; c < chunks; ++c) {
+            const float* pc = part + c * (hd + 2 * Hq);
+            const float w = std::exp(pc[hd + h] - mmax);  // 0 for an empty chunk (m = -inf)
+            if (w == 0.f) continue;
+            lsum += w * pc[hd + Hq + h];
+            for (int t = 0; t < d; ++t) dst[t] += w * pc[int64_t(h) * d + t];
+        }
+        const float inv = 1.f / lsum;
+        for (int t = 0; t < d; ++t) dst[t] *= inv;
+    }
+}
+
 }  // namespace attn
 
 // Attention with grouped KV heads (Hq a multiple of Hkv).
@@ -213,6 +308,7 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
     const int64_t tasks = nqb * Hkv;
     const size_t work_floats = size_t(2 * attn::BQP * int64_t(d) + attn::BQP * attn::BK + 2 * attn::BQ);
     const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));  // Q K^T and P V
+    if (Tq == 1) return attn::attention_one_query(q, k, v, causal ? std::min(Tk, std::max<int64_t>(0, q_offset + 1)) : Tk, Hq, Hkv, d, scale, out, nt);
     // With many queries, transpose K once per call into [Hkv][nkb][d][BK] (zero padded) and share it.
     const int64_t nkb = (Tk + attn::BK - 1) / attn::BK;
     float* ktall = nullptr;
