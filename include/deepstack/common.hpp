@@ -10,6 +10,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace deepstack {
@@ -99,7 +100,8 @@ constexpr size_t kHugePage = size_t(2) << 20;
 inline bool huge_size(size_t bytes) { return bytes >= kHugePage / 2; }
 inline size_t huge_round(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
 
-// Zero-filled, 64-byte aligned (2 MiB for large sizes); nullptr when out of memory.
+// 64-byte aligned; large sizes are a fresh 2 MiB aligned mapping (zero-filled, each page committed
+// only when first touched). nullptr when out of memory.
 inline void* big_alloc(size_t bytes) {
     if (!huge_size(bytes)) return std::aligned_alloc(64, (bytes + 63) / 64 * 64 + (bytes == 0 ? 64 : 0));
     const size_t size = huge_round(bytes);
@@ -120,7 +122,34 @@ inline void big_free(void* p, size_t bytes) {
     else std::free(p);
 }
 
-// std::vector allocator over big_alloc (KV cache, long-lived large arrays).
+// n elements of T in big_alloc memory, never resized, move-only: for a buffer reserved at its
+// largest size up front whose pages should be committed only as they are written (the KV cache).
+template <typename T>
+class big_array {
+public:
+    big_array() = default;
+    explicit big_array(size_t n) : p_(static_cast<T*>(big_alloc(n * sizeof(T)))), n_(n) {
+        if (!p_) throw std::bad_alloc();
+    }
+    big_array(big_array&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+    big_array& operator=(big_array&& o) noexcept {
+        std::swap(p_, o.p_);
+        std::swap(n_, o.n_);
+        return *this;
+    }
+    big_array(const big_array&) = delete;
+    big_array& operator=(const big_array&) = delete;
+    ~big_array() { big_free(p_, n_ * sizeof(T)); }
+    T* data() { return p_; }
+    const T* data() const { return p_; }
+    size_t size() const { return n_; }
+
+private:
+    T* p_ = nullptr;
+    size_t n_ = 0;
+};
+
+// std::vector allocator over big_alloc (long-lived large arrays).
 template <typename T>
 struct BigAllocator {
     using value_type = T;

@@ -1,5 +1,5 @@
 // deepstack/text.hpp - the Qwen3 text decoder (spec §4): RMSNorm, GQA attention with per-head
-// q/k RMSNorm and interleaved M-RoPE, SwiGLU MLP, a growing KV cache, and the hook that adds
+// q/k RMSNorm and interleaved M-RoPE, SwiGLU MLP, the KV cache, and the hook that adds
 // visual features to the hidden states at the visual positions (DeepStack, spec §5).
 #pragma once
 #include "rope.hpp"
@@ -7,29 +7,53 @@
 
 namespace deepstack {
 
-// Keys and values of every layer for the tokens seen so far: [length, Hkv, head_dim] per layer.
+// Keys and values of the tokens so far, per layer [max_tokens][Hkv * head_dim] each. The whole
+// context is reserved at the first use: big_alloc maps it without touching it, so memory is
+// committed only as tokens are written, and the cache never moves (growing it by reallocation
+// had copied and re-zeroed the whole cache at the first generated token after a prefill and at
+// every doubling). A copy copies the tokens held, not the reservation.
 struct KVCache {
-    int64_t length = 0;    // tokens cached
-    int64_t capacity = 0;  // tokens allocated
+    int64_t length = 0;      // tokens cached
     int64_t max_tokens = 0;  // hard limit (context size)
-    std::vector<detail::big_vector<float>> k, v;
+    int64_t row = 0;         // floats per token and layer (Hkv * head_dim); 0 until reserved
+    std::vector<detail::big_array<float>> k, v;
 
-    // Makes room for `extra` more tokens, growing geometrically up to max_tokens.
+    KVCache() = default;
+    KVCache(KVCache&&) = default;
+    KVCache& operator=(KVCache&&) = default;
+    KVCache(const KVCache& o) : length(o.length), max_tokens(o.max_tokens), row(o.row) {
+        for (size_t l = 0; l < o.k.size(); ++l) {
+            k.emplace_back(o.k[l].size());
+            v.emplace_back(o.v[l].size());
+            std::copy(o.k[l].data(), o.k[l].data() + length * row, k[l].data());
+            std::copy(o.v[l].data(), o.v[l].data() + length * row, v[l].data());
+        }
+    }
+    KVCache& operator=(const KVCache& o) {
+        if (this != &o) *this = KVCache(o);
+        return *this;
+    }
+
+    // Checks that `extra` more tokens fit; reserves the context at the first call.
     void reserve_more(int64_t extra, const TextConfig& c) {
         const int64_t need = length + extra;
         if (need > max_tokens)
             throw Error("context is full: " + std::to_string(need) + " tokens needed, the context holds " +
                         std::to_string(max_tokens) + " (raise max_context)");
-        if (need <= capacity) return;
-        const int64_t cap = std::min(max_tokens, std::max(need, capacity * 2));
-        const size_t row = size_t(c.num_key_value_heads) * size_t(c.head_dim);
-        k.resize(size_t(c.num_hidden_layers));
-        v.resize(size_t(c.num_hidden_layers));
-        for (int l = 0; l < c.num_hidden_layers; ++l) {
-            k[size_t(l)].resize(size_t(cap) * row);
-            v[size_t(l)].resize(size_t(cap) * row);
+        if (!k.empty()) return;
+        row = int64_t(c.num_key_value_heads) * c.head_dim;
+        try {
+            for (int l = 0; l < c.num_hidden_layers; ++l) {
+                k.emplace_back(size_t(max_tokens * row));
+                v.emplace_back(size_t(max_tokens * row));
+            }
+        } catch (const std::bad_alloc&) {
+            k.clear();
+            v.clear();
+            throw Error("cannot reserve address space for a KV cache of " + std::to_string(max_tokens) + " tokens (" +
+                        std::to_string(2 * c.num_hidden_layers * max_tokens * row * int64_t(sizeof(float)) >> 20) +
+                        " MiB): lower Session::Options::max_context");
         }
-        capacity = cap;
     }
 };
 
