@@ -408,6 +408,33 @@ TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activatio
     CHECK(max_rel_err(y, yr, dot_scale(x, 5, w.m, nullptr)) < 1e-5);
 }
 
+#if defined(DEEPSTACK_HAVE_VNNI)
+TEST_CASE("activation quantization: the AVX-512 version gives the scalar one's bytes, scales and group sums") {
+    uint32_t seed = 950;
+    for (int64_t K : {1, 31, 32, 33, 64, 100, 2048, 6150}) {
+        const int64_t kpad = (K + 31) / 32 * 32, G = kpad / 32;
+        auto x = randn(size_t(K), seed++, 3.f);
+        if (K >= 64) std::fill(x.begin() + 32, x.begin() + 64, 0.f);  // an all-zero group: scale 0
+        if (K >= 100) x[70] = 1e30f, x[71] = -1e-30f;                   // extreme magnitudes in one group
+        std::vector<int8_t> q(size_t(kpad), 1), qs(size_t(kpad), 2);
+        std::vector<float> s(size_t(G), NAN), ss(size_t(G), NAN);
+        std::vector<int32_t> sums(size_t(G), -1);
+        quantize_act_row(x.data(), K, kpad, q.data(), s.data());
+        gemm_q::quantize_act_row_simd(x.data(), K, kpad, qs.data(), ss.data(), sums.data());
+        INFO("K=" << K);
+        CHECK(q == qs);
+        CHECK(std::memcmp(s.data(), ss.data(), s.size() * sizeof(float)) == 0);
+        bool sums_ok = true;
+        for (int64_t g = 0; g < G; ++g) {
+            int32_t want = 0;
+            for (int i = 0; i < 32; ++i) want += q[size_t(g * 32 + i)];
+            sums_ok = sums_ok && sums[size_t(g)] == want;
+        }
+        CHECK(sums_ok);
+    }
+}
+#endif
+
 TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference and the error bound") {
 #if defined(DEEPSTACK_HAVE_VNNI)
     MESSAGE("fast quantized mode uses AVX-512 VNNI");

@@ -233,6 +233,33 @@ constexpr int64_t NC = NR * 8;
 constexpr int64_t MC = MR * 16;
 constexpr int QPG = kQuantGroup / 4;  // 4-byte quads per group
 
+// quantize_act_row with AVX-512 for the whole groups (the same float operations: x * (127 / amax)
+// rounded to nearest even, so the same bytes for finite inputs; tested), scalar for a partial last
+// group. Also returns each group's sum of q in gsum when given.
+inline void quantize_act_row_simd(const float* x, int64_t K, int64_t kpad, int8_t* q, float* s, int32_t* gsum = nullptr) {
+    const int64_t whole = K / kQuantGroup;
+    for (int64_t g = 0; g < whole; ++g) {
+        const float* xg = x + g * kQuantGroup;
+        const __m512 a = _mm512_loadu_ps(xg), b = _mm512_loadu_ps(xg + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        s[g] = amax / 127.f;
+        const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + g * kQuantGroup), _mm512_cvtsepi32_epi8(qa));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + g * kQuantGroup + 16), _mm512_cvtsepi32_epi8(qb));
+        if (gsum) gsum[g] = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+    }
+    if (whole * kQuantGroup < kpad) {
+        const int64_t k0 = whole * kQuantGroup;
+        quantize_act_row(x + k0, K - k0, kpad - k0, q + k0, s + whole);
+        if (gsum)
+            for (int64_t g = whole; g < kpad / kQuantGroup; ++g) {
+                gsum[g] = 0;
+                for (int i = 0; i < kQuantGroup; ++i) gsum[g] += q[g * kQuantGroup + i];
+            }
+    }
+}
+
 // a: [ng][QPG][MR] u32 (4 x (xq + 128)), asx: [ng][MR]; b: [ng][QPG][NR] 4 x int8 weights,
 // bs: [ng][NR] weight scales, bc: [ng][NR] -128 * sum(wq) (undoes the +128 of the activations).
 inline void micro_kernel(const uint32_t* __restrict a, const float* __restrict asx, const int32_t* __restrict b,
@@ -367,7 +394,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
     float* sx = scratch<14>(size_t(M * G));
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && M * K >= (1 << 15))
-    for (int64_t m = 0; m < M; ++m) quantize_act_row(x + m * K, K, kpad, xq + m * kpad, sx + m * G);
+    for (int64_t m = 0; m < M; ++m) quantize_act_row_simd(x + m * K, K, kpad, xq + m * kpad, sx + m * G);
     auto* aq = reinterpret_cast<uint32_t*>(scratch<11>(size_t(kblocks * mblocks * GK * QPG * MR)));
     float* asx = scratch<12>(size_t(kblocks * mblocks * GK * MR));
     pack_panels(M, G, GK, MR, nt, [&](int64_t kb, int64_t mb) {
@@ -479,24 +506,21 @@ inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* 
     float* sx = scratch<14>(size_t(M * G));
     auto* xl = reinterpret_cast<int8_t*>(scratch<23>(size_t(M * kpad / 4 + 16)));     // [M][kpad] in block order
     auto* xneg = reinterpret_cast<int32_t*>(scratch<24>(size_t(M * G + 16)));          // [M][G] -shift * group sums
+    // step j of a block holds, per group, the 4 activations at from[j] (Q8: bytes 4j..4j+3; Q4: step
+    // j / 2, the low-nibble elements 4(j/2).. for even j, the high-nibble ones 16 + 4(j/2).. for odd j)
+    int from[8];
+    for (int j = 0; j < 8; ++j) from[j] = q8 ? 4 * j : (j % 2 == 0 ? 4 * (j / 2) : 16 + 4 * (j / 2));
     for (int64_t m = 0; m < M; ++m) {
         int8_t* q = xq + m * kpad;
-        quantize_act_row(x + m * K, K, kpad, q, sx + m * G);
+        int32_t* neg = xneg + m * G;
+        quantize_act_row_simd(x + m * K, K, kpad, q, sx + m * G, neg);
+        for (int64_t g = 0; g < G; ++g) neg[g] *= -(q8 ? 128 : 8);
         int8_t* l = xl + m * kpad;
-        for (int64_t g = 0; g < G; ++g) {
-            int32_t sum = 0;
-            for (int i = 0; i < kQuantGroup; ++i) sum += q[g * kQuantGroup + i];
-            xneg[m * G + g] = -(q8 ? 128 : 8) * sum;
-        }
         for (int64_t b = 0; b < blocks; ++b)
             for (int lane = 0; lane < kQuantBlock; ++lane) {
                 const int8_t* src = q + (b * kQuantBlock + lane) * kQuantGroup;
                 int8_t* dst = l + b * kQuantBlock * kQuantGroup + lane * 4;
-                for (int j = 0; j < 8; ++j) {
-                    // Q8: step j holds bytes 4j..4j+3; Q4: step j / 2, low nibbles (elements 4(j/2)..) or high (16 + ...)
-                    const int64_t from = q8 ? 4 * j : (j % 2 == 0 ? 4 * (j / 2) : 16 + 4 * (j / 2));
-                    std::memcpy(dst + j * 64, src + from, 4);
-                }
+                for (int j = 0; j < 8; ++j) std::memcpy(dst + j * 64, src + from[j], 4);
             }
     }
     auto rows = [&](int64_t n0, int64_t n1) {
