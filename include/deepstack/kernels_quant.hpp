@@ -308,9 +308,32 @@ inline void micro_kernel(const uint32_t* __restrict a, const float* __restrict a
 
 inline void pack_b(const QuantWeights& qw, int64_t n0, int nvalid, int64_t g0, int64_t ng, int32_t* dq, float* ds, int32_t* dc) {
     alignas(64) int8_t t[kQuantGroup];
-    // Q8 groups [g0, g0 + ng) inside one 16-group block: quad q of group g0 + g at quad0 + q * 64 + 4 * g
-    const bool q8_in_block = qw.type == DType::Q8 && g0 % kQuantBlock + ng <= kQuantBlock && qw.quad_stride(g0) != 4;
+    // groups [g0, g0 + ng) inside one 16-group block: stored quad q of group g0 + g at quad0 + q * 64 + 4 * g
+    const bool in_block = g0 % kQuantBlock + ng <= kQuantBlock && qw.quad_stride(g0) != 4;
+    const bool q8_in_block = qw.type == DType::Q8 && in_block, q4_in_block = qw.type == DType::Q4 && in_block;
     for (int j = 0; j < NR; ++j) {
+        if (q4_in_block && j < nvalid) {
+            // stored quad q (q < 4) holds elements 4q..4q+3 in its low nibbles and 16+4q.. in its high
+            // ones, each as e + 8; per byte, e = ((nibble | 0x80) - 8) ^ 0x80 (no borrow leaves a byte)
+            const int64_t n = n0 + j;
+            const int8_t* quad0 = qw.quant_quad(n, g0, 0);
+            for (int64_t g = 0; g < ng; ++g) {
+                int32_t nibble_sum = 0;
+                for (int q = 0; q < QPG / 2; ++q) {
+                    uint32_t v;
+                    std::memcpy(&v, quad0 + q * (4 * kQuantBlock) + 4 * g, 4);
+                    const uint32_t lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu;
+                    const uint32_t elo = ((lo | 0x80808080u) - 0x08080808u) ^ 0x80808080u;
+                    const uint32_t ehi = ((hi | 0x80808080u) - 0x08080808u) ^ 0x80808080u;
+                    std::memcpy(dq + (g * QPG + q) * NR + j, &elo, 4);
+                    std::memcpy(dq + (g * QPG + q + QPG / 2) * NR + j, &ehi, 4);
+                    nibble_sum += int32_t(((lo * 0x01010101u) >> 24) + ((hi * 0x01010101u) >> 24));  // bytes <= 15: no carry
+                }
+                ds[g * NR + j] = qw.scale[size_t(n * qw.groups() + g0 + g)];
+                dc[g * NR + j] = -128 * (nibble_sum - 8 * kQuantGroup);
+            }
+            continue;
+        }
         if (q8_in_block && j < nvalid) {
             const int64_t n = n0 + j;
             const int8_t* quad0 = qw.quant_quad(n, g0, 0);
