@@ -28,6 +28,37 @@ constexpr int BK = NVK * simd::W;  // keys per block
 constexpr int QN = simd::W >= 16 ? 4 : 2;
 constexpr int BQP = BQ + QN;  // rows of the per-task buffers (padding rows are scratch)
 
+// The largest of s[0, n), n >= 1.
+inline float row_max(const float* s, int64_t n) {
+    using namespace simd;
+    vf mx = set1(-INFINITY);
+    int64_t j = 0;
+    for (; j + W <= n; j += W) mx = simd::max(mx, load(s + j));
+    float m = hmax(mx);
+    for (; j < n; ++j) m = std::max(m, s[j]);
+    return m;
+}
+
+// s[0, n) <- exp(s - m) in place; returns their sum.
+inline float exp_shifted_sum(float* s, int64_t n, float m) {
+    using namespace simd;
+    const vf mv = set1(m);
+    vf sum = zero();
+    int64_t j = 0;
+    for (; j + W <= n; j += W) {
+        const vf p = simd::exp(sub(load(s + j), mv));
+        store(s + j, p);
+        sum = add(sum, p);
+    }
+    float total = hsum(sum);
+    if (j < n) {
+        const int r = int(n - j);
+        store_n(s + j, simd::exp(sub(load_n(s + j, r), mv)), r);
+        for (; j < n; ++j) total += s[j];
+    }
+    return total;
+}
+
 // o_u [C*W floats at t0] += sum_jj p_u[jj] * v_jj for the QN rows u (p, o row strides BK and d)
 template <int C>
 inline void pv_chunk(const float* p, int jmax, const float* vbase, int64_t vstride, int t0, float* o, int d) {
@@ -133,12 +164,7 @@ inline void attention_task(const float* q, const float* k, const float* v, int64
                 continue;
             }
             jmax_all = std::max(jmax_all, lim);
-            vf mx = set1(-INFINITY);
-            int jj = 0;
-            for (; jj + W <= lim; jj += W) mx = simd::max(mx, load(s + jj));
-            float m_blk = hmax(mx);
-            for (; jj < lim; ++jj) m_blk = std::max(m_blk, s[jj]);
-            const float m_new = std::max(mrow[i], m_blk);
+            const float m_new = std::max(mrow[i], row_max(s, lim));
             if (m_new > mrow[i]) {
                 const float alpha = std::exp(mrow[i] - m_new);
                 if (lrow[i] != 0.f) {
@@ -151,23 +177,7 @@ inline void attention_task(const float* q, const float* k, const float* v, int64
                 }
                 mrow[i] = m_new;
             }
-            const vf mv = set1(m_new);
-            vf sum = zero();
-            for (jj = 0; jj + W <= lim; jj += W) {
-                const vf p = simd::exp(sub(load(s + jj), mv));
-                store(s + jj, p);
-                sum = add(sum, p);
-            }
-            if (jj < lim) {
-                const int r = lim - jj;
-                const vf p = simd::exp(sub(load_n(s + jj, r), mv));
-                store_n(s + jj, p, r);  // (lanes past r are not summed: they hold exp(-m))
-                float tail = 0.f;
-                for (int u = jj; u < lim; ++u) tail += s[u];
-                lrow[i] += tail;
-                jj = lim;
-            }
-            lrow[i] += hsum(sum);
+            lrow[i] += exp_shifted_sum(s, lim, m_new);
             std::fill(s + lim, s + BK, 0.f);
         }
         if (jmax_all == 0) continue;
@@ -243,22 +253,8 @@ inline void attention_one_query(const float* q, const float* k, const float* v, 
         }
         for (int h = 0; h < Hq; ++h) {
             float* ph = p + int64_t(h) * per;
-            vf mx = set1(-INFINITY);
-            int64_t j = 0;
-            for (; j + W <= len; j += W) mx = simd::max(mx, load(ph + j));
-            float mh = hmax(mx);
-            for (; j < len; ++j) mh = std::max(mh, ph[j]);
-            const vf mv = set1(mh);
-            vf sum = zero();
-            for (j = 0; j + W <= len; j += W) {
-                const vf e = simd::exp(sub(load(ph + j), mv));
-                store(ph + j, e);
-                sum = add(sum, e);
-            }
-            float lh = hsum(sum);
-            for (; j < len; ++j) lh += (ph[j] = std::exp(ph[j] - mh));
-            m[h] = mh;
-            l[h] = lh;
+            m[h] = len > 0 ? row_max(ph, len) : -INFINITY;
+            l[h] = len > 0 ? exp_shifted_sum(ph, len, m[h]) : 0.f;
         }
         std::fill(o, o + hd, 0.f);
         for (int64_t j = 0; j < len; ++j) {
