@@ -2,7 +2,8 @@
 // per task (block of BQ queries, one head) the keys are visited in blocks of BK; scores for the block
 // are computed against a transposed copy of the key block (SIMD over keys, no horizontal sums), the
 // running max / sum are updated and the output rows rescaled, then P*V is accumulated (SIMD over d).
-// Memory per thread is O(BQ*d + BK*d), never Tq x Tk. OpenMP over (query blocks x heads).
+// Memory per thread is O(BQ*d + BK*d), plus one shared copy of K and V per call, never Tq x Tk.
+// OpenMP over (query blocks x heads).
 // Included from kernels.hpp.
 #pragma once
 #include "kernels_simd.hpp"
@@ -59,32 +60,38 @@ inline float exp_shifted_sum(float* s, int64_t n, float m) {
     return total;
 }
 
-// o_u [C*W floats at t0] += sum_jj p_u[jj] * v_jj for the QN rows u (p, o row strides BK and d)
-template <int C>
-inline void pv_chunk(const float* p, int jmax, const float* vbase, int64_t vstride, int t0, float* o, int d) {
+// o_u [C*W floats at t0] += sum_jj p_u[jj] * v_jj for the QN rows u (p, o row strides BK and d);
+// Tail: only the first n < W floats (the end of a row, C = 1).
+template <int C, bool Tail = false>
+inline void pv_chunk(const float* p, int jmax, const float* vbase, int64_t vstride, int t0, float* o, int d, int n = simd::W) {
     using namespace simd;
+    auto ld = [&](const float* x) { return Tail ? load_n(x, n) : load(x); };
     vf a[QN][C];
     for (int u = 0; u < QN; ++u)
-        for (int c = 0; c < C; ++c) a[u][c] = load(o + u * d + t0 + c * W);
+        for (int c = 0; c < C; ++c) a[u][c] = ld(o + u * d + t0 + c * W);
     for (int jj = 0; jj < jmax; ++jj) {
         const float* vr = vbase + jj * vstride + t0;
         vf b[QN];
         for (int u = 0; u < QN; ++u) b[u] = set1(p[u * BK + jj]);
 #pragma GCC unroll 4
         for (int c = 0; c < C; ++c) {
-            const vf vv = in_register(load(vr + c * W));
+            const vf vv = in_register(ld(vr + c * W));
             for (int u = 0; u < QN; ++u) a[u][c] = simd::fma(b[u], vv, a[u][c]);
         }
     }
     for (int u = 0; u < QN; ++u)
-        for (int c = 0; c < C; ++c) store(o + u * d + t0 + c * W, a[u][c]);
+        for (int c = 0; c < C; ++c) {
+            if (Tail) store_n(o + u * d + t0 + c * W, a[u][c], n);
+            else store(o + u * d + t0 + c * W, a[u][c]);
+        }
 }
 
 // One task: query rows [r0, r0 + bq) of kv head kvh, where row r is query position r / G of head
 // kvh * G + r % G (G = Hq / Hkv: the heads sharing this K/V are processed together). work: >= 2*BQP*d + BQP*BK + 2*BQ floats.
 // ktall: keys transposed per (kv head, key block) as [Hkv][nkb][d][BK], or null (then scores are
 // direct dot products against the key rows: few queries, where transposing would cost more).
-inline void attention_task(const float* q, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
+// vh: the value rows of head kvh, row j at vh + j * vstride.
+inline void attention_task(const float* q, const float* k, const float* vh, int64_t vstride, int64_t Tk, int Hq, int Hkv, int d,
                            float scale, bool causal, int64_t q_offset, int64_t r0, int bq, int kvh, float* out,
                            float* work, const float* ktall, int64_t nkb) {
     using namespace simd;
@@ -183,19 +190,14 @@ inline void attention_task(const float* q, const float* k, const float* v, int64
         if (jmax_all == 0) continue;
         // O += P V, QN queries at a time (probability rows past bq are zero scratch)
         std::fill(sc + bq * BK, sc + BQP * BK, 0.f);
-        const float* vbase = v + j0 * kvstride + int64_t(kvh) * d;
+        const float* vbase = vh + j0 * vstride;
         for (int i = 0; i < bq; i += QN) {
             const float* p = sc + i * BK;
             float* oi = o + i * int64_t(d);
             int t0 = 0;
-            for (; t0 + 4 * W <= d; t0 += 4 * W) pv_chunk<4>(p, jmax_all, vbase, kvstride, t0, oi, d);
-            for (; t0 + W <= d; t0 += W) pv_chunk<1>(p, jmax_all, vbase, kvstride, t0, oi, d);
-            for (; t0 < d; ++t0)
-                for (int u = 0; u < QN; ++u) {
-                    float acc = oi[u * d + t0];
-                    for (int jj = 0; jj < jmax_all; ++jj) acc += p[u * BK + jj] * vbase[jj * kvstride + t0];
-                    oi[u * d + t0] = acc;
-                }
+            for (; t0 + 4 * W <= d; t0 += 4 * W) pv_chunk<4>(p, jmax_all, vbase, vstride, t0, oi, d);
+            for (; t0 + W <= d; t0 += W) pv_chunk<1>(p, jmax_all, vbase, vstride, t0, oi, d);
+            if (t0 < d) pv_chunk<1, true>(p, jmax_all, vbase, vstride, t0, oi, d, d - t0);
         }
     }
     for (int i = 0; i < bq; ++i) {
@@ -305,12 +307,17 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
     const size_t work_floats = size_t(2 * attn::BQP * int64_t(d) + attn::BQP * attn::BK + 2 * attn::BQ);
     const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));  // Q K^T and P V
     if (Tq == 1) return attn::attention_one_query(q, k, v, causal ? std::min(Tk, std::max<int64_t>(0, q_offset + 1)) : Tk, Hq, Hkv, d, scale, out, nt);
-    // With many queries, transpose K once per call into [Hkv][nkb][d][BK] (zero padded) and share it.
-    const int64_t nkb = (Tk + attn::BK - 1) / attn::BK;
+    // With many queries, copy K and V once per call and share the copies: K transposed into
+    // [Hkv][nkb][d][BK] (zero padded), V into [Hkv][Tk][d]. A head's value rows in v lie Hkv * d
+    // floats apart, 4 KB for 16 heads of 64 or 8 of 128: a key block's rows all fall into the same
+    // L1 sets and evict each other before the next query rows reuse them.
+    const int64_t nkb = (Tk + attn::BK - 1) / attn::BK, kvstride = int64_t(Hkv) * d;
     float* ktall = nullptr;
+    const float* vh = v;  // head kvh's value rows: vh + kvh * vhead, stride vstride
+    int64_t vhead = d, vstride = kvstride;
     if (Tq >= 8 && Tk > 0) {
         ktall = scratch<4>(size_t(Hkv) * size_t(nkb) * size_t(d) * attn::BK);
-        const int64_t kstride = int64_t(Hkv) * d;
+        float* vall = scratch<27>(size_t(Hkv) * size_t(Tk) * size_t(d));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t blk = 0; blk < Hkv * nkb; ++blk) {
             const int kvh = int(blk / nkb);
@@ -318,11 +325,18 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
             const int bk = int(std::min<int64_t>(attn::BK, Tk - j0));
             float* kt = ktall + blk * int64_t(d) * attn::BK;
             for (int jj = 0; jj < bk; ++jj) {
-                const float* kr = k + (j0 + jj) * kstride + int64_t(kvh) * d;
-                for (int t = 0; t < d; ++t) kt[t * attn::BK + jj] = kr[t];
+                const int64_t at = (j0 + jj) * kvstride + int64_t(kvh) * d;
+                float* vr = vall + (kvh * Tk + j0 + jj) * d;
+                int t = 0;
+                for (; t + simd::W <= d; t += simd::W) simd::store(vr + t, simd::load(v + at + t));
+                for (; t < d; ++t) vr[t] = v[at + t];
+                for (t = 0; t < d; ++t) kt[t * attn::BK + jj] = k[at + t];
             }
             for (int t = 0; t < d; ++t) std::fill(kt + t * attn::BK + bk, kt + (t + 1) * attn::BK, 0.f);
         }
+        vh = vall;
+        vhead = Tk * d;
+        vstride = d;
     }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1 && tasks > 1)
     for (int64_t task = 0; task < tasks; ++task) {
@@ -332,7 +346,7 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
         const int64_t r0 = qb * attn::BQ;
         const int bq = int(std::min<int64_t>(attn::BQ, rows - r0));
         float* work = scratch<3>(work_floats);
-        attn::attention_task(q, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, r0, bq, kvh, out, work, ktall, nkb);
+        attn::attention_task(q, k, vh + kvh * vhead, vstride, Tk, Hq, Hkv, d, scale, causal, q_offset, r0, bq, kvh, out, work, ktall, nkb);
     }
 }
 
