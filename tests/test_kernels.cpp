@@ -189,6 +189,41 @@ TEST_CASE("attention (tiled, online softmax) matches the scalar reference") {
     }
 }
 
+TEST_CASE("fast-mode attention (bf16 dot products) stays within bf16 rounding of the scalar reference") {
+    struct Case {
+        int64_t Tq, Tk;
+        int Hq, Hkv, d;
+    };
+    // the vision tower's shape (d 64, 16 heads), the 8B's d = 72, odd sizes, a single key
+    const Case cases[] = {{784, 784, 2, 2, 64}, {100, 130, 4, 2, 72}, {33, 1, 2, 1, 16}, {7, 65, 3, 3, 37}, {1, 200, 2, 2, 128}};
+    uint32_t seed = 300;
+    for (const auto& c : cases) {
+        auto q = randn(size_t(c.Tq * c.Hq * c.d), seed++);
+        auto k = randn(size_t(c.Tk * c.Hkv * c.d), seed++);
+        auto v = randn(size_t(c.Tk * c.Hkv * c.d), seed++);
+        const float scale = 1.f / std::sqrt(float(c.d)) * 2.f;
+        std::vector<float> o(q.size(), NAN), r(q.size(), NAN);
+        attention(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, false, 0, o.data(), Compute::Fast);
+        attention_ref(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, false, 0, r.data());
+        // bf16 keeps 8 significant bits: scores (|s| up to ~8 here) move by up to ~|s| * 2^-8, the
+        // probabilities and values by 2^-9 relative; the output (|v| ~ 1) by about 1e-2 at most
+        double worst = 0, mean = 0;
+        for (size_t i = 0; i < o.size(); ++i) {
+            const double e = std::isnan(o[i]) ? 1e9 : std::fabs(double(o[i]) - r[i]);
+            worst = std::max(worst, e);
+            mean += e / double(o.size());
+        }
+        INFO("Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " d=" << c.d << " worst " << worst << " mean " << mean);
+#if defined(DEEPSTACK_HAVE_DPBF16)
+        CHECK(worst < 2e-2);
+        CHECK(mean < 2e-3);
+        CHECK(worst > 1e-6);  // the bf16 path ran (fp32 would agree to ~1e-6)
+#else
+        CHECK(worst < 2e-5);  // without vdpbf16ps: the fp32 attention
+#endif
+    }
+}
+
 TEST_CASE("layernorm and rmsnorm (SIMD) match the scalar references, in place too") {
     for (int64_t n : {1, 7, 16, 33, 100, 1031}) {
         for (int64_t M : {1, 3, 17}) {

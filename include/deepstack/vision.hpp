@@ -90,8 +90,7 @@ inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, con
     }
     const float scale = 1.f / std::sqrt(float(dh));
     for (auto [b, e] : segments)
-        attention(q + b * Dv, e - b, k + b * Dv, v + b * Dv, e - b, heads, heads, dh, scale, false, 0,
-                  attn + b * Dv);
+        attention(q + b * Dv, e - b, k + b * Dv, v + b * Dv, e - b, heads, heads, dh, scale, false, 0, attn + b * Dv, mode);
     linear_forward(attn, S, blk.proj, y, mode);
     for (int64_t i = 0; i < S * Dv; ++i) x[i] += y[i];
 

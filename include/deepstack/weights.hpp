@@ -43,7 +43,7 @@ struct VisionWeights {
     std::vector<VisionBlockWeights> blocks;
     MergerWeights merger;
     std::vector<MergerWeights> deepstack_mergers;  // one per deepstack_visual_indexes entry
-    detail::Compute compute = detail::Compute::Exact;  // mode of every matmul (LoadOptions::bf16_compute)
+    detail::Compute compute = detail::Compute::Exact;  // mode of every matmul and the vision attention (LoadOptions::bf16_compute)
 };
 
 struct TextLayerWeights {
