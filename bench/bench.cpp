@@ -6,7 +6,8 @@
 // Limits: decode reads every decoder and lm_head weight once per token, so its bound is
 // memory bandwidth / bytes read per token; vision and prefill do 2 FLOPs per weight per patch or
 // token (plus attention), so their bound is FLOPs / peak (fp32 FMA, or bf16 dot products in bf16
-// compute mode). The limits are measured before and after the runs and the better of the two is
+// compute mode). Beside it: issue #4's effective rate, the matrices' FLOPs alone (2 per weight per
+// patch or token) over the time taken, as a share of the same peak. The limits are measured before and after the runs and the better of the two is
 // used (a shared host's figures drift); the memory read is measured in 2 MiB pages like the weights.
 // Decode's bandwidth is also measured right before and after its timing, as a plain read of the
 // very bytes it streams; its bound uses the best of all these reads.
@@ -586,22 +587,29 @@ struct Report {
     VisionRun v448, v896;
     double vision_448_bound = 0, vision_896_bound = 0;
     double prefill_256 = 0, prefill_1024 = 0, prefill_256_bound = 0, prefill_1024_bound = 0;
+    // effective rates in GFLOP/s: matrix FLOPs only (2 per weight per patch / token) over the time
+    double vision_448_eff = 0, vision_896_eff = 0, prefill_256_eff = 0, prefill_1024_eff = 0;
     double decode = 0, decode_bound = 0, decode_read_bw = 0;  // decode_read_bw: decode_weights_read_gbps, max of before / after
     int decode_steps = 0;
     double caption_s = 0;
 };
 
-// FLOPs of the vision encoder on S patches: matrices plus attention (QK^T and PV over S keys).
+// Matrix FLOPs of the vision encoder on S patches: the blocks per patch, the mergers per merged token.
+double vision_matrix_flops(const Footprint& f, int64_t S) {
+    return 2.0 * double(S) * double(f.vis_patch_params) + 2.0 * double(S / 4) * double(f.vis_token_params);
+}
+// ... plus attention (QK^T and PV over S keys).
 double vision_flops(const Footprint& f, const VisionConfig& v, int64_t S) {
-    return 2.0 * double(S) * double(f.vis_patch_params) + 2.0 * double(S / 4) * double(f.vis_token_params) +
-           4.0 * double(S) * double(S) * v.hidden_size * v.depth;
+    return vision_matrix_flops(f, S) + 4.0 * double(S) * double(S) * v.hidden_size * v.depth;
 }
 
-// FLOPs of a T-token prefill from an empty cache: decoder matrices per token, causal attention,
-// and lm_head for the last token only.
+// Matrix FLOPs of a T-token prefill: decoder matrices per token, lm_head for the last token only.
+double prefill_matrix_flops(const Footprint& f, int64_t T) {
+    return 2.0 * double(T) * double(f.text_layer_params) + 2.0 * double(f.lm_head_params);
+}
+// ... plus causal attention from an empty cache.
 double prefill_flops(const Footprint& f, const TextConfig& t, int64_t T) {
-    return 2.0 * double(T) * double(f.text_layer_params) + 2.0 * double(f.lm_head_params) +
-           2.0 * double(T) * double(T) * t.num_attention_heads * t.head_dim * t.num_hidden_layers;
+    return prefill_matrix_flops(f, T) + 2.0 * double(T) * double(T) * t.num_attention_heads * t.head_dim * t.num_hidden_layers;
 }
 
 // Bytes one decode step reads at context n: decoder matrices, lm_head, the fp32 KV cache.
@@ -628,24 +636,30 @@ void print_table(const Report& r, const Args& a) {
     std::printf("peak RSS         %s  (at exit: anon %s, file-backed %s)\n", gb(r.peak_rss).c_str(), gb(r.rss_anon).c_str(),
                 gb(r.rss_file).c_str());
     const char* peak_name = r.compute == "bf16" ? "bf16 peak" : "fp32 peak";
-    auto vis = [&](const char* name, const VisionRun& v, double bound) {
+    const double peak = r.compute == "bf16" ? r.bf16_peak : r.fma_peak;
+    auto effective = [&](double gflops) {
+        if (gflops > 0 && peak > 0) std::printf("\n                 effective rate (matrices only) %.0f GFLOP/s = %.0f%% of peak", gflops, 100 * gflops / peak);
+    };
+    auto vis = [&](const char* name, const VisionRun& v, double bound, double eff) {
         if (v.encode_s <= 0) return;
         std::printf("%-16s %.2f s (first call %.2f s; %" PRId64 " patches, preprocess %.3f s)", name, v.encode_s, v.first_encode_s, v.patches,
                     v.preprocess_s);
         if (bound > 0) std::printf("   %s bound %.2f s  -> %.0f%% of peak", peak_name, bound, 100 * bound / v.encode_s);
+        effective(eff);
         std::printf("\n");
     };
-    if (!a.skip_vision) vis("vision 448x448", r.v448, r.vision_448_bound);
-    if (!a.skip_vision && !a.skip_vision_896) vis("vision 896x896", r.v896, r.vision_896_bound);
-    auto tok = [&](const char* name, double got, double bound, const char* what) {
+    if (!a.skip_vision) vis("vision 448x448", r.v448, r.vision_448_bound, r.vision_448_eff);
+    if (!a.skip_vision && !a.skip_vision_896) vis("vision 896x896", r.v896, r.vision_896_bound, r.vision_896_eff);
+    auto tok = [&](const char* name, double got, double bound, const char* what, double eff) {
         if (got <= 0) return;
         std::printf("%-16s %.1f tok/s", name, got);
         if (bound > 0) std::printf("   %s bound %.1f tok/s  -> %.0f%%", what, bound, 100 * got / bound);
+        effective(eff);
         std::printf("\n");
     };
-    tok("prefill 256", r.prefill_256, r.prefill_256_bound, peak_name);
-    tok("prefill 1024", r.prefill_1024, r.prefill_1024_bound, peak_name);
-    tok("decode @256", r.decode, r.decode_bound, "bandwidth");
+    tok("prefill 256", r.prefill_256, r.prefill_256_bound, peak_name, r.prefill_256_eff);
+    tok("prefill 1024", r.prefill_1024, r.prefill_1024_bound, peak_name, r.prefill_1024_eff);
+    tok("decode @256", r.decode, r.decode_bound, "bandwidth", 0);
     if (r.decode > 0 && r.decode_read_bw > 0)
         std::printf("                 (bound at %.1f GB/s: plain read of the decode's weights just before/after it %.1f GB/s)\n",
                     std::max(r.mem_bw, r.decode_read_bw), r.decode_read_bw);
@@ -667,6 +681,8 @@ void print_json(const Report& r) {
         {"vision_896_s", r.v896.encode_s}, {"vision_896_first_s", r.v896.first_encode_s}, {"vision_896_bound_s", r.vision_896_bound},
         {"prefill_256_tok_s", r.prefill_256}, {"prefill_256_bound_tok_s", r.prefill_256_bound},
         {"prefill_1024_tok_s", r.prefill_1024}, {"prefill_1024_bound_tok_s", r.prefill_1024_bound},
+        {"vision_448_effective_gflops", r.vision_448_eff}, {"vision_896_effective_gflops", r.vision_896_eff},
+        {"prefill_256_effective_gflops", r.prefill_256_eff}, {"prefill_1024_effective_gflops", r.prefill_1024_eff},
         {"decode_tok_s", r.decode}, {"decode_bound_tok_s", r.decode_bound}, {"decode_steps", r.decode_steps},
         {"decode_weights_read_gbps", r.decode_read_bw}};
     if (r.gen_s > 0) j["synthetic_gen_s"] = r.gen_s;
@@ -819,6 +835,10 @@ int run(int argc, char** argv) {
     if (r.v896.patches > 0) r.vision_896_bound = seconds_bound(vision_flops(r.fp, c.vision, r.v896.patches));
     if (r.prefill_256 > 0) r.prefill_256_bound = rate_bound(256, prefill_flops(r.fp, c.text, 256));
     if (r.prefill_1024 > 0) r.prefill_1024_bound = rate_bound(1024, prefill_flops(r.fp, c.text, 1024));
+    if (r.v448.encode_s > 0) r.vision_448_eff = vision_matrix_flops(r.fp, r.v448.patches) / r.v448.encode_s / 1e9;
+    if (r.v896.encode_s > 0) r.vision_896_eff = vision_matrix_flops(r.fp, r.v896.patches) / r.v896.encode_s / 1e9;
+    r.prefill_256_eff = prefill_matrix_flops(r.fp, 256) * r.prefill_256 / 256 / 1e9;
+    r.prefill_1024_eff = prefill_matrix_flops(r.fp, 1024) * r.prefill_1024 / 1024 / 1e9;
     // The decode bound takes the best bandwidth seen: the machine's read at the start and the end,
     // and the plain read of the decode's own weights just before and after it (0 without peaks).
     if (r.decode > 0) r.decode_bound = std::max(r.mem_bw, r.decode_read_bw) * 1e9 / decode_bytes(r.fp, c.text, 256 + a.decode_steps / 2);
