@@ -115,33 +115,27 @@ inline void pack_b_tiled(const Matrix& w, int64_t n0, int nvalid, int64_t k0, in
         }
 }
 
-// Activation rows [m0, m0 + mr), cols [k0, k0 + kc) as bf16 pairs [kp][MR] (zero padded), from xb:
-// the activations already rounded to bf16, rows of kx (K rounded up to even) values.
-inline void pack_a(const uint16_t* xb, int64_t kx, int64_t m0, int mr, int64_t k0, int64_t kc, uint32_t* dst) {
+// Activation rows [m0, m0 + mr), cols [k0, k0 + kc) of x [M, K], rounded to bf16 (nearest even),
+// as pairs [kp][MR] (zero padded): 16 pairs of each row by one conversion, a 16 x 16 register
+// transpose (rows past mr zero), then MR lanes stored per pair.
+inline void pack_a(const float* x, int64_t K, int64_t m0, int mr, int64_t k0, int64_t kc, uint32_t* dst) {
+    static_assert(MR <= 16, "one register transpose covers a panel's rows");
     const int64_t kp = (kc + 1) / 2;
-    for (int i = 0; i < MR; ++i) {
-        if (i < mr) {
-            const uint16_t* xi = xb + (m0 + i) * kx + k0;
-            for (int64_t p = 0; p < kp; ++p) dst[p * MR + i] = pair_at(xi + 2 * p);
-        } else {
-            for (int64_t p = 0; p < kp; ++p) dst[p * MR + i] = 0;
+    for (int64_t p = 0; p < kp; p += 16) {
+        const int n = int(std::min<int64_t>(32, kc - 2 * p));  // columns k0 + 2p + [0, n)
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i) {
+            if (i >= mr) {
+                r[i] = _mm512_setzero_si512();
+                continue;
+            }
+            const float* xi = x + (m0 + i) * K + k0 + 2 * p;
+            const __m512 lo = _mm512_maskz_loadu_ps(simd::tail_mask(std::min(16, n)), xi);
+            const __m512 hi = _mm512_maskz_loadu_ps(simd::tail_mask(std::max(0, n - 16)), xi + 16);
+            r[i] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
         }
-    }
-}
-
-// x [M, K] -> bf16 rows of kx = K rounded up to even (zero padded), round to nearest even.
-inline void round_rows_bf16(const float* x, int64_t M, int64_t K, int64_t kx, uint16_t* xb, int nt) {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t m = 0; m < M; ++m) {
-        const float* xm = x + m * K;
-        uint16_t* d = xb + m * kx;
-        int64_t k = 0;
-        for (; k + 32 <= K; k += 32) {
-            const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xm + k + 16), _mm512_loadu_ps(xm + k));
-            _mm512_storeu_si512(d + k, (__m512i)v);
-        }
-        for (; k < K; ++k) d[k] = f32_to_bf16(xm[k]);
-        for (; k < kx; ++k) d[k] = 0;
+        simd::transpose16x16_32(r);
+        for (int64_t q = 0; q < std::min<int64_t>(16, kp - p); ++q) _mm512_mask_storeu_epi32(dst + (p + q) * MR, simd::tail_mask(MR), r[q]);
     }
 }
 
@@ -152,12 +146,10 @@ inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (k
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows, K = w.cols;
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
-    const int64_t kx = (K + 1) / 2 * 2, mblocks = (M + MR - 1) / MR, kblocks = (K + KC - 1) / KC;
-    auto* xb = reinterpret_cast<uint16_t*>(scratch<15>(size_t(M * kx / 2 + 16)));
-    round_rows_bf16(x, M, K, kx, xb, nt);
+    const int64_t mblocks = (M + MR - 1) / MR, kblocks = (K + KC - 1) / KC;
     auto* apack = reinterpret_cast<uint32_t*>(scratch<6>(size_t(kblocks * mblocks * (KC / 2) * MR)));
     pack_panels(M, K, KC, MR, nt, [&](int64_t kb, int64_t mb) {
-        pack_a(xb, kx, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC), apack + apack_offset(kb, mb, mblocks));
+        pack_a(x, K, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC), apack + apack_offset(kb, mb, mblocks));
     });
     const auto* wd = static_cast<const uint16_t*>(w.data);
     auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
