@@ -335,6 +335,20 @@ inline void gelu_tanh_inplace(float* x, int64_t n) { map_inplace(x, n, [](simd::
 inline void gelu_erf_inplace(float* x, int64_t n) { map_inplace(x, n, [](simd::vf v) { return simd::gelu_erf(v); }); }
 inline void silu_inplace(float* x, int64_t n) { map_inplace(x, n, [](simd::vf v) { return simd::silu(v); }); }
 
+// x[i] += y[i] (the residual adds), on all threads for large arrays.
+inline void add_inplace(float* x, const float* y, int64_t n) {
+    using namespace simd;
+    constexpr int64_t CH = 4096;
+    const int64_t chunks = (n + CH - 1) / CH;
+#pragma omp parallel for schedule(static) if (worth_threads(n))
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t e = std::min(n, (c + 1) * CH);
+        int64_t i = c * CH;
+        for (; i + W <= e; i += W) store(x + i, add(load(x + i), load(y + i)));
+        for (; i < e; ++i) x[i] += y[i];
+    }
+}
+
 // SwiGLU: out[i] = silu(gate[i]) * up[i] (out may alias gate or up).
 inline void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
     using namespace simd;

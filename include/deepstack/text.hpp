@@ -106,14 +106,14 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     attention(q, T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd),
               1.f / std::sqrt(float(hd)), true, past, o);
     matmul(o, T, L.o, y, nullptr, mode);
-    for (int64_t i = 0; i < T * D; ++i) h[i] += y[i];
+    add_inplace(h, y, T * D);
 
     rmsnorm(h, T, D, L.post_norm.data(), c.rms_norm_eps, a);
     matmul(a, T, L.gate, gate, nullptr, mode);
     matmul(a, T, L.up, up, nullptr, mode);
     silu_mul(gate, up, gate, T * I);
     matmul(gate, T, L.down, y, nullptr, mode);
-    for (int64_t i = 0; i < T * D; ++i) h[i] += y[i];
+    add_inplace(h, y, T * D);
 }
 
 }  // namespace detail
