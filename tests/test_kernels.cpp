@@ -249,6 +249,29 @@ TEST_CASE("layernorm and rmsnorm (SIMD) match the scalar references, in place to
     }
 }
 
+TEST_CASE("residual add fused with the norm after it: the same bits as add_inplace and the norm") {
+    // sizes from one row to enough rows for threads (worth_threads: 2^16 elements)
+    for (int64_t n : {1, 33, 1024, 2048})
+        for (int64_t M : {1, 5, 64}) {
+            auto h = randn(size_t(M * n), uint32_t(n + 3 * M), 2.f), r = randn(size_t(M * n), uint32_t(n + 5 * M));
+            auto w = randn(size_t(n), 21), b = randn(size_t(n), 22);
+            INFO("n=" << n << " M=" << M);
+            auto h_ref = h, y_ref = h;
+            add_inplace(h_ref.data(), r.data(), M * n);
+            rmsnorm(h_ref.data(), M, n, w.data(), 1e-6f, y_ref.data());
+            auto h1 = h;
+            std::vector<float> y1(h.size(), NAN);
+            add_rmsnorm(h1.data(), r.data(), M, n, w.data(), 1e-6f, y1.data());
+            CHECK(h1 == h_ref);
+            CHECK(y1 == y_ref);
+            layernorm(h_ref.data(), M, n, w.data(), b.data(), 1e-6f, y_ref.data());
+            auto h2 = h, y2 = r;  // output over the residual (the vision block's use)
+            add_layernorm(h2.data(), y2.data(), M, n, w.data(), b.data(), 1e-6f, y2.data());
+            CHECK(h2 == h_ref);
+            CHECK(y2 == y_ref);
+        }
+}
+
 TEST_CASE("vector gelu_tanh, gelu_erf, silu, silu_mul against exact double formulas") {
     std::vector<float> xs;
     for (float v = -12.f; v <= 12.f; v += 0.00731f) xs.push_back(v);

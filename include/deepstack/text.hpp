@@ -106,9 +106,7 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     attention(q, T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd),
               1.f / std::sqrt(float(hd)), true, past, o);
     matmul(o, T, L.o, y, nullptr, mode);
-    add_inplace(h, y, T * D);
-
-    rmsnorm(h, T, D, L.post_norm.data(), c.rms_norm_eps, a);
+    add_rmsnorm(h, y, T, D, L.post_norm.data(), c.rms_norm_eps, a);  // h += y; a = RMSNorm(h)
     matmul(a, T, L.gate, gate, nullptr, mode);
     matmul(a, T, L.up, up, nullptr, mode);
     silu_mul(gate, up, gate, T * I);

@@ -92,10 +92,8 @@ inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, con
     for (auto [b, e] : segments)
         attention(q + b * Dv, e - b, k + b * Dv, v + b * Dv, e - b, heads, heads, dh, scale, false, 0, attn + b * Dv, mode);
     linear_forward(attn, S, blk.proj, y, mode);
-    add_inplace(x, y, S * Dv);
-
     float* hidden = qkv;  // [S, I]
-    layernorm(x, S, Dv, blk.norm2.w.data(), blk.norm2.b.data(), 1e-6f, y);
+    add_layernorm(x, y, S, Dv, blk.norm2.w.data(), blk.norm2.b.data(), 1e-6f, y);  // x += y; y = LayerNorm(x)
     linear_forward(y, S, blk.fc1, hidden, mode);
     gelu_tanh_inplace(hidden, S * I);
     linear_forward(hidden, S, blk.fc2, y, mode);
