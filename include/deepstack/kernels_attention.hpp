@@ -340,9 +340,9 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
     }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1 && tasks > 1)
     for (int64_t task = 0; task < tasks; ++task) {
-        // kv heads innermost so that neighbouring tasks share the same query positions
-        const int64_t qb = task / Hkv;
-        const int kvh = int(task % Hkv);
+        // query blocks innermost: the threads work on one kv head at a time and share its keys and values
+        const int64_t qb = task % nqb;
+        const int kvh = int(task / nqb);
         const int64_t r0 = qb * attn::BQ;
         const int bq = int(std::min<int64_t>(attn::BQ, rows - r0));
         float* work = scratch<3>(work_floats);

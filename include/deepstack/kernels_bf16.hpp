@@ -423,9 +423,9 @@ inline void attention_bf16(const float* q, int64_t Tq, const float* k, const flo
     const size_t work_floats = size_t(BQP * (dp + dv + BKB + BKB / 2) + 2 * BQ);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1 && tasks > 1)
     for (int64_t task = 0; task < tasks; ++task) {
-        const int64_t qb = task / Hq;
-        const int h = int(task % Hq);
-        const int64_t hk = h / G;
+        // query blocks innermost: the threads work on one head at a time and share its keys and values
+        const int h = int(task / nqb);
+        const int64_t qb = task % nqb, hk = h / G;
         attention_task_bf16(q, Tk, Hq, d, scale, qb * BQ, int(std::min<int64_t>(BQ, Tq - qb * BQ)), h, kt + hk * nkb * dpp * BKB,
                             vt + hk * nkb * (BKB / 2) * dv, nkb, out, scratch<3>(work_floats));
     }
