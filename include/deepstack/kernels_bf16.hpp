@@ -25,8 +25,8 @@ namespace detail {
 
 // Compute mode of a matmul: Exact = fp32 activations x stored weights, fp32 accumulation.
 // Fast = bf16 activations (VDPBF16PS) for BF16 weights, int8 activations (VNNI) for Q8 / Q4
-// weights with M > 4; F32 / F16 weights always run Exact. Fast also runs the vision tower's
-// attention (no mask) on bf16 queries, keys, values and probabilities (attention_bf16).
+// weights with M > 4; F32 / F16 weights always run Exact. Fast also runs attention with 8 or more
+// queries (vision, prefill) on bf16 queries, keys, values and probabilities (attention_bf16).
 enum class Compute { Exact, Fast };
 
 // Scalar reference of the fast mode: x rounded to bf16, fp32 accumulation.
@@ -289,12 +289,12 @@ inline void pv_chunk_bf16(const uint32_t* pp, int jpmax, const uint32_t* vt, int
         for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + u * dv + t0 + c * 16, a[u][c]);
 }
 
-// One task of attention_bf16: query rows [i0, i0 + bq) of head h against every key. kt: this kv
-// head's keys as [nkb][dpp][BKB] pairs (dims 2t, 2t+1 of key j), vt: its values as [nkb][BKB/2][dv]
-// pairs (keys 2j, 2j+1 of dim t); dp = d/2 rounded up, dpp = dp rounded up to 16, dv = d rounded
-// up to 16.
-inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float scale, int64_t i0, int bq, int h, const uint32_t* kt,
-                                const uint32_t* vt, int64_t nkb, float* out, float* work) {
+// One task of attention_bf16: query rows [i0, i0 + bq) of head h against every key it sees (causal:
+// query i at position q_offset + i sees keys 0..q_offset + i). kt: this kv head's keys as
+// [nkb][dpp][BKB] pairs (dims 2t, 2t+1 of key j), vt: its values as [nkb][BKB/2][dv] pairs (keys 2j,
+// 2j+1 of dim t); dp = d/2 rounded up, dpp = dp rounded up to 16, dv = d rounded up to 16.
+inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float scale, bool causal, int64_t q_offset, int64_t i0, int bq,
+                                int h, const uint32_t* kt, const uint32_t* vt, float* out, float* work) {
     const int dp = (d + 1) / 2, dpp = (dp + 15) / 16 * 16, dv = (d + 15) / 16 * 16, nvo = dv / 16;
     uint32_t* qp = reinterpret_cast<uint32_t*>(work);  // [BQP][dp] scaled query pairs (rows >= bq zero)
     float* o = work + BQP * dp;                          // [BQP][dv] unnormalised outputs
@@ -315,8 +315,9 @@ inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float
         lrow[i] = 0.f;
     }
     std::fill(o, o + BQP * dv, 0.f);
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-        const int bk = int(std::min<int64_t>(BKB, Tk - kb * BKB));
+    const int64_t n_keys = causal ? std::min(Tk, q_offset + i0 + bq) : Tk;  // keys any row of the task sees
+    for (int64_t kb = 0; kb * BKB < n_keys; ++kb) {
+        const int bk = int(std::min<int64_t>(BKB, n_keys - kb * BKB));
         const uint32_t* ktb = kt + kb * dpp * BKB;
         for (int i = 0; i < bq; i += QN)
             for (int c0 = 0; c0 < bk; c0 += NVK * 16) {  // 64 keys per pass
@@ -334,10 +335,16 @@ inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float
                 for (int u = 0; u < QN; ++u)
                     for (int c = 0; c < NVK; ++c) _mm512_storeu_ps(sc + (i + u) * BKB + c0 + c * 16, a[u][c]);
             }
-        // online softmax (fp32), then the probabilities as bf16 pairs (zero past the last key)
+        // online softmax (fp32) over the lim keys row i sees, then the probabilities as bf16 pairs (zero
+        // past lim)
         for (int i = 0; i < bq; ++i) {
             float* s = sc + i * BKB;
-            const float m_new = std::max(mrow[i], row_max(s, bk));
+            const int lim = causal ? int(std::clamp<int64_t>(q_offset + i0 + i + 1 - kb * BKB, 0, bk)) : bk;
+            if (lim == 0) {
+                std::fill(pp + i * (BKB / 2), pp + (i + 1) * (BKB / 2), 0u);
+                continue;
+            }
+            const float m_new = std::max(mrow[i], row_max(s, lim));
             if (m_new > mrow[i]) {
                 const float alpha = std::exp(mrow[i] - m_new);
                 if (lrow[i] != 0.f) {
@@ -347,8 +354,8 @@ inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float
                 }
                 mrow[i] = m_new;
             }
-            lrow[i] += exp_shifted_sum(s, bk, m_new);
-            std::fill(s + bk, s + BKB, 0.f);
+            lrow[i] += exp_shifted_sum(s, lim, m_new);
+            std::fill(s + lim, s + BKB, 0.f);
             // 32 floats -> 32 bf16 in order, that is 16 pairs (s[2j], s[2j+1]) as 32-bit lanes
             for (int j = 0; j < BKB; j += 32)
                 _mm512_storeu_si512(pp + i * (BKB / 2) + j / 2,
@@ -373,12 +380,12 @@ inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float
 
 }  // namespace attn
 
-// Fast-mode attention without a mask (the vision tower's): scores and P*V with vdpbf16ps on bf16
-// queries (scaled), keys, values and probabilities, fp32 accumulation and an fp32 online softmax;
-// otherwise as attention(): q [Tq, Hq, d], k/v [Tk, Hkv, d], out [Tq, Hq, d], tiled, no Tq x Tk
-// matrix. Keys and values are packed once per call as bf16 pairs per (kv head, key block).
+// Fast-mode attention: scores and P*V with vdpbf16ps on bf16 queries (scaled), keys, values and
+// probabilities, fp32 accumulation and an fp32 online softmax; otherwise as attention(): q [Tq, Hq,
+// d], k/v [Tk, Hkv, d], out [Tq, Hq, d], causal or not, tiled, no Tq x Tk matrix. Keys and values
+// are packed once per call as bf16 pairs per (kv head, key block).
 inline void attention_bf16(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
-                           float* out) {
+                           bool causal, int64_t q_offset, float* out) {
     if (Tq <= 0 || Hq <= 0 || d <= 0) return;
     if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
     using namespace attn;
@@ -426,18 +433,19 @@ inline void attention_bf16(const float* q, int64_t Tq, const float* k, const flo
         // query blocks innermost: the threads work on one head at a time and share its keys and values
         const int h = int(task / nqb);
         const int64_t qb = task % nqb, hk = h / G;
-        attention_task_bf16(q, Tk, Hq, d, scale, qb * BQ, int(std::min<int64_t>(BQ, Tq - qb * BQ)), h, kt + hk * nkb * dpp * BKB,
-                            vt + hk * nkb * (BKB / 2) * dv, nkb, out, scratch<3>(work_floats));
+        attention_task_bf16(q, Tk, Hq, d, scale, causal, q_offset, qb * BQ, int(std::min<int64_t>(BQ, Tq - qb * BQ)), h,
+                            kt + hk * nkb * dpp * BKB, vt + hk * nkb * (BKB / 2) * dv, out, scratch<3>(work_floats));
     }
 }
 #endif  // DEEPSTACK_HAVE_DPBF16
 
-// Attention in a compute mode: Fast without a causal mask -> attention_bf16 where the CPU has
-// vdpbf16ps; everything else -> attention (fp32).
+// Attention in a compute mode: Fast with at least 8 queries (the vision tower, text prefill) ->
+// attention_bf16 where the CPU has vdpbf16ps; everything else (decode, short chunks: a few queries
+// would not repay packing the keys and values) -> attention (fp32).
 inline void attention(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
                       bool causal, int64_t q_offset, float* out, Compute mode) {
 #if defined(DEEPSTACK_HAVE_DPBF16)
-    if (mode == Compute::Fast && !causal) return attention_bf16(q, Tq, k, v, Tk, Hq, Hkv, d, scale, out);
+    if (mode == Compute::Fast && Tq >= 8) return attention_bf16(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out);
 #endif
     (void)mode;
     attention(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out);

@@ -18,7 +18,7 @@ struct LoadOptions {
     int threads = 0;  // OpenMP threads for all kernels (process-wide); 0 keeps the OpenMP default
     WeightFormat weights = WeightFormat::Stored;  // Q8 / Q4: quantize the large matrices at load
     bool bf16_compute = false;  // fast matmuls: bf16 activations for BF16 weights, int8 for Q8/Q4 prefill,
-                                // and bf16 vision attention (not exact)
+                                // and bf16 attention over 8+ queries (vision, prefill; not exact)
     // Stored weights: false (default) reads the safetensors files into memory backed by 2 MiB pages
     // (decode streams every weight per token; about 1.6x faster than over 4 KiB mapped pages here)
     // and re-orders the decoder's BF16 matrices there as row tiles (Matrix, tile_text_weights);

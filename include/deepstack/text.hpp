@@ -104,7 +104,7 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
         for (int64_t hh = 0; hh < Hkv; ++hh) rope_rotate_half(kc + (t * Hkv + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
     }
     attention(q, T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd),
-              1.f / std::sqrt(float(hd)), true, past, o);
+              1.f / std::sqrt(float(hd)), true, past, o, mode);
     matmul(o, T, L.o, y, nullptr, mode);
     add_rmsnorm(h, y, T, D, L.post_norm.data(), c.rms_norm_eps, a);  // h += y; a = RMSNorm(h)
     matmul(a, T, L.gate, gate, nullptr, mode);

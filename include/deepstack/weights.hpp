@@ -43,7 +43,7 @@ struct VisionWeights {
     std::vector<VisionBlockWeights> blocks;
     MergerWeights merger;
     std::vector<MergerWeights> deepstack_mergers;  // one per deepstack_visual_indexes entry
-    detail::Compute compute = detail::Compute::Exact;  // mode of every matmul and the vision attention (LoadOptions::bf16_compute)
+    detail::Compute compute = detail::Compute::Exact;  // mode of every matmul and attention (LoadOptions::bf16_compute)
 };
 
 struct TextLayerWeights {
@@ -58,7 +58,7 @@ struct TextWeights {
     std::vector<TextLayerWeights> layers;
     std::vector<float> norm;  // [D]
     Matrix lm_head;           // [V, D] (the embedding matrix when tied)
-    detail::Compute compute = detail::Compute::Exact;  // mode of every matmul (LoadOptions::bf16_compute)
+    detail::Compute compute = detail::Compute::Exact;  // mode of every matmul and prefill attention (LoadOptions::bf16_compute)
 };
 
 // Format of the large matrices at run time (LoadOptions::weights): as stored in the checkpoint
