@@ -60,6 +60,27 @@ inline float exp_shifted_sum(float* s, int64_t n, float m) {
     return total;
 }
 
+// One online-softmax step of a query row over a new key block: its scores s[0, lim) (lim >= 1)
+// become exp(s - m), zero on [lim, width); the running max m and sum l are updated, and the row's
+// unnormalised output o[0, n) is rescaled when the max grows.
+inline void online_softmax_step(float* s, int lim, int width, float& m, float& l, float* o, int n) {
+    using namespace simd;
+    const float m_new = std::max(m, row_max(s, lim));
+    if (m_new > m) {
+        const float alpha = std::exp(m - m_new);
+        if (l != 0.f) {
+            l *= alpha;
+            const vf av = set1(alpha);
+            int t = 0;
+            for (; t + W <= n; t += W) store(o + t, mul(load(o + t), av));
+            for (; t < n; ++t) o[t] *= alpha;
+        }
+        m = m_new;
+    }
+    l += exp_shifted_sum(s, lim, m_new);
+    std::fill(s + lim, s + width, 0.f);
+}
+
 // o_u [C*W floats at t0] += sum_jj p_u[jj] * v_jj for the QN rows u (p, o row strides BK and d);
 // Tail: only the first n < W floats (the end of a row, C = 1).
 template <int C, bool Tail = false>
@@ -171,21 +192,7 @@ inline void attention_task(const float* q, const float* k, const float* vh, int6
                 continue;
             }
             jmax_all = std::max(jmax_all, lim);
-            const float m_new = std::max(mrow[i], row_max(s, lim));
-            if (m_new > mrow[i]) {
-                const float alpha = std::exp(mrow[i] - m_new);
-                if (lrow[i] != 0.f) {
-                    lrow[i] *= alpha;
-                    float* oi = o + i * int64_t(d);
-                    const vf av = set1(alpha);
-                    int t = 0;
-                    for (; t + W <= d; t += W) store(oi + t, mul(load(oi + t), av));
-                    for (; t < d; ++t) oi[t] *= alpha;
-                }
-                mrow[i] = m_new;
-            }
-            lrow[i] += exp_shifted_sum(s, lim, m_new);
-            std::fill(s + lim, s + BK, 0.f);
+            online_softmax_step(s, lim, BK, mrow[i], lrow[i], o + i * int64_t(d), d);
         }
         if (jmax_all == 0) continue;
         // O += P V, QN queries at a time (probability rows past bq are zero scratch)

@@ -344,18 +344,7 @@ inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float
                 std::fill(pp + i * (BKB / 2), pp + (i + 1) * (BKB / 2), 0u);
                 continue;
             }
-            const float m_new = std::max(mrow[i], row_max(s, lim));
-            if (m_new > mrow[i]) {
-                const float alpha = std::exp(mrow[i] - m_new);
-                if (lrow[i] != 0.f) {
-                    lrow[i] *= alpha;
-                    const __m512 av = _mm512_set1_ps(alpha);
-                    for (int c = 0; c < nvo; ++c) _mm512_storeu_ps(o + i * dv + c * 16, _mm512_mul_ps(_mm512_loadu_ps(o + i * dv + c * 16), av));
-                }
-                mrow[i] = m_new;
-            }
-            lrow[i] += exp_shifted_sum(s, lim, m_new);
-            std::fill(s + lim, s + BKB, 0.f);
+            online_softmax_step(s, lim, BKB, mrow[i], lrow[i], o + i * dv, dv);
             // 32 floats -> 32 bf16 in order, that is 16 pairs (s[2j], s[2j+1]) as 32-bit lanes
             for (int j = 0; j < BKB; j += 32)
                 _mm512_storeu_si512(pp + i * (BKB / 2) + j / 2,
