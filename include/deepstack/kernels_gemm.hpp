@@ -258,8 +258,21 @@ inline void pack_b(const Matrix& w, int64_t n0, int nvalid, int64_t k0, int64_t 
         for (int j = 0; j < NR; ++j) dst[k * NR + j] = j < nvalid ? rows_tmp[j * KC + k] : 0.f;
 }
 
-// Pack activation rows [m0, m0 + mr) x cols [k0, k0 + kc) as [kc][MR] (zero padded rows).
+// Pack activation rows [m0, m0 + mr) x cols [k0, k0 + kc) as [kc][MR] (zero padded rows): with
+// AVX-512, 16 columns of every row at a time by a 16 x 16 register transpose (rows past mr zero),
+// then MR lanes stored per column; element by element otherwise.
 inline void pack_a(const float* x, int64_t ldx, int64_t m0, int mr, int64_t k0, int64_t kc, float* dst) {
+#if defined(DEEPSTACK_SIMD_AVX512)
+    static_assert(MR <= 16, "one register transpose covers a panel's rows");
+    for (int64_t k = 0; k < kc; k += 16) {
+        const int n = int(std::min<int64_t>(16, kc - k));  // columns k0 + k + [0, n)
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i)
+            r[i] = i < mr ? _mm512_maskz_loadu_epi32(simd::tail_mask(n), x + (m0 + i) * ldx + k0 + k) : _mm512_setzero_si512();
+        simd::transpose16x16_32(r);
+        for (int q = 0; q < n; ++q) _mm512_mask_storeu_epi32(dst + (k + q) * MR, simd::tail_mask(MR), r[q]);
+    }
+#else
     for (int i = 0; i < MR; ++i) {
         if (i < mr) {
             const float* xi = x + (m0 + i) * ldx + k0;
@@ -268,6 +281,7 @@ inline void pack_a(const float* x, int64_t ldx, int64_t m0, int mr, int64_t k0, 
             for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = 0.f;
         }
     }
+#endif
 }
 
 // Activations packed once per call as panels [K/KC][M/MR][KC][MR] (zero padded rows), shared by
