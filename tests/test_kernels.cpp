@@ -421,6 +421,53 @@ TEST_CASE("row tiles: a BF16 matrix rewritten in place reads the same in every k
     CHECK_THROWS_AS(tile_bf16_rows(ragged.m, ragged.u16.data()), Error);
 }
 
+TEST_CASE("pair panels: a BF16 matrix rewritten in place reads the same in every kernel") {
+    uint32_t seed = 950;
+    // N: one group, a ragged tail of row-major rows, several column blocks (NC = 256) with a tail;
+    // K: one pair, a depth below and above one block (KC = 512) with odd pair counts per row
+    for (int64_t N : {32, 45, 300, 1100})
+        for (int64_t K : {2, 30, 64, 1030}) {
+            auto rowmajor = make_weight(N, K, DType::BF16, seed++);
+            TestWeight panels = rowmajor;
+            panels.m.data = panels.u16.data();
+            panel_bf16_rows(panels.m, panels.u16.data());
+            INFO("N=" << N << " K=" << K);
+            REQUIRE(panels.m.panel_rows == kPanelRows);
+            if (K > 2) CHECK(panels.u16 != rowmajor.u16);  // one pair per row: the panels are the rows
+            bool same = true;
+            for (int64_t r = 0; r < N; ++r)
+                for (int64_t c = 0; c < K; ++c) same = same && weight_at(panels.m, r, c) == weight_at(rowmajor.m, r, c);
+            CHECK(same);
+            std::vector<float> seg_p(static_cast<size_t>(K)), seg_r(static_cast<size_t>(K));
+            weight_segment_f32(panels.m, N - 1, 1, K - 1, seg_p.data());
+            weight_segment_f32(rowmajor.m, N - 1, 1, K - 1, seg_r.data());
+            weight_segment_f32(panels.m, 0, 1, K - 1, seg_p.data() + 1);
+            weight_segment_f32(rowmajor.m, 0, 1, K - 1, seg_r.data() + 1);
+            CHECK(seg_p == seg_r);
+            auto bias = randn(size_t(N), seed++);
+            // M: the GEMVs' sizes (a GEMM reads panels), one row panel with a tail, more than one row block (MC = 192)
+            for (int64_t M : {1, 4, 17, 250}) {
+                auto x = randn(size_t(M * K), seed++);
+                INFO("M=" << M);
+                for (Compute mode : {Compute::Exact, Compute::Fast}) {
+                    std::vector<float> y_p(size_t(M * N), NAN), y_r(size_t(M * N), NAN);
+                    matmul(x.data(), M, panels.m, y_p.data(), bias.data(), mode);
+                    matmul(x.data(), M, rowmajor.m, y_r.data(), bias.data(), mode);
+                    if (M > 4) CHECK(y_p == y_r);  // the same GEMM: the same bits
+                    CHECK(max_rel_err(y_p, y_r, dot_scale(x, M, rowmajor.m, bias.data())) < 1e-5);
+                }
+            }
+        }
+    auto odd = make_weight(32, 31, DType::BF16, 3), short_rows = make_weight(31, 64, DType::BF16, 4);
+    CHECK_FALSE(panelable(odd.m));
+    CHECK_FALSE(panelable(short_rows.m));
+    CHECK_THROWS_AS(panel_bf16_rows(odd.m, odd.u16.data()), Error);
+    auto tiled = make_weight(32, 64, DType::BF16, 5);
+    tiled.m.data = tiled.u16.data();
+    tile_bf16_rows(tiled.m, tiled.u16.data());
+    CHECK_FALSE(panelable(tiled.m));
+}
+
 TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activations, fp32 accumulation") {
 #if defined(DEEPSTACK_HAVE_DPBF16)
     MESSAGE("fast mode uses AVX-512 BF16 dot products");

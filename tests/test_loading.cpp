@@ -59,9 +59,30 @@ TEST_CASE("weights read into memory and mapped hold the same bytes and give the 
     CHECK(b.prefill({7}) == a.prefill({7}));
     LoadOptions fast, fast_mapped;
     fast.bf16_compute = fast_mapped.bf16_compute = fast_mapped.map_weights = true;
-    Session fa(Model::load(dir, fast_mapped)), fb(Model::load(dir, fast));
+    const auto fast_mapped_model = Model::load(dir, fast_mapped), fast_model = Model::load(dir, fast);
+    Session fa(fast_mapped_model), fb(fast_model);
     CHECK(fb.prefill(ids) == fa.prefill(ids));
     CHECK(fb.prefill({7}) == fa.prefill({7}));
+    // Read in for fast mode with AVX-512 BF16, the vision tower's BF16 matrices are rewritten as pair
+    // panels (Matrix::panel_rows), which its GEMM reads in place: the same features to the bit.
+#if defined(DEEPSTACK_HAVE_DPBF16)
+    const int want_panels = kPanelRows;
+#else
+    const int want_panels = 0;
+#endif
+    for (const auto* m : {&fast_model->vision.patch_embed.w, &fast_model->vision.blocks[0].qkv.w, &fast_model->vision.merger.fc1.w})
+        CHECK(m->panel_rows == want_panels);
+    CHECK(fast_mapped_model->vision.blocks[0].qkv.w.panel_rows == 0);
+    CHECK(read_model->vision.blocks[0].qkv.w.panel_rows == 0);  // exact mode keeps them row-major
+    Image img;
+    img.width = img.height = 64;
+    img.rgb.resize(64 * 64 * 3);
+    for (size_t i = 0; i < img.rgb.size(); ++i) img.rgb[i] = uint8_t(i * 7 % 251);
+    const VisualInput in = prepare_image(*fast_model, img);
+    const VisionFeatures va = encode_vision(fast_mapped_model->vision, fast_mapped_model->config.vision, in.patches.pixels.data(), {in.patches.grid_thw});
+    const VisionFeatures vb = encode_vision(fast_model->vision, fast_model->config.vision, in.patches.pixels.data(), {in.patches.grid_thw});
+    CHECK(vb.embeds == va.embeds);
+    CHECK(vb.deepstack == va.deepstack);
     // A quantized load releases the stored pages of the matrices it replaced; the (tied) embedding
     // rows are still read from the mapping afterwards.
     LoadOptions q8;

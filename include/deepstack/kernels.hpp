@@ -45,13 +45,21 @@ namespace deepstack {
 // (decode ran ~15% faster on the project's VM). Rows past the last whole group stay row-major.
 // Made in place at load for weights read into memory (tile_bf16_rows); weight_at, weight_row,
 // weight_segment_f32 and every kernel read both layouts.
-constexpr int kTileRows = 8, kTileCols = 32;
+//
+// Pair panels (BF16 only, panel_rows = kPanelRows): the rows come in groups of 32, each group
+// stored as [cols/2][32][2] - columns (0, 1) of its 32 rows, then columns (2, 3), ... - in the
+// bytes the 32 rows held row-major: the fast-mode GEMM's packed weight operand (kernels_bf16.hpp),
+// which reads it in place instead of repacking the weights in every call. Rows past the last whole
+// group stay row-major. Made at load for the vision tower in fast mode (panel_bf16_rows); the other
+// readers see single pairs (correct, not fast) and the GEMVs hand such a matrix to a GEMM.
+constexpr int kTileRows = 8, kTileCols = 32, kPanelRows = 32;
 struct Matrix {
     DType dtype = DType::F32;
     const void* data = nullptr;
     int64_t rows = 0, cols = 0;
     std::shared_ptr<const void> storage;  // owner of quantized data, empty for mapped weights
     int tile_rows = 0;                    // 0: row-major; kTileRows: row tiles (above)
+    int panel_rows = 0;                   // 0: row-major; kPanelRows: pair panels (above)
 };
 
 // The bytes behind a Q8 / Q4 Matrix (Matrix::data points at this object, Matrix::storage owns it).
@@ -110,6 +118,8 @@ inline uint16_t f32_to_f16(float f) {
 
 // Index of element (r, c) in w.data, in either layout (see Matrix).
 inline int64_t weight_index(const Matrix& w, int64_t r, int64_t c) {
+    if (w.panel_rows && r < w.rows / kPanelRows * kPanelRows)
+        return (r / kPanelRows) * kPanelRows * w.cols + (c / 2) * (2 * kPanelRows) + (r % kPanelRows) * 2 + c % 2;
     if (w.tile_rows == 0 || r >= w.rows / kTileRows * kTileRows) return r * w.cols + c;
     return (r / kTileRows) * kTileRows * w.cols + (c / kTileCols) * (kTileRows * kTileCols) + (r % kTileRows) * kTileCols + c % kTileCols;
 }
@@ -119,9 +129,11 @@ inline int64_t weight_index(const Matrix& w, int64_t r, int64_t c) {
 // index is the piece's first element in w.data, offset its first column minus k0.
 template <typename Chunk>
 inline void for_each_row_piece(const Matrix& w, int64_t n, int64_t k0, int64_t kc, const Chunk& chunk) {
-    if (w.tile_rows == 0 || n >= w.rows / kTileRows * kTileRows) return chunk(n * w.cols + k0, int64_t(0), kc);
+    const bool in_panel = w.panel_rows && n < w.rows / kPanelRows * kPanelRows;
+    if (!in_panel && (w.tile_rows == 0 || n >= w.rows / kTileRows * kTileRows)) return chunk(n * w.cols + k0, int64_t(0), kc);
+    const int64_t piece = in_panel ? 2 : kTileCols;
     for (int64_t k = k0; k < k0 + kc;) {
-        const int64_t len = std::min(k0 + kc, (k / kTileCols + 1) * kTileCols) - k;
+        const int64_t len = std::min(k0 + kc, (k / piece + 1) * piece) - k;
         chunk(weight_index(w, n, k), k - k0, len);
         k += len;
     }
@@ -129,7 +141,12 @@ inline void for_each_row_piece(const Matrix& w, int64_t n, int64_t k0, int64_t k
 
 // Can w be stored in row tiles (BF16, whole 32-column chunks, at least one group of 8 rows)?
 inline bool tileable(const Matrix& w) {
-    return w.dtype == DType::BF16 && w.tile_rows == 0 && w.cols % kTileCols == 0 && w.rows >= kTileRows;
+    return w.dtype == DType::BF16 && w.tile_rows == 0 && w.panel_rows == 0 && w.cols % kTileCols == 0 && w.rows >= kTileRows;
+}
+
+// Can w be stored in pair panels (BF16, an even column count, at least one group of 32 rows)?
+inline bool panelable(const Matrix& w) {
+    return w.dtype == DType::BF16 && w.tile_rows == 0 && w.panel_rows == 0 && w.cols % 2 == 0 && w.rows >= kPanelRows;
 }
 
 // Rewrites a row-major BF16 matrix as row tiles in place; `data` is w.data, writable.
@@ -149,6 +166,24 @@ inline void tile_bf16_rows(Matrix& w, uint16_t* data) {
         }
     }
     w.tile_rows = kTileRows;
+}
+
+// Rewrites a row-major BF16 matrix as pair panels in place; `data` is w.data, writable.
+inline void panel_bf16_rows(Matrix& w, uint16_t* data) {
+    if (!panelable(w) || data != w.data) throw Error("panel_bf16_rows: needs a writable row-major BF16 matrix with an even column count");
+    const int64_t K = w.cols, groups = w.rows / kPanelRows;
+#pragma omp parallel if (groups >= 16)
+    {
+        std::vector<uint16_t> group(size_t(kPanelRows * K));  // the group's rows, row-major
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; ++g) {
+            uint16_t* base = data + g * kPanelRows * K;
+            std::memcpy(group.data(), base, group.size() * sizeof(uint16_t));
+            for (int64_t c = 0; c < K; c += 2)
+                for (int r = 0; r < kPanelRows; ++r) std::memcpy(base + c * kPanelRows + 2 * r, group.data() + r * K + c, 2 * sizeof(uint16_t));
+        }
+    }
+    w.panel_rows = kPanelRows;
 }
 
 // Weight element (r, c) as float; used by the scalar reference and by small one-off reads.

@@ -41,6 +41,7 @@ inline void matmul_bf16_ref(const float* x, int64_t M, const Matrix& W, float* y
 namespace gemm_bf16 {
 
 constexpr int MR = 12, NV = 2, NR = NV * 16;
+static_assert(NR == kPanelRows, "a group of pair panels (Matrix::panel_rows) is one micro-panel");
 constexpr int64_t KC = 512;  // k depth per packed block (256 bf16 pairs)
 constexpr int64_t NC = NR * 8;
 constexpr int64_t MC = MR * 16;
@@ -52,14 +53,16 @@ inline uint32_t pair_at(const uint16_t* p) {
 }
 
 // c[mr, nvalid] (=|+=) sum over kp pairs; a packed [kp][MR] u32 (bf16 pair), b packed [kp][NR] u32.
+// prefetch (may be null): kp * 8 bytes from there are fetched into L1 on the way, one line per 8 pairs.
 inline void micro_kernel(const uint32_t* __restrict a, const uint32_t* __restrict b, int64_t kp, float* c, int64_t ldc,
-                         int mr, int nvalid, bool first, const float* bias) {
+                         int mr, int nvalid, bool first, const float* bias, const char* prefetch = nullptr) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kp; ++k) {
+        if (prefetch && k % 8 == 0) _mm_prefetch(prefetch + k * 8, _MM_HINT_T0);
         __m512bh bv[NV];
 #pragma GCC unroll 4
         for (int j = 0; j < NV; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(b + k * NR + j * 16);
@@ -152,12 +155,19 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
         pack_a(x, K, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC), apack + apack_offset(kb, mb, mblocks));
     });
     const auto* wd = static_cast<const uint16_t*>(w.data);
+    const int64_t panel_end = w.panel_rows ? N / kPanelRows * kPanelRows : 0;  // rows [0, panel_end) in pair panels
     auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
         auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));  // [NC/NR][kc/2][NR] pairs
+        const uint32_t* panel[NC / NR];  // the micro-panels [kc/2][NR] of the current block: packed or in place
         gemm_loops(
             K, KC, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
             [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
+                if (n0 < panel_end) {  // n0 a multiple of NR: a whole group of pair panels
+                    panel[p] = reinterpret_cast<const uint32_t*>(wd + n0 * K + k0 * kPanelRows);
+                    return;
+                }
                 uint32_t* dst = bpanel + p * ((kc + 1) / 2) * NR;
+                panel[p] = dst;
                 if (!w.tile_rows) return pack_b(wd, K, n0, nvalid, k0, kc, dst);
                 if (n0 + nvalid <= w.rows / kTileRows * kTileRows) return pack_b_tiled(w, n0, nvalid, k0, kc, dst);
                 // rows past the tiles among them: gather the rows row-major first, [NR][kc]
@@ -170,8 +180,16 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
             },
             [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
                 const int64_t kp = (kc + 1) / 2;
-                micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks), bpanel + p * kp * NR, kp, y + m0 * N + n0, N, mvalid, nvalid,
-                             k0 == 0, bias ? bias + n0 : nullptr);
+                // Weights in place: the first 16 calls on a micro-panel (the first row block) each fetch
+                // 1/16 of the next one (kp * NR pairs), which would otherwise come from memory on demand.
+                const int64_t step = (m0 - m_begin) / MR, nc0 = n0 - p * NR;
+                int64_t n_next = n0 + NR, k_next = k0;
+                if (n_next >= std::min(n_end, nc0 + NC)) n_next = nc0, k_next = k0 + KC;  // the next depth block's first
+                const char* next = nullptr;
+                if (step < MC / MR && n_next < panel_end && k_next < K && std::min(KC, K - k_next) == kc)  // as deep as this one
+                    next = reinterpret_cast<const char*>(wd + n_next * K + k_next * kPanelRows) + step * kp * 8;
+                micro_kernel(apack + apack_offset(k0 / KC, m0 / MR, mblocks), panel[p], kp, y + m0 * N + n0, N, mvalid, nvalid,
+                             k0 == 0, bias ? bias + n0 : nullptr, next);
             });
     };
     split_gemm(M, N, nt, NC, NR, block, MR);
@@ -247,7 +265,7 @@ inline void matmul_bf16(const float* x, int64_t M, const Matrix& W, float* y, co
         return;
     }
 #if defined(DEEPSTACK_HAVE_DPBF16)
-    switch (M) {
+    switch (W.panel_rows ? 0 : M) {  // pair panels: always the GEMM, which reads them in place
         case 1: gemm_bf16::gemv<1>(x, W, y, bias); return;
         case 2: gemm_bf16::gemv<2>(x, W, y, bias); return;
         case 3: gemm_bf16::gemv<3>(x, W, y, bias); return;

@@ -479,7 +479,7 @@ inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const f
             for (int64_t n = 0; n < W.rows; ++n) y[m * W.rows + n] = bias ? bias[n] : 0.f;
         return;
     }
-    if (M <= 4) {
+    if (M <= 4 && !W.panel_rows) {  // a GEMM reads pair panels (Matrix) faster than a row-wise GEMV
         switch (W.dtype) {
             case DType::F32: gemm::gemv<simd::F32Src>(x, M, W, y, bias); return;
             case DType::BF16: gemm::gemv<simd::BF16Src>(x, M, W, y, bias); return;

@@ -21,7 +21,8 @@ struct LoadOptions {
                                 // and bf16 attention over 8+ queries (vision, prefill; not exact)
     // Stored weights: false (default) reads the safetensors files into memory backed by 2 MiB pages
     // (decode streams every weight per token; about 1.6x faster than over 4 KiB mapped pages here)
-    // and re-orders the decoder's BF16 matrices there as row tiles (Matrix, tile_text_weights);
+    // and re-orders the decoder's BF16 matrices there as row tiles (Matrix, tile_text_weights), in
+    // fast mode with AVX-512 BF16 the vision tower's as pair panels (panel_vision_weights);
     // true maps them (instant load, pages shared with other processes, RSS grows as they are touched;
     // the choice for a model larger than the free RAM, which reading in cannot hold).
     // Q8 / Q4 always map: the stored bytes are read once to quantize, then released.
@@ -72,6 +73,9 @@ struct Model {
             m->store.release(stored.data, size_t(stored.rows * stored.cols) * detail::dtype_size(stored.dtype));
         });
         tile_text_weights(m->text, m->store);
+#if defined(DEEPSTACK_HAVE_DPBF16)
+        if (opt.bf16_compute) panel_vision_weights(m->vision, m->store);
+#endif
         m->vision.compute = m->text.compute = opt.bf16_compute ? detail::Compute::Fast : detail::Compute::Exact;
         if (m->config.vision.fusion.type == FusionConfig::Type::Gated) m->gated = load_gated_fusion_weights(m->store, m->config);
         return m;

@@ -210,6 +210,24 @@ inline void tile_text_weights(TextWeights& t, WeightStore& ws) {
     if (t.embed.data == t.lm_head.data) t.embed.tile_rows = t.lm_head.tile_rows;
 }
 
+// Rewrites the vision tower's BF16 matrices - patch embedding, attention/MLP, mergers - as pair
+// panels (see Matrix) where the store owns their bytes: in fast mode every vision call runs them
+// through the bf16 GEMM, which then reads them in place instead of repacking them per call.
+inline void panel_vision_weights(VisionWeights& v, WeightStore& ws) {
+    auto panel = [&](Matrix& m) {
+        if (!detail::panelable(m)) return;
+        uint8_t* bytes = ws.owned_bytes(m.data, size_t(m.rows * m.cols) * sizeof(uint16_t));
+        if (bytes) detail::panel_bf16_rows(m, reinterpret_cast<uint16_t*>(bytes));
+    };
+    ws.set_writable(true);
+    panel(v.patch_embed.w);
+    for (auto& b : v.blocks)
+        for (Linear* l : {&b.qkv, &b.proj, &b.fc1, &b.fc2}) panel(l->w);
+    panel(v.merger.fc1.w), panel(v.merger.fc2.w);
+    for (auto& m : v.deepstack_mergers) panel(m.fc1.w), panel(m.fc2.w);
+    ws.set_writable(false);
+}
+
 inline GatedFusionWeights load_gated_fusion_weights(const WeightStore& ws, const ModelConfig& c) {
     const std::string p = "model.visual.deepstack_fusion.";
     const int64_t levels = int64_t(c.vision.deepstack_visual_indexes.size()) + 1, D = c.text.hidden_size;
