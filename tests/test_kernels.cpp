@@ -2,8 +2,10 @@
 #include <doctest/doctest.h>
 #include <deepstack/kernels.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -154,6 +156,22 @@ TEST_CASE("f32_to_f16 rounds like the hardware conversion") {
     for (float v : {0.1f, -3.75f, 1234.5f, 1e-6f}) CHECK(std::fabs(f16_to_f32(f32_to_f16(v)) - v) <= std::fabs(v) * 1e-3f + 6e-8f);
 }
 
+// The same attention call with q and k / v as views into wider rows (row strides ldq, ldkv; NaN
+// between the rows, which must never be read) gives the dense call's output to the bit.
+static bool strided_attention_matches(const std::vector<float>& q, int64_t Tq, const std::vector<float>& k, const std::vector<float>& v,
+                                      int64_t Tk, int Hq, int Hkv, int d, float scale, bool causal, int64_t q_offset, Compute mode,
+                                      const std::vector<float>& dense_out) {
+    const int64_t ldq = int64_t(Hq) * d + 7, ldkv = int64_t(Hkv) * d + 3;
+    std::vector<float> qs(size_t(Tq * ldq), NAN), ks(size_t(Tk * ldkv), NAN), vs(size_t(Tk * ldkv), NAN), o(dense_out.size(), NAN);
+    for (int64_t i = 0; i < Tq; ++i) std::copy_n(q.data() + i * Hq * d, Hq * d, qs.data() + i * ldq);
+    for (int64_t j = 0; j < Tk; ++j) {
+        std::copy_n(k.data() + j * Hkv * d, Hkv * d, ks.data() + j * ldkv);
+        std::copy_n(v.data() + j * Hkv * d, Hkv * d, vs.data() + j * ldkv);
+    }
+    attention(qs.data(), Tq, ks.data(), vs.data(), Tk, Hq, Hkv, d, scale, causal, q_offset, o.data(), mode, ldq, ldkv);
+    return std::memcmp(o.data(), dense_out.data(), o.size() * sizeof(float)) == 0;
+}
+
 TEST_CASE("attention (tiled, online softmax) matches the scalar reference") {
     struct Case {
         int64_t Tq, Tk;
@@ -186,6 +204,7 @@ TEST_CASE("attention (tiled, online softmax) matches the scalar reference") {
         INFO("Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " d=" << c.d << " causal=" << c.causal
                    << " off=" << c.q_offset);
         CHECK(worst < 2e-5);
+        CHECK(strided_attention_matches(q, c.Tq, k, v, c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, Compute::Exact, o));
     }
 }
 
@@ -221,6 +240,7 @@ TEST_CASE("fast-mode attention (bf16 dot products) stays within bf16 rounding of
         }
         INFO("Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " d=" << c.d << " causal=" << c.causal
                    << " worst " << worst << " mean " << mean);
+        CHECK(strided_attention_matches(q, c.Tq, k, v, c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, Compute::Fast, o));
 #if defined(DEEPSTACK_HAVE_DPBF16)
         if (c.Tq >= 8) {
             CHECK(worst < 2e-2);

@@ -111,13 +111,12 @@ inline void pv_chunk(const float* p, int jmax, const float* vbase, int64_t vstri
 // kvh * G + r % G (G = Hq / Hkv: the heads sharing this K/V are processed together). work: >= 2*BQP*d + BQP*BK + 2*BQ floats.
 // ktall: keys transposed per (kv head, key block) as [Hkv][nkb][d][BK], or null (then scores are
 // direct dot products against the key rows: few queries, where transposing would cost more).
-// vh: the value rows of head kvh, row j at vh + j * vstride.
-inline void attention_task(const float* q, const float* k, const float* vh, int64_t vstride, int64_t Tk, int Hq, int Hkv, int d,
-                           float scale, bool causal, int64_t q_offset, int64_t r0, int bq, int kvh, float* out,
+// q, k: rows of stride qstride, kvstride; vh: the value rows of head kvh, row j at vh + j * vstride.
+inline void attention_task(const float* q, int64_t qstride, const float* k, int64_t kvstride, const float* vh, int64_t vstride, int64_t Tk,
+                           int Hq, int Hkv, int d, float scale, bool causal, int64_t q_offset, int64_t r0, int bq, int kvh, float* out,
                            float* work, const float* ktall, int64_t nkb) {
     using namespace simd;
     const int G = Hq / Hkv;
-    const int64_t kvstride = int64_t(Hkv) * d;
     float* qs = work;                          // [BQP][d] scaled queries (rows >= bq zero)
     float* o = qs + BQP * d;                   // [BQP][d] unnormalised outputs
     float* sc = o + BQP * d;                   // [BQP][BK] scores, then probabilities
@@ -125,7 +124,7 @@ inline void attention_task(const float* q, const float* k, const float* vh, int6
     float* lrow = mrow + BQ;                   // [BQ] running sum
     for (int i = 0; i < bq; ++i) {
         const int64_t r = r0 + i;
-        const float* qi = q + ((r / G) * Hq + kvh * G + r % G) * int64_t(d);
+        const float* qi = q + (r / G) * qstride + (kvh * G + r % G) * int64_t(d);
         for (int t = 0; t < d; ++t) qs[i * d + t] = qi[t] * scale;
         mrow[i] = -INFINITY;
         lrow[i] = 0.f;
@@ -240,12 +239,12 @@ inline void query_dots(const float* q, int G, const float* kr, int d, float scal
 // are contiguous in the cache, so every task reads two sequential streams (a task per head read
 // 512-byte pieces 4 KB apart and ran at about half the memory's speed). Each chunk keeps its own
 // softmax (max m, sum l, unnormalised output o per head); the chunks are then merged by their maxima.
-// q [Hq, d], k/v rows of stride Hkv * d, out [Hq, d].
-inline void attention_one_query(const float* q, const float* k, const float* v, int64_t n_keys, int Hq, int Hkv, int d, float scale,
-                                float* out, int nt) {
+// q [Hq, d], k/v rows of stride kvstride (>= Hkv * d), out [Hq, d].
+inline void attention_one_query(const float* q, const float* k, const float* v, int64_t kvstride, int64_t n_keys, int Hq, int Hkv, int d,
+                                float scale, float* out, int nt) {
     using namespace simd;
     const int G = Hq / Hkv;
-    const int64_t kvstride = int64_t(Hkv) * d, hd = int64_t(Hq) * d;
+    const int64_t hd = int64_t(Hq) * d;
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n_keys / 64, 4 * nt)), per = (n_keys + chunks - 1) / chunks;
     // per chunk: o [Hq][d], then m [Hq], l [Hq]
     float* part = scratch<25>(size_t(chunks * (hd + 2 * Hq)));
@@ -299,26 +298,28 @@ inline void attention_one_query(const float* q, const float* k, const float* v, 
 }  // namespace attn
 
 // Attention with grouped KV heads (Hq a multiple of Hkv).
-// q [Tq, Hq, d], k/v [Tk, Hkv, d] (row strides Hq*d and Hkv*d), out [Tq, Hq, d].
+// q [Tq, Hq, d], k/v [Tk, Hkv, d], out [Tq, Hq, d]; the rows of q and of k / v lie ldq and ldkv
+// floats apart (0: packed, Hq * d and Hkv * d), so they may be views into one fused q|k|v array.
 // causal: query i sits at absolute position q_offset + i and sees keys 0..q_offset+i.
 // Tiled with an online softmax; softmax uses simd::exp (~2 ulp), so results differ from
 // attention_ref by a few ulp of the output magnitude.
 inline void attention(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d,
-                      float scale, bool causal, int64_t q_offset, float* out) {
+                      float scale, bool causal, int64_t q_offset, float* out, int64_t ldq = 0, int64_t ldkv = 0) {
     if (Tq <= 0 || Hq <= 0 || d <= 0) return;
     if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
+    const int64_t qstride = ldq ? ldq : int64_t(Hq) * d, kvstride = ldkv ? ldkv : int64_t(Hkv) * d;
     const int G = Hq / Hkv;
     const int64_t rows = Tq * G;  // query rows per kv head
     const int64_t nqb = (rows + attn::BQ - 1) / attn::BQ;
     const int64_t tasks = nqb * Hkv;
     const size_t work_floats = size_t(2 * attn::BQP * int64_t(d) + attn::BQP * attn::BK + 2 * attn::BQ);
     const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));  // Q K^T and P V
-    if (Tq == 1) return attn::attention_one_query(q, k, v, causal ? std::min(Tk, std::max<int64_t>(0, q_offset + 1)) : Tk, Hq, Hkv, d, scale, out, nt);
+    if (Tq == 1) return attn::attention_one_query(q, k, v, kvstride, causal ? std::min(Tk, std::max<int64_t>(0, q_offset + 1)) : Tk, Hq, Hkv, d, scale, out, nt);
     // With many queries, copy K and V once per call and share the copies: K transposed into
     // [Hkv][nkb][d][BK] (zero padded), V into [Hkv][Tk][d]. A head's value rows in v lie Hkv * d
     // floats apart, 4 KB for 16 heads of 64 or 8 of 128: a key block's rows all fall into the same
     // L1 sets and evict each other before the next query rows reuse them.
-    const int64_t nkb = (Tk + attn::BK - 1) / attn::BK, kvstride = int64_t(Hkv) * d;
+    const int64_t nkb = (Tk + attn::BK - 1) / attn::BK;
     float* ktall = nullptr;
     const float* vh = v;  // head kvh's value rows: vh + kvh * vhead, stride vstride
     int64_t vhead = d, vstride = kvstride;
@@ -353,7 +354,8 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
         const int64_t r0 = qb * attn::BQ;
         const int bq = int(std::min<int64_t>(attn::BQ, rows - r0));
         float* work = scratch<3>(work_floats);
-        attn::attention_task(q, k, vh + kvh * vhead, vstride, Tk, Hq, Hkv, d, scale, causal, q_offset, r0, bq, kvh, out, work, ktall, nkb);
+        attn::attention_task(q, qstride, k, kvstride, vh + kvh * vhead, vstride, Tk, Hq, Hkv, d, scale, causal, q_offset, r0, bq, kvh, out,
+                             work, ktall, nkb);
     }
 }
 

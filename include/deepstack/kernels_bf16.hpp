@@ -311,8 +311,8 @@ inline void pv_chunk_bf16(const uint32_t* pp, int jpmax, const uint32_t* vt, int
 // query i at position q_offset + i sees keys 0..q_offset + i). kt: this kv head's keys as
 // [nkb][dpp][BKB] pairs (dims 2t, 2t+1 of key j), vt: its values as [nkb][BKB/2][dv] pairs (keys 2j,
 // 2j+1 of dim t); dp = d/2 rounded up, dpp = dp rounded up to 16, dv = d rounded up to 16.
-inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float scale, bool causal, int64_t q_offset, int64_t i0, int bq,
-                                int h, const uint32_t* kt, const uint32_t* vt, float* out, float* work) {
+inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int Hq, int d, float scale, bool causal, int64_t q_offset,
+                                int64_t i0, int bq, int h, const uint32_t* kt, const uint32_t* vt, float* out, float* work) {
     const int dp = (d + 1) / 2, dpp = (dp + 15) / 16 * 16, dv = (d + 15) / 16 * 16, nvo = dv / 16;
     uint32_t* qp = reinterpret_cast<uint32_t*>(work);  // [BQP][dp] scaled query pairs (rows >= bq zero)
     float* o = work + BQP * dp;                          // [BQP][dv] unnormalised outputs
@@ -323,7 +323,7 @@ inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float
     std::fill(qp + bq * dp, qp + BQP * dp, 0u);
     const __m512 sv = _mm512_set1_ps(scale);
     for (int i = 0; i < bq; ++i) {
-        const float* qi = q + ((i0 + i) * Hq + h) * int64_t(d);
+        const float* qi = q + (i0 + i) * qstride + h * int64_t(d);
         for (int t = 0; t < d; t += 32) {  // 32 values -> 16 pairs (the last pair of an odd d is zero padded)
             const __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(simd::tail_mask(std::min(16, d - t)), qi + t), sv);
             const __m512 hi = _mm512_mul_ps(_mm512_maskz_loadu_ps(simd::tail_mask(std::max(0, std::min(16, d - t - 16))), qi + t + 16), sv);
@@ -389,15 +389,15 @@ inline void attention_task_bf16(const float* q, int64_t Tk, int Hq, int d, float
 
 // Fast-mode attention: scores and P*V with vdpbf16ps on bf16 queries (scaled), keys, values and
 // probabilities, fp32 accumulation and an fp32 online softmax; otherwise as attention(): q [Tq, Hq,
-// d], k/v [Tk, Hkv, d], out [Tq, Hq, d], causal or not, tiled, no Tq x Tk matrix. Keys and values
-// are packed once per call as bf16 pairs per (kv head, key block).
+// d], k/v [Tk, Hkv, d], out [Tq, Hq, d], row strides ldq / ldkv (0: packed), causal or not, tiled,
+// no Tq x Tk matrix. Keys and values are packed once per call as bf16 pairs per (kv head, key block).
 inline void attention_bf16(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
-                           bool causal, int64_t q_offset, float* out) {
+                           bool causal, int64_t q_offset, float* out, int64_t ldq = 0, int64_t ldkv = 0) {
     if (Tq <= 0 || Hq <= 0 || d <= 0) return;
     if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
     using namespace attn;
     const int G = Hq / Hkv, dp = (d + 1) / 2, dv = (d + 15) / 16 * 16;
-    const int64_t nkb = (Tk + BKB - 1) / BKB, kvstride = int64_t(Hkv) * d;
+    const int64_t nkb = (Tk + BKB - 1) / BKB, kvstride = ldkv ? ldkv : int64_t(Hkv) * d, qstride = ldq ? ldq : int64_t(Hq) * d;
     const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));
     // keys as [Hkv][nkb][dpp][BKB] pairs (dpp = dp rounded up to 16; rows past dp and keys past Tk
     // zero), values as [Hkv][nkb][BKB/2][dv] pairs (keys past Tk and dims past d zero)
@@ -440,7 +440,7 @@ inline void attention_bf16(const float* q, int64_t Tq, const float* k, const flo
         // query blocks innermost: the threads work on one head at a time and share its keys and values
         const int h = int(task / nqb);
         const int64_t qb = task % nqb, hk = h / G;
-        attention_task_bf16(q, Tk, Hq, d, scale, causal, q_offset, qb * BQ, int(std::min<int64_t>(BQ, Tq - qb * BQ)), h,
+        attention_task_bf16(q, qstride, Tk, Hq, d, scale, causal, q_offset, qb * BQ, int(std::min<int64_t>(BQ, Tq - qb * BQ)), h,
                             kt + hk * nkb * dpp * BKB, vt + hk * nkb * (BKB / 2) * dv, out, scratch<3>(work_floats));
     }
 }
@@ -448,14 +448,14 @@ inline void attention_bf16(const float* q, int64_t Tq, const float* k, const flo
 
 // Attention in a compute mode: Fast with at least 8 queries (the vision tower, text prefill) ->
 // attention_bf16 where the CPU has vdpbf16ps; everything else (decode, short chunks: a few queries
-// would not repay packing the keys and values) -> attention (fp32).
+// would not repay packing the keys and values) -> attention (fp32). ldq, ldkv: row strides (0: packed).
 inline void attention(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
-                      bool causal, int64_t q_offset, float* out, Compute mode) {
+                      bool causal, int64_t q_offset, float* out, Compute mode, int64_t ldq = 0, int64_t ldkv = 0) {
 #if defined(DEEPSTACK_HAVE_DPBF16)
-    if (mode == Compute::Fast && Tq >= 8) return attention_bf16(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out);
+    if (mode == Compute::Fast && Tq >= 8) return attention_bf16(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out, ldq, ldkv);
 #endif
     (void)mode;
-    attention(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out);
+    attention(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out, ldq, ldkv);
 }
 
 // Mode-selecting overload (the forward pass may carry a Compute setting).

@@ -67,30 +67,22 @@ inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, con
     const int64_t Dv = cfg.hidden_size, I = cfg.intermediate_size;
     const int heads = cfg.num_heads, dh = cfg.head_dim();
     // Per-thread scratch (kernels_gemm.hpp), reused by every block and call: y [S, Dv] normed input
-    // or a projection's output, qkv [S, 3*Dv] (later the MLP hidden [S, I]), q, k, v, attn [S, Dv].
+    // or a projection's output, qkv [S, 3*Dv] (later the MLP hidden [S, I]), attn [S, Dv].
     float* y = scratch<16>(size_t(S * Dv));
     float* qkv = scratch<17>(size_t(S * std::max<int64_t>(3 * Dv, I)));
-    float* q = scratch<18>(size_t(S * Dv));
-    float* k = scratch<19>(size_t(S * Dv));
-    float* v = scratch<20>(size_t(S * Dv));
     float* attn = scratch<21>(size_t(S * Dv));
     layernorm(x, S, Dv, blk.norm1.w.data(), blk.norm1.b.data(), 1e-6f, y);
     linear_forward(y, S, blk.qkv, qkv, mode);
-    // qkv row = [q heads | k heads | v heads]; split into three [S, heads, dh] arrays and rotate q, k.
+    // qkv row = [q heads | k heads | v heads]: rotate q and k in place; attention reads the three
+    // as [S, heads, dh] views with a row stride of 3*Dv.
 #pragma omp parallel for schedule(static)
-    for (int64_t s = 0; s < S; ++s) {
-        const float* src = qkv + s * 3 * Dv;
-        std::copy(src, src + Dv, q + s * Dv);
-        std::copy(src + Dv, src + 2 * Dv, k + s * Dv);
-        std::copy(src + 2 * Dv, src + 3 * Dv, v + s * Dv);
-        for (int h = 0; h < heads; ++h) {
-            rope_rotate_half(q + s * Dv + h * dh, dh, cos_t + s * (dh / 2), sin_t + s * (dh / 2));
-            rope_rotate_half(k + s * Dv + h * dh, dh, cos_t + s * (dh / 2), sin_t + s * (dh / 2));
-        }
-    }
+    for (int64_t s = 0; s < S; ++s)
+        for (int h = 0; h < 2 * heads; ++h) rope_rotate_half(qkv + s * 3 * Dv + h * dh, dh, cos_t + s * (dh / 2), sin_t + s * (dh / 2));
     const float scale = 1.f / std::sqrt(float(dh));
-    for (auto [b, e] : segments)
-        attention(q + b * Dv, e - b, k + b * Dv, v + b * Dv, e - b, heads, heads, dh, scale, false, 0, attn + b * Dv, mode);
+    for (auto [b, e] : segments) {
+        const float* q = qkv + b * 3 * Dv;
+        attention(q, e - b, q + Dv, q + 2 * Dv, e - b, heads, heads, dh, scale, false, 0, attn + b * Dv, mode, 3 * Dv, 3 * Dv);
+    }
     linear_forward(attn, S, blk.proj, y, mode);
     float* hidden = qkv;  // [S, I]
     add_layernorm(x, y, S, Dv, blk.norm2.w.data(), blk.norm2.b.data(), 1e-6f, y);  // x += y; y = LayerNorm(x)
