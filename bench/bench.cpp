@@ -331,20 +331,19 @@ std::string safetensors_header(const std::vector<TensorSpec>& ts) {
     return out + s;
 }
 
-// The synthetic checkpoint as one safetensors image in memory.
-std::shared_ptr<const std::vector<uint8_t>> synthetic_buffer(const std::vector<TensorSpec>& ts) {
-    const std::string header = safetensors_header(ts);
+// The synthetic checkpoint as one safetensors image made in the store's memory, held as a file
+// read in (the default load) is: the model re-orders its matrices there as it would for --model.
+void add_synthetic(WeightStore& ws, const std::vector<TensorSpec>& ts, const std::string& name) {
     int64_t total = 0;
     for (const auto& t : ts) total += t.numel();
-    auto buf = std::make_shared<std::vector<uint8_t>>(header.size() + size_t(total) * 2);
-    std::memcpy(buf->data(), header.data(), header.size());
-    auto* p = reinterpret_cast<uint16_t*>(buf->data() + header.size());
-    uint32_t seed = 0;
-    for (const auto& t : ts) {
-        fill_bf16(p, t.numel(), t.fill, seed += 0x9E3779B9u);
-        p += t.numel();
-    }
-    return buf;
+    ws.add_generated(name, safetensors_header(ts), size_t(total) * 2, [&](uint8_t* data) {
+        auto* p = reinterpret_cast<uint16_t*>(data);  // the data area starts on a 64-byte line
+        uint32_t seed = 0;
+        for (const auto& t : ts) {
+            fill_bf16(p, t.numel(), t.fill, seed += 0x9E3779B9u);
+            p += t.numel();
+        }
+    });
 }
 
 // Writes config.json and model.safetensors to dir, one tensor at a time.
@@ -775,10 +774,9 @@ int run(int argc, char** argv) {
         const std::vector<TensorSpec> tensors = synthetic_tensors(cfg);
         progress("generating synthetic Qwen3-VL-%s weights", a.shape.c_str());
         auto t0 = Clock::now();
-        auto buf = synthetic_buffer(tensors);
-        r.gen_s = detail::seconds_since(t0);
         WeightStore ws;
-        ws.add_buffer(std::move(buf), "synthetic-" + a.shape);
+        add_synthetic(ws, tensors, "synthetic-" + a.shape);
+        r.gen_s = detail::seconds_since(t0);
         progress("loading");
         t0 = Clock::now();
         // (a missing preprocessor file gives the Qwen3-VL defaults)

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <unistd.h>
 
 using namespace deepstack;
@@ -92,6 +93,37 @@ TEST_CASE("weights read into memory and mapped hold the same bytes and give the 
     float worst = 0, largest = 0;
     for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(logits[i] - want[i])), largest = std::max(largest, std::abs(want[i]));
     CHECK(worst <= 0.03f * largest);
+}
+
+TEST_CASE("a safetensors image made in memory (add_generated) is held and re-ordered like a file read in") {
+    const std::string dir = kData + "/fixtures/tiny-video-4raw/model";
+    std::ifstream in(dir + "/model.safetensors", std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = header_len << 8 | uint8_t(bytes[size_t(i)]);
+    const std::string header = bytes.substr(0, size_t(8 + header_len));
+    auto build = [&](const LoadOptions& opt) {
+        WeightStore ws;
+        ws.add_generated("generated", header, bytes.size() - header.size(), [&](uint8_t* data) {
+            CHECK(reinterpret_cast<uintptr_t>(data) % 64 == 0);  // the data area on a 64-byte line
+            std::memcpy(data, bytes.data() + header.size(), bytes.size() - header.size());
+        });
+        return Model::from_store(load_model_config(dir + "/config.json"), load_preprocess_config(dir + "/preprocessor_config.json", false),
+                                 load_preprocess_config(dir + "/video_preprocessor_config.json", true), std::move(ws), "generated", opt);
+    };
+    const auto generated = build({}), read = Model::load(dir);
+    CHECK(generated->text.layers[0].q.tile_rows == kTileRows);  // owned: re-ordered as a file read in
+    Session a(read), b(generated);
+    const std::vector<int> ids = {1, 2, 3, 4, 5};
+    CHECK(b.prefill(ids) == a.prefill(ids));
+    LoadOptions fast;
+    fast.bf16_compute = true;
+#if defined(DEEPSTACK_HAVE_DPBF16)
+    CHECK(build(fast)->vision.blocks[0].qkv.w.panel_rows == kPanelRows);
+#endif
+    WeightStore failing;
+    CHECK_THROWS_WITH(failing.add_generated("generated", header, bytes.size() - header.size(), [](uint8_t*) { throw Error("fill failed"); }),
+                      "fill failed");
 }
 
 TEST_CASE("a file read into memory has its data area on a 64-byte line whatever the header length") {

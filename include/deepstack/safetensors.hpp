@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -89,6 +90,22 @@ public:
         }
         ::close(fd);
     }
+    // A safetensors image made in memory (benchmark models), held as a file read in would be: 2 MiB
+    // pages, data area on a 64-byte line, owned (owned_data) and read-only outside set_writable.
+    // header: the image's first bytes (length prefix and JSON); fill writes its data_bytes after them.
+    MappedFile(const std::string& name, const std::string& header, size_t data_bytes, const std::function<void(uint8_t*)>& fill)
+        : path_(name) {
+        size_ = header.size() + data_bytes;
+        uint8_t* buf = allocate(header.size() >= 8 ? header_length(reinterpret_cast<const uint8_t*>(header.data())) : 0);
+        std::memcpy(buf, header.data(), header.size());
+        try {
+            fill(buf + header.size());
+        } catch (...) {
+            free_region();
+            throw;
+        }
+        protect();
+    }
     ~MappedFile() {
         if (mapped_) ::munmap(region_, size_);
         else big_free(region_, region_bytes_);
@@ -117,20 +134,36 @@ private:
         mapped_ = true;
     }
 
-    // The file lands `shift` bytes into the buffer so that a safetensors data area (at 8 + the
-    // header length, often 8 mod 64) starts on a 64-byte line: a GEMV whose rows straddle lines
-    // splits every vector load and ran 25% slower on the project's VM.
-    void read_file(int fd) {
-        uint8_t len_bytes[8] = {};
+    static uint64_t header_length(const uint8_t* len_bytes) {
         uint64_t header_len = 0;
-        if (size_ >= 8 && ::pread(fd, len_bytes, 8, 0) == 8)
-            for (int i = 7; i >= 0; --i) header_len = header_len << 8 | len_bytes[i];
+        for (int i = 7; i >= 0; --i) header_len = header_len << 8 | len_bytes[i];
+        return header_len;
+    }
+    // The buffer for size_ bytes whose safetensors header is header_len long. The image lands
+    // `shift` bytes into it so that the data area (at 8 + the header length, often 8 mod 64) starts
+    // on a 64-byte line: a GEMV whose rows straddle lines splits every vector load and ran 25%
+    // slower on the project's VM.
+    uint8_t* allocate(uint64_t header_len) {
         const size_t shift = header_len < size_ ? (64 - (8 + header_len) % 64) % 64 : 0;
         region_bytes_ = size_ + shift;
         uint8_t* region = static_cast<uint8_t*>(big_alloc(region_bytes_));
-        if (!region) throw Error(path_ + ": cannot allocate " + std::to_string(size_) + " bytes to read the file into");
+        if (!region) throw Error(path_ + ": cannot allocate " + std::to_string(size_) + " bytes to hold it in memory");
         region_ = region;
-        uint8_t* buf = region + shift;
+        data_ = region + shift;
+        return region + shift;
+    }
+    void protect() {
+        if (huge_size(region_bytes_)) ::mprotect(region_, huge_round(region_bytes_), PROT_READ);  // whole pages of its own
+    }
+    void free_region() {  // a constructor failed after allocate: the destructor will not run
+        big_free(region_, region_bytes_);
+        region_ = nullptr;
+    }
+
+    void read_file(int fd) {
+        uint8_t len_bytes[8] = {};
+        const uint64_t header_len = size_ >= 8 && ::pread(fd, len_bytes, 8, 0) == 8 ? header_length(len_bytes) : 0;
+        uint8_t* buf = allocate(header_len);
         // 2 MiB pieces on all threads: the page faults (one per huge page) and copies overlap.
         const int64_t pieces = int64_t((size_ + kHugePage - 1) / kHugePage);
         std::string failure;
@@ -151,9 +184,11 @@ private:
                 done += size_t(n);
             }
         }
-        if (!failure.empty()) throw Error(path_ + ": " + failure);
-        if (huge_size(region_bytes_)) ::mprotect(region, huge_round(region_bytes_), PROT_READ);  // whole pages of its own
-        data_ = buf;
+        if (!failure.empty()) {
+            free_region();
+            throw Error(path_ + ": " + failure);
+        }
+        protect();
     }
 
     std::string path_;
@@ -255,9 +290,18 @@ public:
         add_source(file->data(), file->size(), path, file);
     }
 
-    // Adds a safetensors image held in memory (test and benchmark models); the store keeps it alive.
+    // Adds a safetensors image held in memory (the fuzz target); the store keeps it alive.
     void add_buffer(std::shared_ptr<const std::vector<uint8_t>> bytes, const std::string& name) {
         add_source(bytes->data(), bytes->size(), name, bytes);
+    }
+
+    // Adds a safetensors image made in place (benchmark models): header (length prefix and JSON),
+    // then fill writes the data_bytes after it. Held as a file read in (FileAccess::Read) is, so a
+    // model re-orders its matrices there as in a checkpoint read from disk.
+    void add_generated(const std::string& name, const std::string& header, size_t data_bytes, const std::function<void(uint8_t*)>& fill) {
+        auto file = std::make_shared<detail::MappedFile>(name, header, data_bytes, fill);
+        read_files_.push_back(file);
+        add_source(file->data(), file->size(), name, file);
     }
 
     // Opens a model folder (single file or sharded index).
