@@ -214,6 +214,13 @@ inline void attention_task(const float* q, int64_t qstride, const float* k, int6
     }
 }
 
+// Decode attention fetches the K / V rows this many keys ahead (prefetch_row): one sequential
+// stream per thread alone left the cache reads at ~45 GB/s where the weights stream at ~80.
+constexpr int64_t kPrefetchKeys = 4;
+inline void prefetch_row(const float* p, int n) {
+    for (int i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+}
+
 // G dot products of the query rows q[g * d] with one key row kr (length d), times scale, into s[g * sstride].
 inline void query_dots(const float* q, int G, const float* kr, int d, float scale, float* s, int64_t sstride) {
     using namespace simd;
@@ -257,7 +264,10 @@ inline void attention_one_query(const float* q, const float* k, const float* v, 
         float* p = scratch<3>(size_t(Hq * per));  // [Hq][per] scores, then probabilities
         for (int64_t j = 0; j < len; ++j) {
             const float* kr = k + (j0 + j) * kvstride;
-            for (int hk = 0; hk < Hkv; ++hk) query_dots(q + int64_t(hk) * G * d, G, kr + int64_t(hk) * d, d, scale, p + int64_t(hk) * G * per + j, per);
+            for (int hk = 0; hk < Hkv; ++hk) {
+                if (j + kPrefetchKeys < len) prefetch_row(kr + kPrefetchKeys * kvstride + int64_t(hk) * d, d);
+                query_dots(q + int64_t(hk) * G * d, G, kr + int64_t(hk) * d, d, scale, p + int64_t(hk) * G * per + j, per);
+            }
         }
         for (int h = 0; h < Hq; ++h) {
             float* ph = p + int64_t(h) * per;
@@ -269,6 +279,7 @@ inline void attention_one_query(const float* q, const float* k, const float* v, 
             const float* vr = v + (j0 + j) * kvstride;
             for (int h = 0; h < Hq; ++h) {
                 const float* vh = vr + int64_t(h / G) * d;
+                if (h % G == 0 && j + kPrefetchKeys < len) prefetch_row(vh + kPrefetchKeys * kvstride, d);
                 float* oh = o + int64_t(h) * d;
                 const vf pj = set1(p[int64_t(h) * per + j]);
                 int t = 0;
