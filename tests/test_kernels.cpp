@@ -584,3 +584,35 @@ TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference 
                 }
             }
 }
+
+TEST_CASE("matmul_shared_input: one call over matrices sharing an input gives each matmul's bits") {
+    // a decoder layer's q / k / v (different row counts, one width) and gate / up, in every mode and
+    // format: fast Q8 / Q4 with M <= 4 run as one GEMV over the stacked rows, the rest one matmul each
+    uint32_t seed = 1200;
+    for (DType qt : {DType::BF16, DType::Q8, DType::Q4})
+        for (int64_t K : {64, 600}) {
+            std::vector<Matrix> ws;
+            std::vector<TestWeight> keep;
+            for (int64_t N : {48, 17, 17}) {
+                keep.push_back(make_weight(N, K, DType::BF16, seed++));
+                ws.push_back(qt == DType::BF16 ? keep.back().m : quantize(keep.back().m, qt));
+            }
+            for (int64_t M : {1, 2, 4, 5})
+                for (Compute mode : {Compute::Exact, Compute::Fast}) {
+                    auto x = randn(size_t(M * K), seed++);
+                    std::vector<std::vector<float>> y(3), want(3);
+                    const Matrix* w[3];
+                    float* out[3];
+                    for (int i = 0; i < 3; ++i) {
+                        y[size_t(i)].assign(size_t(M * ws[size_t(i)].rows), NAN);
+                        want[size_t(i)].assign(y[size_t(i)].size(), NAN);
+                        w[i] = &ws[size_t(i)];
+                        out[i] = y[size_t(i)].data();
+                        matmul(x.data(), M, ws[size_t(i)], want[size_t(i)].data(), nullptr, mode);
+                    }
+                    matmul_shared_input(x.data(), M, w, out, 3, mode);
+                    INFO(dtype_name(qt) << " K=" << K << " M=" << M << " fast=" << (mode == Compute::Fast));
+                    CHECK(y == want);
+                }
+        }
+}

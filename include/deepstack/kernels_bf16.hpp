@@ -466,6 +466,24 @@ inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const f
     else matmul(x, M, W, y, bias);
 }
 
+// y_i = x W_i^T for the `count` matrices W[i] that share the input x [M, K] (a decoder layer's q / k
+// / v, gate / up). Fast mode, M <= 4, Q8 / Q4 weights of one format with AVX-512 VNNI: x is
+// quantized once and one parallel region covers all their rows (a region's start and its threads'
+// uneven finish cost microseconds each, ~200 regions per decoded token); otherwise one matmul each.
+inline void matmul_shared_input(const float* x, int64_t M, const Matrix* const* W, float* const* y, int count, Compute mode) {
+#if defined(DEEPSTACK_HAVE_VNNI)
+    bool fused = mode == Compute::Fast && M >= 1 && M <= 4 && count <= 4;
+    for (int i = 0; fused && i < count; ++i) fused = W[i]->dtype == W[0]->dtype && (W[i]->dtype == DType::Q8 || W[i]->dtype == DType::Q4) &&
+                                                    W[i]->cols == W[0]->cols && W[i]->rows > 0;
+    if (fused) {
+        gemm_q::GemvOut outs[4];
+        for (int i = 0; i < count; ++i) outs[i] = {static_cast<const QuantWeights*>(W[i]->data), y[i], nullptr};
+        return gemm_q::gemv_fast(x, M, outs, count);
+    }
+#endif
+    for (int i = 0; i < count; ++i) matmul(x, M, *W[i], y[i], nullptr, mode);
+}
+
 }  // namespace detail
 }  // namespace deepstack
 

@@ -522,9 +522,24 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
     }
 }
 
-inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* y, const float* bias) {
-    const int64_t K = qw.cols, N = qw.rows, G = qw.groups(), kpad = qw.kpad, blocks = G / kQuantBlock;
+// One output of gemv_fast: y [M, w->rows] = x w^T (+ bias).
+struct GemvOut {
+    const QuantWeights* w;
+    float* y;
+    const float* bias;
+};
+
+// gemv_fast over matrices sharing the input x (same format and K, e.g. a layer's q / k / v): x is
+// quantized once and one parallel region covers all their rows.
+inline void gemv_fast(const float* x, int64_t M, const GemvOut* outs, int count) {
+    const QuantWeights& qw = *outs[0].w;
+    const int64_t K = qw.cols, G = qw.groups(), kpad = qw.kpad, blocks = G / kQuantBlock;
     const bool q8 = qw.type == DType::Q8;
+    int64_t N = 0;  // rows of all outputs
+    for (int i = 0; i < count; ++i) {
+        if (outs[i].w->type != qw.type || outs[i].w->cols != K) throw Error("gemv_fast: the matrices of one call need the same format and width");
+        N += outs[i].w->rows;
+    }
     auto* xq = reinterpret_cast<int8_t*>(scratch<13>(size_t(M * kpad / 4 + 16)));
     float* sx = scratch<14>(size_t(M * G));
     auto* xl = reinterpret_cast<int8_t*>(scratch<23>(size_t(M * kpad / 4 + 16)));     // [M][kpad] in block order
@@ -546,15 +561,27 @@ inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* 
                 for (int j = 0; j < 8; ++j) std::memcpy(dst + j * 64, src + from[j], 4);
             }
     }
-    auto rows = [&](int64_t n0, int64_t n1) {
+    auto rows_of = [&](const GemvOut& o, int64_t n0, int64_t n1) {
         switch (M) {
-            case 1: gemv_fast_rows<1>(qw, xq, sx, xl, xneg, y, bias, n0, n1); return;
-            case 2: gemv_fast_rows<2>(qw, xq, sx, xl, xneg, y, bias, n0, n1); return;
-            case 3: gemv_fast_rows<3>(qw, xq, sx, xl, xneg, y, bias, n0, n1); return;
-            default: gemv_fast_rows<4>(qw, xq, sx, xl, xneg, y, bias, n0, n1); return;
+            case 1: gemv_fast_rows<1>(*o.w, xq, sx, xl, xneg, o.y, o.bias, n0, n1); return;
+            case 2: gemv_fast_rows<2>(*o.w, xq, sx, xl, xneg, o.y, o.bias, n0, n1); return;
+            case 3: gemv_fast_rows<3>(*o.w, xq, sx, xl, xneg, o.y, o.bias, n0, n1); return;
+            default: gemv_fast_rows<4>(*o.w, xq, sx, xl, xneg, o.y, o.bias, n0, n1); return;
         }
     };
-    split_gemv(N, 1, omp_threads_for(double(M) * double(N) * double(K)), rows);
+    // rows [n0, n1) of the outputs stacked in order
+    split_gemv(N, 1, omp_threads_for(double(M) * double(N) * double(K)), [&](int64_t n0, int64_t n1) {
+        int64_t first = 0;
+        for (int i = 0; i < count && first < n1; first += outs[i++].w->rows) {
+            const int64_t a = std::max(n0, first), b = std::min(n1, first + outs[i].w->rows);
+            if (a < b) rows_of(outs[i], a - first, b - first);
+        }
+    });
+}
+
+inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* y, const float* bias) {
+    const GemvOut out{&qw, y, bias};
+    gemv_fast(x, M, &out, 1);
 }
 
 }  // namespace gemm_q

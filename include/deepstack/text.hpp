@@ -94,9 +94,9 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     float* vc = cache.v[size_t(layer)].data() + past * Hkv * hd;
 
     rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a);
-    matmul(a, T, L.q, q, nullptr, mode);
-    matmul(a, T, L.k, kc, nullptr, mode);
-    matmul(a, T, L.v, vc, nullptr, mode);
+    const Matrix* qkv_w[] = {&L.q, &L.k, &L.v};
+    float* qkv_out[] = {q, kc, vc};
+    matmul_shared_input(a, T, qkv_w, qkv_out, 3, mode);
     rmsnorm(q, T * Hq, hd, L.q_norm.data(), c.rms_norm_eps, q);
     rmsnorm(kc, T * Hkv, hd, L.k_norm.data(), c.rms_norm_eps, kc);
     for (int64_t t = 0; t < T; ++t) {
@@ -107,8 +107,9 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
               1.f / std::sqrt(float(hd)), true, past, o, mode);
     matmul(o, T, L.o, y, nullptr, mode);
     add_rmsnorm(h, y, T, D, L.post_norm.data(), c.rms_norm_eps, a);  // h += y; a = RMSNorm(h)
-    matmul(a, T, L.gate, gate, nullptr, mode);
-    matmul(a, T, L.up, up, nullptr, mode);
+    const Matrix* gate_up_w[] = {&L.gate, &L.up};
+    float* gate_up_out[] = {gate, up};
+    matmul_shared_input(a, T, gate_up_w, gate_up_out, 2, mode);
     silu_mul(gate, up, gate, T * I);
     matmul(gate, T, L.down, y, nullptr, mode);
     add_inplace(h, y, T * D);
