@@ -398,6 +398,37 @@ TEST_CASE("quantize Q8 / Q4: round trip within half a step, matmul matches the d
     CHECK_THROWS_AS(quantize(make_weight(2, 2, DType::F32, 1).m, DType::BF16), Error);
 }
 
+// A re-laid BF16 matrix (row tiles, pair panels) against its row-major original: weight_at and
+// weight_segment_f32 read the same values; matmul in both modes gives the same bits where both take
+// the same kernel (gemv_bits: also M <= 4), else agrees within summation-order rounding.
+static void check_reads_like_rowmajor(const Matrix& relaid, const Matrix& rowmajor, const std::vector<int64_t>& Ms, bool gemv_bits,
+                                      uint32_t& seed) {
+    const int64_t N = rowmajor.rows, K = rowmajor.cols;
+    bool same = true;
+    for (int64_t r = 0; r < N; ++r)
+        for (int64_t c = 0; c < K; ++c) same = same && weight_at(relaid, r, c) == weight_at(rowmajor, r, c);
+    CHECK(same);
+    const int64_t k0 = K > 9 ? 5 : 1, kc = K - k0 - (K > 9 ? 4 : 0);  // a segment off both ends
+    std::vector<float> seg_t(static_cast<size_t>(K)), seg_r(static_cast<size_t>(K));
+    weight_segment_f32(relaid, N - 1, k0, kc, seg_t.data());
+    weight_segment_f32(rowmajor, N - 1, k0, kc, seg_r.data());
+    weight_segment_f32(relaid, 0, k0, kc, seg_t.data() + 1);
+    weight_segment_f32(rowmajor, 0, k0, kc, seg_r.data() + 1);
+    CHECK(seg_t == seg_r);
+    auto bias = randn(size_t(N), seed++);
+    for (int64_t M : Ms) {
+        auto x = randn(size_t(M * K), seed++);
+        INFO("M=" << M);
+        for (Compute mode : {Compute::Exact, Compute::Fast}) {
+            std::vector<float> y_t(size_t(M * N), NAN), y_r(size_t(M * N), NAN);
+            matmul(x.data(), M, relaid, y_t.data(), bias.data(), mode);
+            matmul(x.data(), M, rowmajor, y_r.data(), bias.data(), mode);
+            if (gemv_bits || M > 4) CHECK(y_t == y_r);
+            CHECK(max_rel_err(y_t, y_r, dot_scale(x, M, rowmajor, bias.data())) < 1e-5);
+        }
+    }
+}
+
 TEST_CASE("row tiles: a BF16 matrix rewritten in place reads the same in every kernel, to the bit") {
     uint32_t seed = 900;
     // N: one tile, a ragged tail of row-major rows, threaded GEMV/GEMM with a tail; K: 32-column chunks
@@ -410,27 +441,7 @@ TEST_CASE("row tiles: a BF16 matrix rewritten in place reads the same in every k
             INFO("N=" << N << " K=" << K);
             REQUIRE(tiled.m.tile_rows == kTileRows);
             if (K > kTileCols) CHECK(tiled.u16 != rowmajor.u16);  // one chunk per row: the tiles are the rows
-            bool same = true;
-            for (int64_t r = 0; r < N; ++r)
-                for (int64_t c = 0; c < K; ++c) same = same && weight_at(tiled.m, r, c) == weight_at(rowmajor.m, r, c);
-            CHECK(same);
-            std::vector<float> seg_t(static_cast<size_t>(K)), seg_r(static_cast<size_t>(K));
-            weight_segment_f32(tiled.m, N - 1, 5, K - 9, seg_t.data());
-            weight_segment_f32(rowmajor.m, N - 1, 5, K - 9, seg_r.data());
-            weight_segment_f32(tiled.m, 0, 5, K - 9, seg_t.data() + 1);
-            weight_segment_f32(rowmajor.m, 0, 5, K - 9, seg_r.data() + 1);
-            CHECK(seg_t == seg_r);
-            auto bias = randn(size_t(N), seed++);
-            for (int64_t M : {1, 2, 3, 4, 5, 17, 40}) {
-                auto x = randn(size_t(M * K), seed++);
-                INFO("M=" << M);
-                for (Compute mode : {Compute::Exact, Compute::Fast}) {
-                    std::vector<float> y_t(size_t(M * N), NAN), y_r(size_t(M * N), NAN);
-                    matmul(x.data(), M, tiled.m, y_t.data(), bias.data(), mode);
-                    matmul(x.data(), M, rowmajor.m, y_r.data(), bias.data(), mode);
-                    CHECK(y_t == y_r);
-                }
-            }
+            check_reads_like_rowmajor(tiled.m, rowmajor.m, {1, 2, 3, 4, 5, 17, 40}, true, seed);
             const Matrix q_t = quantize(tiled.m, DType::Q8), q_r = quantize(rowmajor.m, DType::Q8);
             CHECK(static_cast<const QuantWeights*>(q_t.data)->q == static_cast<const QuantWeights*>(q_r.data)->q);
         }
@@ -454,29 +465,8 @@ TEST_CASE("pair panels: a BF16 matrix rewritten in place reads the same in every
             INFO("N=" << N << " K=" << K);
             REQUIRE(panels.m.panel_rows == kPanelRows);
             if (K > 2) CHECK(panels.u16 != rowmajor.u16);  // one pair per row: the panels are the rows
-            bool same = true;
-            for (int64_t r = 0; r < N; ++r)
-                for (int64_t c = 0; c < K; ++c) same = same && weight_at(panels.m, r, c) == weight_at(rowmajor.m, r, c);
-            CHECK(same);
-            std::vector<float> seg_p(static_cast<size_t>(K)), seg_r(static_cast<size_t>(K));
-            weight_segment_f32(panels.m, N - 1, 1, K - 1, seg_p.data());
-            weight_segment_f32(rowmajor.m, N - 1, 1, K - 1, seg_r.data());
-            weight_segment_f32(panels.m, 0, 1, K - 1, seg_p.data() + 1);
-            weight_segment_f32(rowmajor.m, 0, 1, K - 1, seg_r.data() + 1);
-            CHECK(seg_p == seg_r);
-            auto bias = randn(size_t(N), seed++);
             // M: the GEMVs' sizes (a GEMM reads panels), one row panel with a tail, more than one row block (MC = 192)
-            for (int64_t M : {1, 4, 17, 250}) {
-                auto x = randn(size_t(M * K), seed++);
-                INFO("M=" << M);
-                for (Compute mode : {Compute::Exact, Compute::Fast}) {
-                    std::vector<float> y_p(size_t(M * N), NAN), y_r(size_t(M * N), NAN);
-                    matmul(x.data(), M, panels.m, y_p.data(), bias.data(), mode);
-                    matmul(x.data(), M, rowmajor.m, y_r.data(), bias.data(), mode);
-                    if (M > 4) CHECK(y_p == y_r);  // the same GEMM: the same bits
-                    CHECK(max_rel_err(y_p, y_r, dot_scale(x, M, rowmajor.m, bias.data())) < 1e-5);
-                }
-            }
+            check_reads_like_rowmajor(panels.m, rowmajor.m, {1, 4, 17, 250}, false, seed);
         }
     auto odd = make_weight(32, 31, DType::BF16, 3), short_rows = make_weight(31, 64, DType::BF16, 4);
     CHECK_FALSE(panelable(odd.m));

@@ -193,15 +193,24 @@ inline void quantize_weights(VisionWeights& v, TextWeights& t, WeightFormat form
     q(t.lm_head);
 }
 
+namespace detail {
+// Returns the function that re-lays a matrix in place with relay(m, bytes) when fits(m) and the
+// store owns its bytes (read in, not mapped; the store must be writable meanwhile).
+template <class Fits, class Relay>
+inline auto relay_owned(WeightStore& ws, Fits fits, Relay relay) {
+    return [&ws, fits, relay](Matrix& m) {
+        if (!fits(m)) return;
+        uint8_t* bytes = ws.owned_bytes(m.data, size_t(m.rows * m.cols) * sizeof(uint16_t));
+        if (bytes) relay(m, reinterpret_cast<uint16_t*>(bytes));
+    };
+}
+}  // namespace detail
+
 // Rewrites the decoder's BF16 matrices - q/k/v/o, gate/up/down, lm_head - as row tiles (see
 // Matrix) where the store owns their bytes (read in, not mapped): each decode step streams them
 // all through the GEMV. A tied embedding follows its lm_head (its rows are read by weight_row).
 inline void tile_text_weights(TextWeights& t, WeightStore& ws) {
-    auto tile = [&](Matrix& m) {
-        if (!detail::tileable(m)) return;
-        uint8_t* bytes = ws.owned_bytes(m.data, size_t(m.rows * m.cols) * sizeof(uint16_t));
-        if (bytes) detail::tile_bf16_rows(m, reinterpret_cast<uint16_t*>(bytes));
-    };
+    const auto tile = detail::relay_owned(ws, detail::tileable, detail::tile_bf16_rows);
     ws.set_writable(true);
     for (auto& L : t.layers)
         for (Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) tile(*m);
@@ -214,11 +223,7 @@ inline void tile_text_weights(TextWeights& t, WeightStore& ws) {
 // panels (see Matrix) where the store owns their bytes: in fast mode every vision call runs them
 // through the bf16 GEMM, which then reads them in place instead of repacking them per call.
 inline void panel_vision_weights(VisionWeights& v, WeightStore& ws) {
-    auto panel = [&](Matrix& m) {
-        if (!detail::panelable(m)) return;
-        uint8_t* bytes = ws.owned_bytes(m.data, size_t(m.rows * m.cols) * sizeof(uint16_t));
-        if (bytes) detail::panel_bf16_rows(m, reinterpret_cast<uint16_t*>(bytes));
-    };
+    const auto panel = detail::relay_owned(ws, detail::panelable, detail::panel_bf16_rows);
     ws.set_writable(true);
     panel(v.patch_embed.w);
     for (auto& b : v.blocks)
