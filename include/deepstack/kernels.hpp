@@ -9,10 +9,12 @@
 //   matmul(x, M, W, y, bias, Compute)   Compute::Fast: BF16 -> matmul_bf16, Q8/Q4 -> matmul_quant_fast
 //   matmul_bf16(...)                    bf16-rounded activations, AVX-512 BF16 dot products
 //   matmul_quant_fast(...)              int8 activations per group of 32, AVX-512 VNNI GEMM and GEMV
+//   matmul_shared_input(x, M, W[], y[]) several matrices on one input (one GEMV region where it pays)
 //   layernorm, rmsnorm                  SIMD; gelu_tanh_inplace, gelu_erf_inplace, silu_inplace,
 //                                       silu_mul (array forms); gelu_tanh/gelu_erf/silu (scalar)
-//   attention(...)                      tiled, online softmax (kernels_attention.hpp)
+//   attention(...)                      tiled, online softmax, strided q / k / v (kernels_attention.hpp)
 //   *_ref                               scalar references of all of the above
+//   tile_bf16_rows, panel_bf16_rows     re-lay a BF16 matrix in place for the GEMV / the bf16 GEMM
 // In namespace deepstack: quantize(W, DType::Q8 | DType::Q4) -> Matrix owning its QuantWeights.
 #pragma once
 #include "common.hpp"
