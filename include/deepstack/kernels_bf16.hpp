@@ -62,7 +62,7 @@ inline void micro_kernel(const uint32_t* __restrict a, const uint32_t* __restric
 #pragma GCC unroll 4
         for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kp; ++k) {
-        if (prefetch && k % 8 == 0) _mm_prefetch(prefetch + k * 8, _MM_HINT_T0);
+        if (prefetch && k % 8 == 0) __builtin_prefetch(prefetch + k * 8, 0, 3);
         __m512bh bv[NV];
 #pragma GCC unroll 4
         for (int j = 0; j < NV; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(b + k * NR + j * 16);
