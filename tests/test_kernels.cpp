@@ -398,6 +398,14 @@ TEST_CASE("quantize Q8 / Q4: round trip within half a step, matmul matches the d
     CHECK_THROWS_AS(quantize(make_weight(2, 2, DType::F32, 1).m, DType::BF16), Error);
 }
 
+// A copy of a row-major BF16 weight re-laid in place by relay (tile_bf16_rows, panel_bf16_rows).
+static TestWeight relaid_copy(const TestWeight& rowmajor, void (*relay)(Matrix&, uint16_t*)) {
+    TestWeight t = rowmajor;
+    t.m.data = t.u16.data();
+    relay(t.m, t.u16.data());
+    return t;
+}
+
 // A re-laid BF16 matrix (row tiles, pair panels) against its row-major original: weight_at and
 // weight_segment_f32 read the same values; matmul in both modes gives the same bits where both take
 // the same kernel (gemv_bits: also M <= 4), else agrees within summation-order rounding.
@@ -435,9 +443,7 @@ TEST_CASE("row tiles: a BF16 matrix rewritten in place reads the same in every k
     for (int64_t N : {8, 13, 40, 100, 1100})
         for (int64_t K : {32, 64, 320, 2048}) {
             auto rowmajor = make_weight(N, K, DType::BF16, seed++);
-            TestWeight tiled = rowmajor;
-            tiled.m.data = tiled.u16.data();
-            tile_bf16_rows(tiled.m, tiled.u16.data());
+            const TestWeight tiled = relaid_copy(rowmajor, tile_bf16_rows);
             INFO("N=" << N << " K=" << K);
             REQUIRE(tiled.m.tile_rows == kTileRows);
             if (K > kTileCols) CHECK(tiled.u16 != rowmajor.u16);  // one chunk per row: the tiles are the rows
@@ -459,9 +465,7 @@ TEST_CASE("pair panels: a BF16 matrix rewritten in place reads the same in every
     for (int64_t N : {32, 45, 300, 1100})
         for (int64_t K : {2, 30, 64, 1030}) {
             auto rowmajor = make_weight(N, K, DType::BF16, seed++);
-            TestWeight panels = rowmajor;
-            panels.m.data = panels.u16.data();
-            panel_bf16_rows(panels.m, panels.u16.data());
+            const TestWeight panels = relaid_copy(rowmajor, panel_bf16_rows);
             INFO("N=" << N << " K=" << K);
             REQUIRE(panels.m.panel_rows == kPanelRows);
             if (K > 2) CHECK(panels.u16 != rowmajor.u16);  // one pair per row: the panels are the rows
@@ -472,10 +476,7 @@ TEST_CASE("pair panels: a BF16 matrix rewritten in place reads the same in every
     CHECK_FALSE(panelable(odd.m));
     CHECK_FALSE(panelable(short_rows.m));
     CHECK_THROWS_AS(panel_bf16_rows(odd.m, odd.u16.data()), Error);
-    auto tiled = make_weight(32, 64, DType::BF16, 5);
-    tiled.m.data = tiled.u16.data();
-    tile_bf16_rows(tiled.m, tiled.u16.data());
-    CHECK_FALSE(panelable(tiled.m));
+    CHECK_FALSE(panelable(relaid_copy(make_weight(32, 64, DType::BF16, 5), tile_bf16_rows).m));
 }
 
 TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activations, fp32 accumulation") {

@@ -99,8 +99,7 @@ TEST_CASE("a safetensors image made in memory (add_generated) is held and re-ord
     const std::string dir = kData + "/fixtures/tiny-video-4raw/model";
     std::ifstream in(dir + "/model.safetensors", std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; --i) header_len = header_len << 8 | uint8_t(bytes[size_t(i)]);
+    const uint64_t header_len = detail::safetensors_header_length(reinterpret_cast<const uint8_t*>(bytes.data()));
     const std::string header = bytes.substr(0, size_t(8 + header_len));
     auto build = [&](const LoadOptions& opt) {
         WeightStore ws;

@@ -69,6 +69,13 @@ enum class FileAccess { Map, Read };
 
 namespace detail {
 
+// The header length a safetensors image starts with: 8 bytes, little-endian.
+inline uint64_t safetensors_header_length(const uint8_t* len_bytes) {
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = header_len << 8 | len_bytes[i];
+    return header_len;
+}
+
 // A read-only view of a whole file that releases itself (see FileAccess).
 class MappedFile {
 public:
@@ -96,7 +103,7 @@ public:
     MappedFile(const std::string& name, const std::string& header, size_t data_bytes, const std::function<void(uint8_t*)>& fill)
         : path_(name) {
         size_ = header.size() + data_bytes;
-        uint8_t* buf = allocate(header.size() >= 8 ? header_length(reinterpret_cast<const uint8_t*>(header.data())) : 0);
+        uint8_t* buf = allocate(header.size() >= 8 ? safetensors_header_length(reinterpret_cast<const uint8_t*>(header.data())) : 0);
         std::memcpy(buf, header.data(), header.size());
         try {
             fill(buf + header.size());
@@ -134,11 +141,6 @@ private:
         mapped_ = true;
     }
 
-    static uint64_t header_length(const uint8_t* len_bytes) {
-        uint64_t header_len = 0;
-        for (int i = 7; i >= 0; --i) header_len = header_len << 8 | len_bytes[i];
-        return header_len;
-    }
     // The buffer for size_ bytes whose safetensors header is header_len long. The image lands
     // `shift` bytes into it so that the data area (at 8 + the header length, often 8 mod 64) starts
     // on a 64-byte line: a GEMV whose rows straddle lines splits every vector load and ran 25%
@@ -162,7 +164,7 @@ private:
 
     void read_file(int fd) {
         uint8_t len_bytes[8] = {};
-        const uint64_t header_len = size_ >= 8 && ::pread(fd, len_bytes, 8, 0) == 8 ? header_length(len_bytes) : 0;
+        const uint64_t header_len = size_ >= 8 && ::pread(fd, len_bytes, 8, 0) == 8 ? safetensors_header_length(len_bytes) : 0;
         uint8_t* buf = allocate(header_len);
         // 2 MiB pieces on all threads: the page faults (one per huge page) and copies overlap.
         const int64_t pieces = int64_t((size_ + kHugePage - 1) / kHugePage);
@@ -204,8 +206,7 @@ private:
 // [begin, end) inside the data area whose size equals numel * dtype size; ranges must not overlap.
 inline std::vector<TensorInfo> parse_safetensors(const uint8_t* buf, size_t size, const std::string& file) {
     if (size < 8) throw Error(file + ": truncated safetensors file (" + std::to_string(size) + " bytes, no header length)");
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; --i) header_len = header_len << 8 | buf[i];
+    const uint64_t header_len = safetensors_header_length(buf);
     if (header_len > size - 8)
         throw Error(file + ": safetensors header length " + std::to_string(header_len) + " runs past the end of the file (" +
                     std::to_string(size) + " bytes)");
