@@ -623,9 +623,10 @@ double prefill_flops(const Footprint& f, const TextConfig& t, int64_t T) {
     return prefill_matrix_flops(f, T) + 2.0 * double(T) * double(T) * t.num_attention_heads * t.head_dim * t.num_hidden_layers;
 }
 
-// Bytes one decode step reads at context n: decoder matrices, lm_head, the fp32 KV cache.
-double decode_bytes(const Footprint& f, const TextConfig& t, int64_t n) {
-    return double(f.text_layer_bytes + f.lm_head_bytes) + 2.0 * 4 * double(n) * t.num_key_value_heads * t.head_dim * t.num_hidden_layers;
+// Bytes one decode step reads at context n: decoder matrices, lm_head, the KV cache (kv_bytes per
+// value: 4, or 2 for fast mode's bf16 cache).
+double decode_bytes(const Footprint& f, const TextConfig& t, int64_t n, int kv_bytes) {
+    return double(f.text_layer_bytes + f.lm_head_bytes) + 2.0 * kv_bytes * double(n) * t.num_key_value_heads * t.head_dim * t.num_hidden_layers;
 }
 
 std::string gb(int64_t b) {
@@ -856,7 +857,8 @@ int run(int argc, char** argv) {
     r.prefill_1024_eff = prefill_matrix_flops(r.fp, 1024) * r.prefill_1024 / 1024 / 1e9;
     // The decode bound takes the best bandwidth seen: the machine's read at the start and the end,
     // and the plain read of the decode's own weights just before and after it (0 without peaks).
-    if (r.decode > 0) r.decode_bound = std::max(r.mem_bw, r.decode_read_bw) * 1e9 / decode_bytes(r.fp, c.text, 256 + a.decode_steps / 2);
+    const int kv_bytes = detail::kv_cache_bf16(model->text.compute) ? 2 : 4;
+    if (r.decode > 0) r.decode_bound = std::max(r.mem_bw, r.decode_read_bw) * 1e9 / decode_bytes(r.fp, c.text, 256 + a.decode_steps / 2, kv_bytes);
     if (a.json)
         print_json(r);
     else

@@ -410,3 +410,34 @@ TEST_CASE("Chat: a later turn prefills only its new tokens and gives the same lo
     for (size_t i = 0; i < single.size(); ++i) worst = std::max(worst, std::fabs(reused[i] - single[i]));
     CHECK(worst < 1e-4f);
 }
+
+TEST_CASE("fast mode keeps the KV cache in bf16: prefill gives the fp32 cache's bits, decode stays close, a copy continues alike") {
+    LoadOptions fast;
+    fast.bf16_compute = true;
+    auto model = Model::load(kFixtures + "tiny-video-4raw/model", fast);
+    const TextConfig& c = model->config.text;
+    const std::vector<int> ids = {501, 16 + 'H', 16 + 'e', 16 + 'l', 16 + 'l', 16 + 'o', 16 + ',', 16 + ' ', 16 + 'w', 16 + 'o', 502};
+    // fp32 and bf16 caches over the same ids: a prefill of 11 tokens, then 3 decode steps
+    auto run = [&](KVCache& cache, size_t from, size_t to) {
+        const std::vector<int> chunk(ids.begin() + std::ptrdiff_t(from), ids.begin() + std::ptrdiff_t(to));
+        std::vector<float> h = embed_tokens(model->text, c, chunk);
+        const Positions pos = mrope_positions(chunk, {}, int64_t(from));
+        return decode_tokens(model->text, c, cache, h, pos, 0, {}, {}, false);
+    };
+    KVCache as_bf16, as_f32;
+    as_bf16.max_tokens = as_f32.max_tokens = 64;
+    as_f32.reserve_more(0, c, false);  // reserved first: stays fp32
+    const std::vector<float> p16 = run(as_bf16, 0, 8), p32 = run(as_f32, 0, 8);
+    CHECK(as_bf16.bf16 == detail::kv_cache_bf16(detail::Compute::Fast));
+    CHECK(!as_f32.bf16);
+    CHECK(p16 == p32);  // 8 queries: the attention packs keys and values as bf16 either way
+    KVCache copy = as_bf16;
+    for (size_t t = 8; t < ids.size(); ++t) {
+        const std::vector<float> d16 = run(as_bf16, t, t + 1), d32 = run(as_f32, t, t + 1), dcopy = run(copy, t, t + 1);
+        CHECK(dcopy == d16);
+        float worst = 0, top = 0;
+        for (size_t i = 0; i < d32.size(); ++i) worst = std::max(worst, std::fabs(d16[i] - d32[i])), top = std::max(top, std::fabs(d32[i]));
+        INFO("step " << t << ": largest logit " << top << ", largest difference " << worst);
+        CHECK(worst <= 0.02f * top);
+    }
+}

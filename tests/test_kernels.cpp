@@ -253,6 +253,35 @@ TEST_CASE("fast-mode attention (bf16 dot products) stays within bf16 rounding of
     }
 }
 
+TEST_CASE("attention over a bf16 KV cache: the bits of the fp32 call on the same (bf16-rounded) keys and values") {
+    struct Case {
+        int64_t Tq, Tk;
+        int Hq, Hkv, d;
+    };
+    // decode (the 2B's and the 8B's heads, odd d, one key), a few queries (fp32 copy), a prefill
+    // chunk after earlier tokens and one from an empty cache (packed as bf16 pairs)
+    const Case cases[] = {{1, 300, 16, 8, 128}, {1, 77, 32, 8, 72}, {1, 130, 6, 2, 37}, {1, 1, 4, 4, 64},
+                          {3, 90, 4, 2, 64},    {40, 300, 4, 2, 37}, {64, 64, 16, 8, 128}};
+    uint32_t seed = 500;
+    for (const auto& c : cases) {
+        const int64_t row = int64_t(c.Hkv) * c.d;
+        auto q = randn(size_t(c.Tq * c.Hq * c.d), seed++);
+        auto k = randn(size_t(c.Tk * row), seed++);
+        auto v = randn(size_t(c.Tk * row), seed++);
+        std::vector<uint16_t> k16(k.size()), v16(v.size());
+        for (size_t i = 0; i < k.size(); ++i) {
+            k16[i] = f32_to_bf16(k[i]), k[i] = bf16_to_f32(k16[i]);
+            v16[i] = f32_to_bf16(v[i]), v[i] = bf16_to_f32(v16[i]);
+        }
+        const float scale = 1.f / std::sqrt(float(c.d));
+        std::vector<float> o(q.size(), NAN), want(q.size(), NAN);
+        attention_cached_bf16(q.data(), c.Tq, k16.data(), v16.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, o.data());
+        attention(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, true, c.Tk - c.Tq, want.data(), Compute::Fast);
+        INFO("Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " d=" << c.d);
+        CHECK(std::memcmp(o.data(), want.data(), o.size() * sizeof(float)) == 0);
+    }
+}
+
 TEST_CASE("residual add fused with the norm after it: the same bits as add_inplace and the norm") {
     // sizes from one row to enough rows for threads (worth_threads: 2^16 elements)
     for (int64_t n : {1, 33, 1024, 2048})

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
@@ -391,7 +392,9 @@ inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int
 // probabilities, fp32 accumulation and an fp32 online softmax; otherwise as attention(): q [Tq, Hq,
 // d], k/v [Tk, Hkv, d], out [Tq, Hq, d], row strides ldq / ldkv (0: packed), causal or not, tiled,
 // no Tq x Tk matrix. Keys and values are packed once per call as bf16 pairs per (kv head, key block).
-inline void attention_bf16(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
+// k / v may be fp32 or bf16 (a fast-mode KV cache): read as fp32 and rounded to bf16 (exact for bf16).
+template <typename KV>
+inline void attention_bf16(const float* q, int64_t Tq, const KV* k, const KV* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
                            bool causal, int64_t q_offset, float* out, int64_t ldq = 0, int64_t ldkv = 0) {
     if (Tq <= 0 || Hq <= 0 || d <= 0) return;
     if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
@@ -408,14 +411,20 @@ inline void attention_bf16(const float* q, int64_t Tq, const float* k, const flo
     for (int64_t blk = 0; blk < Hkv * nkb; ++blk) {
         const int64_t hk = blk / nkb, j0 = (blk % nkb) * BKB;
         const int bk = int(std::min<int64_t>(BKB, Tk - j0));
-        const float* kb = k + j0 * kvstride + hk * d;  // key jj of the block at kb + jj * kvstride
-        const float* vb = v + j0 * kvstride + hk * d;
+        const KV* kb = k + j0 * kvstride + hk * d;  // key jj of the block at kb + jj * kvstride
+        const KV* vb = v + j0 * kvstride + hk * d;
+        auto load16 = [](__mmask16 m, const KV* p) {  // 16 values (masked) as fp32
+            if constexpr (std::is_same_v<KV, float>)
+                return _mm512_maskz_loadu_ps(m, p);
+            else
+                return simd::bf16x16(_mm256_maskz_loadu_epi16(m, p));
+        };
         // each key row as pairs, [BKB][dpp], then 16 x 16 register transposes into [dpp][BKB]
         auto* rows = reinterpret_cast<uint32_t*>(scratch<28>(size_t(BKB * dpp)));
         for (int jj = 0; jj < BKB; ++jj)
             for (int t = 0; t < 2 * dpp; t += 32) {
-                const __m512 lo = _mm512_maskz_loadu_ps(simd::tail_mask(jj < bk ? std::max(0, std::min(16, d - t)) : 0), kb + jj * kvstride + t);
-                const __m512 hi = _mm512_maskz_loadu_ps(simd::tail_mask(jj < bk ? std::max(0, std::min(16, d - t - 16)) : 0), kb + jj * kvstride + t + 16);
+                const __m512 lo = load16(simd::tail_mask(jj < bk ? std::max(0, std::min(16, d - t)) : 0), kb + jj * kvstride + t);
+                const __m512 hi = load16(simd::tail_mask(jj < bk ? std::max(0, std::min(16, d - t - 16)) : 0), kb + jj * kvstride + t + 16);
                 _mm512_storeu_si512(rows + jj * dpp + t / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
             }
         uint32_t* ktb = kt + blk * dpp * BKB;
@@ -426,8 +435,8 @@ inline void attention_bf16(const float* q, int64_t Tq, const float* k, const flo
         for (int jp = 0; jp < BKB / 2; ++jp)
             for (int t = 0; t < dv; t += 16) {
                 const __mmask16 m = simd::tail_mask(std::min(16, d - t));
-                const __m512 a = _mm512_maskz_loadu_ps(2 * jp < bk ? m : 0, vb + 2 * jp * kvstride + t);
-                const __m512 b = _mm512_maskz_loadu_ps(2 * jp + 1 < bk ? m : 0, vb + (2 * jp + 1) * kvstride + t);
+                const __m512 a = load16(2 * jp < bk ? m : 0, vb + 2 * jp * kvstride + t);
+                const __m512 b = load16(2 * jp + 1 < bk ? m : 0, vb + (2 * jp + 1) * kvstride + t);
                 const __m512i pa = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
                 const __m512i pb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b));
                 _mm512_storeu_si512(vtb + jp * dv + t, _mm512_or_si512(pa, _mm512_slli_epi32(pb, 16)));
@@ -452,10 +461,40 @@ inline void attention_bf16(const float* q, int64_t Tq, const float* k, const flo
 inline void attention(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
                       bool causal, int64_t q_offset, float* out, Compute mode, int64_t ldq = 0, int64_t ldkv = 0) {
 #if defined(DEEPSTACK_HAVE_DPBF16)
-    if (mode == Compute::Fast && Tq >= 8) return attention_bf16(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out, ldq, ldkv);
+    if (mode == Compute::Fast && Tq >= 8) return attention_bf16<float>(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out, ldq, ldkv);
 #endif
     (void)mode;
     attention(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out, ldq, ldkv);
+}
+
+// Fast mode keeps the KV cache in bf16 where the CPU has vdpbf16ps: its attention packs keys and
+// values as bf16 anyway, and decode, which streams the whole cache per token, reads half the bytes.
+inline bool kv_cache_bf16(Compute mode) {
+#if defined(DEEPSTACK_HAVE_DPBF16)
+    return mode == Compute::Fast;
+#else
+    (void)mode;
+    return false;
+#endif
+}
+
+// Causal attention of Tq new queries over a bf16 KV cache (k / v [Tk, Hkv * d], the queries' own
+// rows last): decode reads the cache directly, 8 or more queries pack it (attention_bf16), and a
+// few queries run the fp32 kernel on an fp32 copy of the rows.
+inline void attention_cached_bf16(const float* q, int64_t Tq, const uint16_t* k, const uint16_t* v, int64_t Tk, int Hq, int Hkv, int d,
+                                  float scale, float* out) {
+    if (Tq <= 0 || Hq <= 0 || d <= 0) return;
+    if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
+    const int64_t row = int64_t(Hkv) * d, q_offset = Tk - Tq;
+    const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));
+    if (Tq == 1) return attn::attention_one_query<uint16_t>(q, k, v, row, Tk, Hq, Hkv, d, scale, out, nt);
+#if defined(DEEPSTACK_HAVE_DPBF16)
+    if (Tq >= 8) return attention_bf16<uint16_t>(q, Tq, k, v, Tk, Hq, Hkv, d, scale, true, q_offset, out);
+#endif
+    float* kf = scratch<29>(size_t(Tk * row));
+    float* vf = scratch<30>(size_t(Tk * row));
+    for (int64_t i = 0; i < Tk * row; ++i) kf[i] = bf16_to_f32(k[i]), vf[i] = bf16_to_f32(v[i]);
+    attention(q, Tq, kf, vf, Tk, Hq, Hkv, d, scale, true, q_offset, out);
 }
 
 // Mode-selecting overload (the forward pass may carry a Compute setting).

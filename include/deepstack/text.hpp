@@ -7,52 +7,68 @@
 
 namespace deepstack {
 
-// Keys and values of the tokens so far, per layer [max_tokens][Hkv * head_dim] each. The whole
-// context is reserved at the first use: big_alloc maps it without touching it, so memory is
+// Keys and values of the tokens so far, per layer [max_tokens][Hkv * head_dim] each: fp32, or bf16
+// in fast mode where the CPU has vdpbf16ps (detail::kv_cache_bf16; decided at the first use). The
+// whole context is reserved at the first use: big_alloc maps it without touching it, so memory is
 // committed only as tokens are written, and the cache never moves (growing it by reallocation
 // had copied and re-zeroed the whole cache at the first generated token after a prefill and at
 // every doubling). A copy copies the tokens held, not the reservation.
 struct KVCache {
     int64_t length = 0;      // tokens cached
     int64_t max_tokens = 0;  // hard limit (context size)
-    int64_t row = 0;         // floats per token and layer (Hkv * head_dim); 0 until reserved
+    int64_t row = 0;         // values per token and layer (Hkv * head_dim); 0 until reserved
+    bool bf16 = false;       // which of the two below holds the cache
     std::vector<detail::big_array<float>> k, v;
+    std::vector<detail::big_array<uint16_t>> k16, v16;
 
     KVCache() = default;
     KVCache(KVCache&&) = default;
     KVCache& operator=(KVCache&&) = default;
-    KVCache(const KVCache& o) : length(o.length), max_tokens(o.max_tokens), row(o.row) {
-        for (size_t l = 0; l < o.k.size(); ++l) {
-            k.emplace_back(o.k[l].size());
-            v.emplace_back(o.v[l].size());
-            std::copy(o.k[l].data(), o.k[l].data() + length * row, k[l].data());
-            std::copy(o.v[l].data(), o.v[l].data() + length * row, v[l].data());
-        }
+    KVCache(const KVCache& o) : length(o.length), max_tokens(o.max_tokens), row(o.row), bf16(o.bf16) {
+        copy_layers(o.k, k);
+        copy_layers(o.v, v);
+        copy_layers(o.k16, k16);
+        copy_layers(o.v16, v16);
     }
     KVCache& operator=(const KVCache& o) {
         if (this != &o) *this = KVCache(o);
         return *this;
     }
 
-    // Checks that `extra` more tokens fit; reserves the context at the first call.
-    void reserve_more(int64_t extra, const TextConfig& c) {
+    // Checks that `extra` more tokens fit; reserves the context at the first call, as bf16 or fp32.
+    void reserve_more(int64_t extra, const TextConfig& c, bool as_bf16) {
         const int64_t need = length + extra;
         if (need > max_tokens)
             throw Error("context is full: " + std::to_string(need) + " tokens needed, the context holds " +
                         std::to_string(max_tokens) + " (raise max_context)");
-        if (!k.empty()) return;
-        row = int64_t(c.num_key_value_heads) * c.head_dim;
+        if (row) return;
+        const int64_t n = int64_t(c.num_key_value_heads) * c.head_dim;
         try {
             for (int l = 0; l < c.num_hidden_layers; ++l) {
-                k.emplace_back(size_t(max_tokens * row));
-                v.emplace_back(size_t(max_tokens * row));
+                if (as_bf16) {
+                    k16.emplace_back(size_t(max_tokens * n));
+                    v16.emplace_back(size_t(max_tokens * n));
+                } else {
+                    k.emplace_back(size_t(max_tokens * n));
+                    v.emplace_back(size_t(max_tokens * n));
+                }
             }
         } catch (const std::bad_alloc&) {
-            k.clear();
-            v.clear();
+            k.clear(), v.clear(), k16.clear(), v16.clear();
             throw Error("cannot reserve address space for a KV cache of " + std::to_string(max_tokens) + " tokens (" +
-                        std::to_string(2 * c.num_hidden_layers * max_tokens * row * int64_t(sizeof(float)) >> 20) +
+                        std::to_string(2 * c.num_hidden_layers * max_tokens * n * int64_t(as_bf16 ? 2 : 4) >> 20) +
                         " MiB): lower Session::Options::max_context");
+        }
+        row = n;
+        bf16 = as_bf16;
+    }
+
+private:
+    template <typename T>
+    void copy_layers(const std::vector<detail::big_array<T>>& from, std::vector<detail::big_array<T>>& to) {
+        for (const auto& layer : from) {
+            to.emplace_back(layer.size());
+            std::copy(layer.data(), layer.data() + length * row, to.back().data());
         }
     }
 };
@@ -90,8 +106,10 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     float* y = scratch<19>(size_t(T * D));
     float* gate = scratch<20>(size_t(T * I));
     float* up = scratch<21>(size_t(T * I));
-    float* kc = cache.k[size_t(layer)].data() + past * Hkv * hd;  // this chunk's rows in the cache
-    float* vc = cache.v[size_t(layer)].data() + past * Hkv * hd;
+    // this chunk's keys and values: in the fp32 cache, or (bf16 cache) computed in scratch and rounded in
+    const int64_t row = Hkv * hd;
+    float* kc = cache.bf16 ? scratch<29>(size_t(T * row)) : cache.k[size_t(layer)].data() + past * row;
+    float* vc = cache.bf16 ? scratch<30>(size_t(T * row)) : cache.v[size_t(layer)].data() + past * row;
 
     rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a);
     const Matrix* qkv_w[] = {&L.q, &L.k, &L.v};
@@ -103,8 +121,16 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
         for (int64_t hh = 0; hh < Hq; ++hh) rope_rotate_half(q + (t * Hq + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
         for (int64_t hh = 0; hh < Hkv; ++hh) rope_rotate_half(kc + (t * Hkv + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
     }
-    attention(q, T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd),
-              1.f / std::sqrt(float(hd)), true, past, o, mode);
+    const float scale = 1.f / std::sqrt(float(hd));
+    if (cache.bf16) {
+        uint16_t* k16 = cache.k16[size_t(layer)].data();
+        uint16_t* v16 = cache.v16[size_t(layer)].data();
+        for (int64_t i = 0; i < T * row; ++i) k16[past * row + i] = f32_to_bf16(kc[i]), v16[past * row + i] = f32_to_bf16(vc[i]);
+        attention_cached_bf16(q, T, k16, v16, past + T, int(Hq), int(Hkv), int(hd), scale, o);
+    } else {
+        attention(q, T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd), scale, true, past,
+                  o, mode);
+    }
     matmul(o, T, L.o, y, nullptr, mode);
     add_rmsnorm(h, y, T, D, L.post_norm.data(), c.rms_norm_eps, a);  // h += y; a = RMSNorm(h)
     const Matrix* gate_up_w[] = {&L.gate, &L.up};
@@ -137,7 +163,7 @@ inline std::vector<float> decode_tokens(const TextWeights& W, const TextConfig& 
                                         const Positions& pos, size_t pos_first, const std::vector<int64_t>& visual_rows,
                                         const std::vector<Injection>& injections, bool all_logits, const Trace& trace = {}) {
     const int64_t T = int64_t(h.size()) / c.hidden_size, D = c.hidden_size;
-    cache.reserve_more(T, c);
+    cache.reserve_more(T, c, detail::kv_cache_bf16(W.compute));
     std::vector<float> cos_t(size_t(T * c.head_dim / 2)), sin_t(size_t(T * c.head_dim / 2));
     mrope_tables(pos, pos_first, size_t(T), c.head_dim, c.rope_theta, c.mrope_section, cos_t.data(), sin_t.data());
     auto inject = [&](int layer, bool before) {
