@@ -3,6 +3,7 @@
 #include <deepstack/kernels.hpp>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -250,6 +251,24 @@ TEST_CASE("fast-mode attention (bf16 dot products) stays within bf16 rounding of
         }
 #endif
         CHECK(worst < 2e-5);  // fewer than 8 queries or no vdpbf16ps: the fp32 attention
+    }
+}
+
+TEST_CASE("round_to_bf16 gives f32_to_bf16's bits, subnormals flushed to zero as vcvtneps2bf16 does") {
+    // random values with specials among them (signed zeros, infinities, NaN, subnormals, the largest
+    // finite value, halfway cases rounding down and up)
+    auto x = randn(1000, 77, 3.f);
+    const float special[] = {0.f, -0.f, INFINITY, -INFINITY, NAN, 1e-40f, -3e-39f, 3.4e38f, 1.00390625f, 1.01171875f, -1.00390625f};
+    std::copy(std::begin(special), std::end(special), x.begin() + 3);
+    for (int64_t n : {int64_t(1000), int64_t(15), int64_t(0)}) {
+        std::vector<uint16_t> got(size_t(n) + 1, 0xabcd);
+        round_to_bf16(x.data(), n, got.data());
+        for (int64_t i = 0; i < n; ++i) {
+            INFO("x = " << x[size_t(i)]);
+            const float xi = x[size_t(i)];
+            CHECK(got[size_t(i)] == f32_to_bf16(std::fabs(xi) < FLT_MIN ? std::copysign(0.f, xi) : xi));
+        }
+        CHECK(got[size_t(n)] == 0xabcd);  // nothing written past n
     }
 }
 

@@ -125,7 +125,8 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     if (cache.bf16) {
         uint16_t* k16 = cache.k16[size_t(layer)].data();
         uint16_t* v16 = cache.v16[size_t(layer)].data();
-        for (int64_t i = 0; i < T * row; ++i) k16[past * row + i] = f32_to_bf16(kc[i]), v16[past * row + i] = f32_to_bf16(vc[i]);
+        round_to_bf16(kc, T * row, k16 + past * row);
+        round_to_bf16(vc, T * row, v16 + past * row);
         attention_cached_bf16(q, T, k16, v16, past + T, int(Hq), int(Hkv), int(hd), scale, o);
     } else {
         attention(q, T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd), scale, true, past,
