@@ -13,6 +13,8 @@
 //   layernorm, rmsnorm                  SIMD; gelu_tanh_inplace, gelu_erf_inplace, silu_inplace,
 //                                       silu_mul (array forms); gelu_tanh/gelu_erf/silu (scalar)
 //   attention(...)                      tiled, online softmax, strided q / k / v (kernels_attention.hpp)
+//   attention_cached_bf16(...)          causal attention over a bf16 KV cache (fast mode where
+//                                       kv_cache_bf16); round_to_bf16 writes its rows
 //   *_ref                               scalar references of all of the above
 //   tile_bf16_rows, panel_bf16_rows     re-lay a BF16 matrix in place for the GEMV / the bf16 GEMM
 // In namespace deepstack: quantize(W, DType::Q8 | DType::Q4) -> Matrix owning its QuantWeights.
