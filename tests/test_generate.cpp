@@ -428,8 +428,8 @@ TEST_CASE("fast mode keeps the KV cache in bf16: prefill gives the fp32 cache's 
     as_bf16.max_tokens = as_f32.max_tokens = 64;
     as_f32.reserve_more(0, c, false);  // reserved first: stays fp32
     const std::vector<float> p16 = run(as_bf16, 0, 8), p32 = run(as_f32, 0, 8);
-    CHECK(as_bf16.bf16 == detail::kv_cache_bf16(detail::Compute::Fast));
-    CHECK(!as_f32.bf16);
+    CHECK(as_bf16.bf16() == detail::kv_cache_bf16(detail::Compute::Fast));
+    CHECK(!as_f32.bf16());
     CHECK(p16 == p32);  // 8 queries: the attention packs keys and values as bf16 either way
     KVCache copy = as_bf16;
     for (size_t t = 8; t < ids.size(); ++t) {

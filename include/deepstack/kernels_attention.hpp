@@ -217,23 +217,16 @@ inline void attention_task(const float* q, int64_t qstride, const float* k, int6
 // Decode attention fetches the K / V rows this many keys ahead (prefetch_row): one sequential
 // stream per thread alone left the cache reads at ~45 GB/s where the weights stream at ~80.
 constexpr int64_t kPrefetchKeys = 4;
-template <typename KV>
-inline void prefetch_row(const KV* p, int n) {
+template <typename T>
+inline void prefetch_row(const T* p, int n) {
     const char* b = reinterpret_cast<const char*>(p);
-    for (int64_t i = 0; i < int64_t(n) * int64_t(sizeof(KV)); i += 64) __builtin_prefetch(b + i, 0, 3);  // into L1 (T0), any ISA
+    for (int64_t i = 0; i < int64_t(n) * int64_t(sizeof(T)); i += 64) __builtin_prefetch(b + i, 0, 3);  // into L1 (T0), any ISA
 }
 
-// Cached keys and values are fp32, or bf16 in fast mode (kv_cache_bf16): read as fp32 vectors.
-inline simd::vf load_kv(const float* p) { return simd::load(p); }
-inline simd::vf load_kv_n(const float* p, int n) { return simd::load_n(p, n); }
-inline simd::vf load_kv(const uint16_t* p) { return simd::load_bf16(p); }
-inline simd::vf load_kv_n(const uint16_t* p, int n) { return simd::load_bf16_n(p, n); }
-inline float kv_float(float x) { return x; }
-inline float kv_float(uint16_t x) { return bf16_to_f32(x); }
-
-// G dot products of the query rows q[g * d] with one key row kr (length d), times scale, into s[g * sstride].
+// G dot products of the query rows q[g * d] with one key row kr (length d; KV::T values: simd::F32Src
+// for an fp32 KV cache, BF16Src for fast mode's bf16 one), times scale, into s[g * sstride].
 template <typename KV>
-inline void query_dots(const float* q, int G, const KV* kr, int d, float scale, float* s, int64_t sstride) {
+inline void query_dots(const float* q, int G, const typename KV::T* kr, int d, float scale, float* s, int64_t sstride) {
     using namespace simd;
     for (int g0 = 0; g0 < G; g0 += 4) {
         const int ng = std::min(4, G - g0);
@@ -241,11 +234,11 @@ inline void query_dots(const float* q, int G, const KV* kr, int d, float scale, 
         vf a[4] = {zero(), zero(), zero(), zero()};
         int t = 0;
         for (; t + W <= d; t += W) {
-            const vf kv = load_kv(kr + t);
+            const vf kv = KV::load(kr + t);
             for (int u = 0; u < ng; ++u) a[u] = simd::fma(load(qg + u * d + t), kv, a[u]);
         }
         if (t < d) {
-            const vf kv = load_kv_n(kr + t, d - t);
+            const vf kv = KV::load_n(kr + t, d - t);
             for (int u = 0; u < ng; ++u) a[u] = simd::fma(load_n(qg + u * d + t, d - t), kv, a[u]);
         }
         for (int u = 0; u < ng; ++u) s[(g0 + u) * sstride] = hsum(a[u]) * scale;
@@ -257,9 +250,9 @@ inline void query_dots(const float* q, int G, const KV* kr, int d, float scale, 
 // are contiguous in the cache, so every task reads two sequential streams (a task per head read
 // 512-byte pieces 4 KB apart and ran at about half the memory's speed). Each chunk keeps its own
 // softmax (max m, sum l, unnormalised output o per head); the chunks are then merged by their maxima.
-// q [Hq, d], k/v rows of stride kvstride (>= Hkv * d; fp32 or bf16), out [Hq, d].
+// q [Hq, d], k/v rows of stride kvstride (>= Hkv * d; KV::T values, as query_dots), out [Hq, d].
 template <typename KV>
-inline void attention_one_query(const float* q, const KV* k, const KV* v, int64_t kvstride, int64_t n_keys, int Hq, int Hkv, int d,
+inline void attention_one_query(const float* q, const typename KV::T* k, const typename KV::T* v, int64_t kvstride, int64_t n_keys, int Hq, int Hkv, int d,
                                 float scale, float* out, int nt) {
     using namespace simd;
     const int G = Hq / Hkv;
@@ -275,10 +268,10 @@ inline void attention_one_query(const float* q, const KV* k, const KV* v, int64_
         float* l = m + Hq;
         float* p = scratch<3>(size_t(Hq * per));  // [Hq][per] scores, then probabilities
         for (int64_t j = 0; j < len; ++j) {
-            const KV* kr = k + (j0 + j) * kvstride;
+            const typename KV::T* kr = k + (j0 + j) * kvstride;
             for (int hk = 0; hk < Hkv; ++hk) {
                 if (j + kPrefetchKeys < len) prefetch_row(kr + kPrefetchKeys * kvstride + int64_t(hk) * d, d);
-                query_dots(q + int64_t(hk) * G * d, G, kr + int64_t(hk) * d, d, scale, p + int64_t(hk) * G * per + j, per);
+                query_dots<KV>(q + int64_t(hk) * G * d, G, kr + int64_t(hk) * d, d, scale, p + int64_t(hk) * G * per + j, per);
             }
         }
         for (int h = 0; h < Hq; ++h) {
@@ -288,15 +281,15 @@ inline void attention_one_query(const float* q, const KV* k, const KV* v, int64_
         }
         std::fill(o, o + hd, 0.f);
         for (int64_t j = 0; j < len; ++j) {
-            const KV* vr = v + (j0 + j) * kvstride;
+            const typename KV::T* vr = v + (j0 + j) * kvstride;
             for (int h = 0; h < Hq; ++h) {
-                const KV* vh = vr + int64_t(h / G) * d;
+                const typename KV::T* vh = vr + int64_t(h / G) * d;
                 if (h % G == 0 && j + kPrefetchKeys < len) prefetch_row(vh + kPrefetchKeys * kvstride, d);
                 float* oh = o + int64_t(h) * d;
                 const vf pj = set1(p[int64_t(h) * per + j]);
                 int t = 0;
-                for (; t + W <= d; t += W) store(oh + t, simd::fma(pj, load_kv(vh + t), load(oh + t)));
-                for (; t < d; ++t) oh[t] += p[int64_t(h) * per + j] * kv_float(vh[t]);
+                for (; t + W <= d; t += W) store(oh + t, simd::fma(pj, KV::load(vh + t), load(oh + t)));
+                for (; t < d; ++t) oh[t] += p[int64_t(h) * per + j] * KV::scalar(vh + t);
             }
         }
     }
@@ -337,7 +330,7 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
     const int64_t tasks = nqb * Hkv;
     const size_t work_floats = size_t(2 * attn::BQP * int64_t(d) + attn::BQP * attn::BK + 2 * attn::BQ);
     const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));  // Q K^T and P V
-    if (Tq == 1) return attn::attention_one_query<float>(q, k, v, kvstride, causal ? std::min(Tk, std::max<int64_t>(0, q_offset + 1)) : Tk, Hq, Hkv, d, scale, out, nt);
+    if (Tq == 1) return attn::attention_one_query<simd::F32Src>(q, k, v, kvstride, causal ? std::min(Tk, std::max<int64_t>(0, q_offset + 1)) : Tk, Hq, Hkv, d, scale, out, nt);
     // With many queries, copy K and V once per call and share the copies: K transposed into
     // [Hkv][nkb][d][BK] (zero padded), V into [Hkv][Tk][d]. A head's value rows in v lie Hkv * d
     // floats apart, 4 KB for 16 heads of 64 or 8 of 128: a key block's rows all fall into the same

@@ -11,7 +11,6 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
@@ -394,9 +393,10 @@ inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int
 // probabilities, fp32 accumulation and an fp32 online softmax; otherwise as attention(): q [Tq, Hq,
 // d], k/v [Tk, Hkv, d], out [Tq, Hq, d], row strides ldq / ldkv (0: packed), causal or not, tiled,
 // no Tq x Tk matrix. Keys and values are packed once per call as bf16 pairs per (kv head, key block).
-// k / v may be fp32 or bf16 (a fast-mode KV cache): read as fp32 and rounded to bf16 (exact for bf16).
+// k / v hold KV::T values: fp32 (simd::F32Src) or a fast-mode bf16 KV cache (BF16Src), read as fp32
+// and rounded to bf16 (exact for bf16).
 template <typename KV>
-inline void attention_bf16(const float* q, int64_t Tq, const KV* k, const KV* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
+inline void attention_bf16(const float* q, int64_t Tq, const typename KV::T* k, const typename KV::T* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
                            bool causal, int64_t q_offset, float* out, int64_t ldq = 0, int64_t ldkv = 0) {
     if (Tq <= 0 || Hq <= 0 || d <= 0) return;
     if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
@@ -413,20 +413,14 @@ inline void attention_bf16(const float* q, int64_t Tq, const KV* k, const KV* v,
     for (int64_t blk = 0; blk < Hkv * nkb; ++blk) {
         const int64_t hk = blk / nkb, j0 = (blk % nkb) * BKB;
         const int bk = int(std::min<int64_t>(BKB, Tk - j0));
-        const KV* kb = k + j0 * kvstride + hk * d;  // key jj of the block at kb + jj * kvstride
-        const KV* vb = v + j0 * kvstride + hk * d;
-        auto load16 = [](__mmask16 m, const KV* p) {  // 16 values (masked) as fp32
-            if constexpr (std::is_same_v<KV, float>)
-                return _mm512_maskz_loadu_ps(m, p);
-            else
-                return simd::bf16x16(_mm256_maskz_loadu_epi16(m, p));
-        };
+        const typename KV::T* kb = k + j0 * kvstride + hk * d;  // key jj of the block at kb + jj * kvstride
+        const typename KV::T* vb = v + j0 * kvstride + hk * d;
         // each key row as pairs, [BKB][dpp], then 16 x 16 register transposes into [dpp][BKB]
         auto* rows = reinterpret_cast<uint32_t*>(scratch<28>(size_t(BKB * dpp)));
         for (int jj = 0; jj < BKB; ++jj)
             for (int t = 0; t < 2 * dpp; t += 32) {
-                const __m512 lo = load16(simd::tail_mask(jj < bk ? std::max(0, std::min(16, d - t)) : 0), kb + jj * kvstride + t);
-                const __m512 hi = load16(simd::tail_mask(jj < bk ? std::max(0, std::min(16, d - t - 16)) : 0), kb + jj * kvstride + t + 16);
+                const __m512 lo = KV::load_n(kb + jj * kvstride + t, jj < bk ? std::max(0, std::min(16, d - t)) : 0);
+                const __m512 hi = KV::load_n(kb + jj * kvstride + t + 16, jj < bk ? std::max(0, std::min(16, d - t - 16)) : 0);
                 _mm512_storeu_si512(rows + jj * dpp + t / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
             }
         uint32_t* ktb = kt + blk * dpp * BKB;
@@ -436,9 +430,9 @@ inline void attention_bf16(const float* q, int64_t Tq, const KV* k, const KV* v,
         uint32_t* vtb = vt + blk * (BKB / 2) * dv;
         for (int jp = 0; jp < BKB / 2; ++jp)
             for (int t = 0; t < dv; t += 16) {
-                const __mmask16 m = simd::tail_mask(std::min(16, d - t));
-                const __m512 a = load16(2 * jp < bk ? m : 0, vb + 2 * jp * kvstride + t);
-                const __m512 b = load16(2 * jp + 1 < bk ? m : 0, vb + (2 * jp + 1) * kvstride + t);
+                const int n = std::min(16, d - t);
+                const __m512 a = KV::load_n(vb + 2 * jp * kvstride + t, 2 * jp < bk ? n : 0);
+                const __m512 b = KV::load_n(vb + (2 * jp + 1) * kvstride + t, 2 * jp + 1 < bk ? n : 0);
                 const __m512i pa = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
                 const __m512i pb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b));
                 _mm512_storeu_si512(vtb + jp * dv + t, _mm512_or_si512(pa, _mm512_slli_epi32(pb, 16)));
@@ -463,7 +457,7 @@ inline void attention_bf16(const float* q, int64_t Tq, const KV* k, const KV* v,
 inline void attention(const float* q, int64_t Tq, const float* k, const float* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
                       bool causal, int64_t q_offset, float* out, Compute mode, int64_t ldq = 0, int64_t ldkv = 0) {
 #if defined(DEEPSTACK_HAVE_DPBF16)
-    if (mode == Compute::Fast && Tq >= 8) return attention_bf16<float>(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out, ldq, ldkv);
+    if (mode == Compute::Fast && Tq >= 8) return attention_bf16<simd::F32Src>(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out, ldq, ldkv);
 #endif
     (void)mode;
     attention(q, Tq, k, v, Tk, Hq, Hkv, d, scale, causal, q_offset, out, ldq, ldkv);
@@ -499,9 +493,9 @@ inline void attention_cached_bf16(const float* q, int64_t Tq, const uint16_t* k,
     if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
     const int64_t row = int64_t(Hkv) * d, q_offset = Tk - Tq;
     const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));
-    if (Tq == 1) return attn::attention_one_query<uint16_t>(q, k, v, row, Tk, Hq, Hkv, d, scale, out, nt);
+    if (Tq == 1) return attn::attention_one_query<simd::BF16Src>(q, k, v, row, Tk, Hq, Hkv, d, scale, out, nt);
 #if defined(DEEPSTACK_HAVE_DPBF16)
-    if (Tq >= 8) return attention_bf16<uint16_t>(q, Tq, k, v, Tk, Hq, Hkv, d, scale, true, q_offset, out);
+    if (Tq >= 8) return attention_bf16<simd::BF16Src>(q, Tq, k, v, Tk, Hq, Hkv, d, scale, true, q_offset, out);
 #endif
     float* kf = scratch<29>(size_t(Tk * row));
     float* vf = scratch<30>(size_t(Tk * row));

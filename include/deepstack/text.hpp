@@ -17,14 +17,14 @@ struct KVCache {
     int64_t length = 0;      // tokens cached
     int64_t max_tokens = 0;  // hard limit (context size)
     int64_t row = 0;         // values per token and layer (Hkv * head_dim); 0 until reserved
-    bool bf16 = false;       // which of the two below holds the cache
-    std::vector<detail::big_array<float>> k, v;
-    std::vector<detail::big_array<uint16_t>> k16, v16;
+    std::vector<detail::big_array<float>> k, v;         // the fp32 cache, or
+    std::vector<detail::big_array<uint16_t>> k16, v16;  // the bf16 one
+    bool bf16() const { return !k16.empty(); }
 
     KVCache() = default;
     KVCache(KVCache&&) = default;
     KVCache& operator=(KVCache&&) = default;
-    KVCache(const KVCache& o) : length(o.length), max_tokens(o.max_tokens), row(o.row), bf16(o.bf16) {
+    KVCache(const KVCache& o) : length(o.length), max_tokens(o.max_tokens), row(o.row) {
         copy_layers(o.k, k);
         copy_layers(o.v, v);
         copy_layers(o.k16, k16);
@@ -60,7 +60,6 @@ struct KVCache {
                         " MiB): lower Session::Options::max_context");
         }
         row = n;
-        bf16 = as_bf16;
     }
 
 private:
@@ -108,8 +107,8 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     float* up = scratch<21>(size_t(T * I));
     // this chunk's keys and values: in the fp32 cache, or (bf16 cache) computed in scratch and rounded in
     const int64_t row = Hkv * hd;
-    float* kc = cache.bf16 ? scratch<29>(size_t(T * row)) : cache.k[size_t(layer)].data() + past * row;
-    float* vc = cache.bf16 ? scratch<30>(size_t(T * row)) : cache.v[size_t(layer)].data() + past * row;
+    float* kc = cache.bf16() ? scratch<29>(size_t(T * row)) : cache.k[size_t(layer)].data() + past * row;
+    float* vc = cache.bf16() ? scratch<30>(size_t(T * row)) : cache.v[size_t(layer)].data() + past * row;
 
     rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a);
     const Matrix* qkv_w[] = {&L.q, &L.k, &L.v};
@@ -122,7 +121,7 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
         for (int64_t hh = 0; hh < Hkv; ++hh) rope_rotate_half(kc + (t * Hkv + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
     }
     const float scale = 1.f / std::sqrt(float(hd));
-    if (cache.bf16) {
+    if (cache.bf16()) {
         uint16_t* k16 = cache.k16[size_t(layer)].data();
         uint16_t* v16 = cache.v16[size_t(layer)].data();
         round_to_bf16(kc, T * row, k16 + past * row);
