@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <sys/mman.h>
 #include <unistd.h>
 
 using namespace deepstack;
@@ -95,22 +96,25 @@ TEST_CASE("weights read into memory and mapped hold the same bytes and give the 
     CHECK(worst <= 0.03f * largest);
 }
 
-TEST_CASE("a safetensors image made in memory (add_generated) is held and re-ordered like a file read in") {
-    const std::string dir = kData + "/fixtures/tiny-video-4raw/model";
+// The model in `dir` built from a safetensors image made in memory (add_generated) holding its
+// checkpoint's bytes.
+static std::shared_ptr<const Model> generated_model(const std::string& dir, const LoadOptions& opt) {
     std::ifstream in(dir + "/model.safetensors", std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     const uint64_t header_len = detail::safetensors_header_length(reinterpret_cast<const uint8_t*>(bytes.data()));
     const std::string header = bytes.substr(0, size_t(8 + header_len));
-    auto build = [&](const LoadOptions& opt) {
-        WeightStore ws;
-        ws.add_generated("generated", header, bytes.size() - header.size(), [&](uint8_t* data) {
-            CHECK(reinterpret_cast<uintptr_t>(data) % 64 == 0);  // the data area on a 64-byte line
-            std::memcpy(data, bytes.data() + header.size(), bytes.size() - header.size());
-        });
-        return Model::from_store(load_model_config(dir + "/config.json"), load_preprocess_config(dir + "/preprocessor_config.json", false),
-                                 load_preprocess_config(dir + "/video_preprocessor_config.json", true), std::move(ws), "generated", opt);
-    };
-    const auto generated = build({}), read = Model::load(dir);
+    WeightStore ws;
+    ws.add_generated("generated", header, bytes.size() - header.size(), [&](uint8_t* data) {
+        CHECK(reinterpret_cast<uintptr_t>(data) % 64 == 0);  // the data area on a 64-byte line
+        std::memcpy(data, bytes.data() + header.size(), bytes.size() - header.size());
+    });
+    return Model::from_store(load_model_config(dir + "/config.json"), load_preprocess_config(dir + "/preprocessor_config.json", false),
+                             load_preprocess_config(dir + "/video_preprocessor_config.json", true), std::move(ws), "generated", opt);
+}
+
+TEST_CASE("a safetensors image made in memory (add_generated) is held and re-ordered like a file read in") {
+    const std::string dir = kData + "/fixtures/tiny-video-4raw/model";
+    const auto generated = generated_model(dir, {}), read = Model::load(dir);
     CHECK(generated->text.layers[0].q.tile_rows == kTileRows);  // owned: re-ordered as a file read in
     Session a(read), b(generated);
     const std::vector<int> ids = {1, 2, 3, 4, 5};
@@ -118,11 +122,45 @@ TEST_CASE("a safetensors image made in memory (add_generated) is held and re-ord
     LoadOptions fast;
     fast.bf16_compute = true;
 #if defined(DEEPSTACK_HAVE_DPBF16)
-    CHECK(build(fast)->vision.blocks[0].qkv.w.panel_rows == kPanelRows);
+    CHECK(generated_model(dir, fast)->vision.blocks[0].qkv.w.panel_rows == kPanelRows);
 #endif
-    WeightStore failing;
-    CHECK_THROWS_WITH(failing.add_generated("generated", header, bytes.size() - header.size(), [](uint8_t*) { throw Error("fill failed"); }),
+    WeightStore failing;  // a fill that throws: the buffer is freed, the error passes through
+    CHECK_THROWS_WITH(failing.add_generated("generated", std::string(8, '\0'), 4096, [](uint8_t*) { throw Error("fill failed"); }),
                       "fill failed");
+}
+
+// Whether the page holding p is resident.
+static bool resident(const void* p) {
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    unsigned char in_core = 0;
+    REQUIRE(::mincore(reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~(page - 1)), page, &in_core) == 0);
+    return in_core & 1;
+}
+
+TEST_CASE("a quantized load gives back the pages of the matrices it replaced, also in memory the store owns") {
+    // tiny-image ties lm_head to the embedding: its bytes stay, the embedding still reads them
+    const std::string dir = kData + "/fixtures/tiny-image/model";
+    REQUIRE(load_model_config(dir + "/config.json").tie_word_embeddings);
+    for (const WeightFormat format : {WeightFormat::Q8, WeightFormat::Q4}) {
+        CAPTURE(int(format));
+        LoadOptions opt;
+        opt.weights = format;
+        const auto generated = generated_model(dir, opt), mapped = Model::load(dir, opt);
+        const TensorInfo* gate = generated->store.find("model.language_model.layers.0.mlp.gate_proj.weight");
+        const TensorInfo* fc1 = generated->store.find("model.visual.blocks.0.mlp.linear_fc1.weight");
+        REQUIRE((gate && fc1));
+        REQUIRE(gate->nbytes >= size_t(2 * ::sysconf(_SC_PAGESIZE)));  // holds at least one whole page
+        CHECK_FALSE(resident(gate->data + gate->nbytes / 2));
+        CHECK_FALSE(resident(fc1->data + fc1->nbytes / 2));
+        const Matrix& embed = generated->text.embed;
+        CHECK(resident(embed.data + embed.rows * embed.cols * detail::dtype_size(embed.dtype) / 2));
+        // the same logits as the mapped load's, to the bit: prefill and one decoded token, with
+        // embedding rows from all over the table
+        Session a(mapped), b(generated);
+        const std::vector<int> ids = {3, 120, 260, 400, 480};
+        CHECK(b.prefill(ids) == a.prefill(ids));
+        CHECK(b.prefill({300}) == a.prefill({300}));
+    }
 }
 
 TEST_CASE("a file read into memory has its data area on a 64-byte line whatever the header length") {
