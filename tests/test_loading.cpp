@@ -153,7 +153,7 @@ TEST_CASE("a quantized load gives back the pages of the matrices it replaced, al
         CHECK_FALSE(resident(gate->data + gate->nbytes / 2));
         CHECK_FALSE(resident(fc1->data + fc1->nbytes / 2));
         const Matrix& embed = generated->text.embed;
-        CHECK(resident(embed.data + embed.rows * embed.cols * detail::dtype_size(embed.dtype) / 2));
+        CHECK(resident(static_cast<const uint8_t*>(embed.data) + embed.rows * embed.cols * detail::dtype_size(embed.dtype) / 2));
         // the same logits as the mapped load's, to the bit: prefill and one decoded token, with
         // embedding rows from all over the table
         Session a(mapped), b(generated);
