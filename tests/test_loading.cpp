@@ -137,6 +137,20 @@ static bool resident(const void* p) {
     return in_core & 1;
 }
 
+// The VmFlags of the mapping holding p (/proc/self/smaps), e.g. "rd mr mw me ac nh".
+static std::string vma_flags(const void* p) {
+    std::ifstream smaps("/proc/self/smaps");
+    std::string line;
+    bool inside = false;
+    const auto at = reinterpret_cast<uintptr_t>(p);
+    while (std::getline(smaps, line)) {
+        unsigned long lo = 0, hi = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2) inside = at >= lo && at < hi;  // a mapping's first line
+        else if (inside && line.rfind("VmFlags:", 0) == 0) return line.substr(8);
+    }
+    return "";
+}
+
 TEST_CASE("a quantized load gives back the pages of the matrices it replaced, also in memory the store owns") {
     // tiny-image ties lm_head to the embedding: its bytes stay, the embedding still reads them
     const std::string dir = kData + "/fixtures/tiny-image/model";
@@ -152,6 +166,8 @@ TEST_CASE("a quantized load gives back the pages of the matrices it replaced, al
         REQUIRE(gate->nbytes >= size_t(2 * ::sysconf(_SC_PAGESIZE)));  // holds at least one whole page
         CHECK_FALSE(resident(gate->data + gate->nbytes / 2));
         CHECK_FALSE(resident(fc1->data + fc1->nbytes / 2));
+        // and stay so: out of the huge pages khugepaged would rebuild (filling them again) within seconds
+        CHECK(vma_flags(gate->data + gate->nbytes / 2).find(" nh") != std::string::npos);
         const Matrix& embed = generated->text.embed;
         CHECK(resident(static_cast<const uint8_t*>(embed.data) + embed.rows * embed.cols * detail::dtype_size(embed.dtype) / 2));
         // the same logits as the mapped load's, to the bit: prefill and one decoded token, with

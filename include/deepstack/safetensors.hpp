@@ -358,19 +358,25 @@ public:
     // Gives back the resident pages of bytes nothing reads any more (a tensor replaced by a
     // quantized copy; the caller makes sure no other view reads them). In a mapped file the mapping
     // stays valid and would re-read the file if touched again; in memory the store owns (a file read
-    // in, an image made by add_generated) the pages would read as zeros. Buffers (add_buffer) are
-    // left alone: others may hold them.
+    // in, an image made by add_generated) the pages would read as zeros. That memory is in 2 MiB
+    // pages: the range is first marked MADV_NOHUGEPAGE, or khugepaged would fill it again (zeros) to
+    // rebuild the huge pages around it, within seconds. Buffers (add_buffer) are left alone: others
+    // may hold them.
     void release(const void* data, size_t nbytes) const {
         const auto* b = static_cast<const uint8_t*>(data);
-        auto give_back = [&](const uint8_t* base, size_t size) {
-            if (!base || b < base || b + nbytes > base + size) return;
-            const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-            const uintptr_t first = (reinterpret_cast<uintptr_t>(b) + page - 1) & ~(page - 1),
-                            last = (reinterpret_cast<uintptr_t>(b) + nbytes) & ~(page - 1);
-            if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-        };
-        for (const auto& [base, size] : mappings_) give_back(base, size);
-        for (const auto& f : read_files_) give_back(f->owned_data(), f->size());
+        const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+        const uintptr_t first = (reinterpret_cast<uintptr_t>(b) + page - 1) & ~(page - 1),
+                        last = (reinterpret_cast<uintptr_t>(b) + nbytes) & ~(page - 1);
+        if (last <= first) return;
+        void* const range = reinterpret_cast<void*>(first);
+        auto within = [&](const uint8_t* base, size_t size) { return base && b >= base && b + nbytes <= base + size; };
+        for (const auto& [base, size] : mappings_)
+            if (within(base, size)) ::madvise(range, last - first, MADV_DONTNEED);
+        for (const auto& f : read_files_)
+            if (within(f->owned_data(), f->size())) {
+                ::madvise(range, last - first, MADV_NOHUGEPAGE);
+                ::madvise(range, last - first, MADV_DONTNEED);
+            }
     }
 
     // The bytes [data, data + nbytes) when the store owns them (a file read in with
