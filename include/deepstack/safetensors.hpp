@@ -369,11 +369,10 @@ public:
                         last = (reinterpret_cast<uintptr_t>(b) + nbytes) & ~(page - 1);
         if (last <= first) return;
         void* const range = reinterpret_cast<void*>(first);
-        auto within = [&](const uint8_t* base, size_t size) { return base && b >= base && b + nbytes <= base + size; };
         for (const auto& [base, size] : mappings_)
-            if (within(base, size)) ::madvise(range, last - first, MADV_DONTNEED);
+            if (spans(base, size, b, nbytes)) ::madvise(range, last - first, MADV_DONTNEED);
         for (const auto& f : read_files_)
-            if (within(f->owned_data(), f->size())) {
+            if (spans(f->owned_data(), f->size(), b, nbytes)) {
                 ::madvise(range, last - first, MADV_NOHUGEPAGE);
                 ::madvise(range, last - first, MADV_DONTNEED);
             }
@@ -388,7 +387,7 @@ public:
     }
     uint8_t* owned_bytes(const void* data, size_t nbytes) {
         const auto* b = static_cast<const uint8_t*>(data);
-        auto within = [&](uint8_t* base, size_t size) { return b >= base && b + nbytes <= base + size ? base + (b - base) : nullptr; };
+        auto within = [&](uint8_t* base, size_t size) { return spans(base, size, b, nbytes) ? base + (b - base) : nullptr; };
         for (const auto& f : read_files_)
             if (uint8_t* p = within(f->owned_data(), f->size())) return p;
         for (const auto& [base, size] : aligned_copies_)
@@ -400,6 +399,9 @@ public:
     size_t total_bytes() const { return total_bytes_; }  // bytes of all files/buffers
 
 private:
+    // Whether [b, b + n) lies within [base, base + size) (base may be null: never).
+    static bool spans(const uint8_t* base, size_t size, const uint8_t* b, size_t n) { return base && b >= base && b + n <= base + size; }
+
     void add_source(const uint8_t* data, size_t size, const std::string& name, std::shared_ptr<const void> owner) {
         std::vector<TensorInfo> parsed = detail::parse_safetensors(data, size, name);
         // The format does not force alignment (a header length that is not a multiple of 8, odd
