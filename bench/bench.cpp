@@ -369,7 +369,7 @@ void write_synthetic(const std::string& dir, const nlohmann::json& config, const
 int64_t matrix_bytes(const Matrix& m) {
     if (m.dtype == DType::Q8 || m.dtype == DType::Q4) {
         const auto& q = *static_cast<const QuantWeights*>(m.data);
-        return int64_t(q.q.size()) + int64_t(q.scale.size() * sizeof(float));
+        return int64_t(q.q.size()) + int64_t(q.scale.size() * sizeof(q.scale[0]));
     }
     return m.rows * m.cols * int64_t(detail::dtype_size(m.dtype));
 }
@@ -517,7 +517,7 @@ double decode_weights_read_gbps(const Model& m) {
         if (w.dtype == DType::Q8 || w.dtype == DType::Q4) {
             const auto& qw = *static_cast<const QuantWeights*>(w.data);
             add_range(qw.q.data(), int64_t(qw.q.size()));
-            add_range(qw.scale.data(), int64_t(qw.scale.size() * sizeof(float)));
+            add_range(qw.scale.data(), int64_t(qw.scale.size() * sizeof(qw.scale[0])));
         } else {
             add_range(w.data, w.rows * w.cols * int64_t(detail::dtype_size(w.dtype)));
         }

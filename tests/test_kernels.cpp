@@ -376,7 +376,7 @@ TEST_CASE("quantize Q8 / Q4: the bytes of a 16-group block are interleaved by qu
         // stored byte i of group g of row n, from the definition of the format (kernels.hpp)
         auto expect = [&](int64_t n, int64_t g, int64_t i) {
             auto q = [&](int64_t k) {
-                const float s = qw.scale[size_t(n * 17 + g)], v = w.f32[size_t(n * K + g * 32 + k)];
+                const float s = qw.scale_at(n, g), v = w.f32[size_t(n * K + g * 32 + k)];
                 return int(std::nearbyint(v / s));
             };
             if (qt == DType::Q8) return int8_t(uint8_t(q(i) + 128));
@@ -404,16 +404,19 @@ TEST_CASE("quantize Q8 / Q4: round trip within half a step, matmul matches the d
                 REQUIRE(q.dtype == qt);
                 REQUIRE(bool(q.storage));
                 const float qmax = qt == DType::Q8 ? 127.f : 7.f;
-                // round trip: |w - dequant(w)| <= scale / 2 = max|w in group| / (2 qmax)
+                // scale = max|w in group| / qmax rounded to bf16; round trip: |w - dequant(w)| <= scale / 2
+                const auto& qw = *static_cast<const QuantWeights*>(q.data);
                 for (int64_t n = 0; n < N; ++n)
                     for (int64_t g = 0; g * 32 < K; ++g) {
                         float amax = 0.f;
                         for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) amax = std::max(amax, std::fabs(weight_at(w.m, n, k)));
+                        const float s = qw.scale_at(n, g);
+                        CHECK(s == detail::bf16_to_f32(detail::f32_to_bf16(amax / qmax)));
                         for (int64_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) {
                             const float e = std::fabs(weight_at(q, n, k) - weight_at(w.m, n, k));
-                            if (!(e <= amax / (2 * qmax) * 1.0001f + 1e-12f)) {
+                            if (!(e <= s / 2 * 1.0001f + 1e-12f)) {
                                 INFO(dtype_name(qt) << " K=" << K << " n=" << n << " k=" << k);
-                                CHECK(e <= amax / (2 * qmax) * 1.0001f);
+                                CHECK(e <= s / 2 * 1.0001f);
                             }
                         }
                     }

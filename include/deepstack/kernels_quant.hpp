@@ -22,7 +22,9 @@
 namespace deepstack {
 
 // Quantize a weight matrix (any stored dtype) to Q8 or Q4 (symmetric, groups of 32 along the
-// input dim, fp32 scales). The result owns its bytes through Matrix::storage.
+// input dim, bf16 scales: max|w| / qmax rounded to bf16 first, then q = round(w / scale) clamped to
+// [-qmax, qmax], so the scale a kernel reads is the one the values were made with). The result owns
+// its bytes through Matrix::storage.
 inline Matrix quantize(const Matrix& w, DType target) {
     if (target != DType::Q8 && target != DType::Q4)
         throw Error(std::string("quantize: target must be Q8 or Q4, got ") + dtype_name(target));
@@ -33,7 +35,7 @@ inline Matrix quantize(const Matrix& w, DType target) {
     qw->kpad = (w.cols + kQuantGroup - 1) / kQuantGroup * kQuantGroup;
     const int64_t G = qw->groups(), rb = qw->row_bytes();
     qw->q.assign(size_t(w.rows * rb), 0);
-    qw->scale.assign(size_t(w.rows * G), 0.f);
+    qw->scale.assign(size_t(w.rows * G), 0);
     const float qmax = target == DType::Q8 ? 127.f : 7.f;
 #pragma omp parallel
     {
@@ -45,8 +47,9 @@ inline Matrix quantize(const Matrix& w, DType target) {
                 const float* v = row.data() + g * kQuantGroup;
                 float amax = 0.f;
                 for (int j = 0; j < kQuantGroup; ++j) amax = std::max(amax, std::fabs(v[j]));
-                const float s = amax / qmax, inv = amax > 0.f ? qmax / amax : 0.f;
-                qw->scale[size_t(n * G + g)] = s;
+                const uint16_t s16 = detail::f32_to_bf16(amax / qmax);
+                const float s = detail::bf16_to_f32(s16), inv = s > 0.f ? 1.f / s : 0.f;
+                qw->scale[size_t(n * G + g)] = s16;
                 int q[kQuantGroup];
                 for (int j = 0; j < kQuantGroup; ++j)
                     q[j] = int(std::max(-qmax, std::min(qmax, std::nearbyint(v[j] * inv))));
@@ -99,7 +102,7 @@ inline void dequant_row_segment(const Matrix& w, int64_t n, int64_t k0, int64_t 
     for (int64_t g = k0 / kQuantGroup; g * kQuantGroup < k1; ++g) {
         vf q[GV];
         load_quant_group(qw, n, g, q);
-        const vf s = set1(qw.scale[size_t(n * qw.groups() + g)]);
+        const vf s = set1(qw.scale_at(n, g));
         const int64_t gb = g * kQuantGroup, lo = std::max(k0, gb), hi = std::min(k1, gb + kQuantGroup);
         if (lo == gb && hi == gb + kQuantGroup) {
             for (int v = 0; v < GV; ++v) store(out + (gb - k0) + v * W, mul(q[v], s));
@@ -140,7 +143,7 @@ inline void gemv_quant_rows(const float* x, const QuantWeights& qw, float* y, co
             for (int r = 0; r < R; ++r) {
                 vf q[GV];
                 load_quant_group(qw, n + r, g, q);
-                const vf s = set1(qw.scale[size_t((n + r) * G + g)]);
+                const vf s = set1(qw.scale_at(n + r, g));
 #pragma GCC unroll 4
                 for (int m = 0; m < MM; ++m) {
                     vf t = mul(q[0], xv[m][0]);
@@ -216,7 +219,7 @@ inline void matmul_quant_fast_ref(const float* x, int64_t M, const Matrix& W, fl
             for (int64_t g = 0; g < G; ++g) {
                 int32_t d = 0;
                 for (int64_t k = g * kQuantGroup; k < std::min(K, (g + 1) * kQuantGroup); ++k) d += int32_t(xq[size_t(k)]) * quant_q(qw, n, k);
-                acc += float(d) * (sx[size_t(g)] * qw.scale[size_t(n * G + g)]);
+                acc += float(d) * (sx[size_t(g)] * qw.scale_at(n, g));
             }
             y[m * N + n] = acc + (bias ? bias[n] : 0.f);
         }
@@ -329,7 +332,7 @@ inline void pack_b(const QuantWeights& qw, int64_t n0, int nvalid, int64_t g0, i
                     std::memcpy(dq + (g * QPG + q + QPG / 2) * NR + j, &ehi, 4);
                     nibble_sum += int32_t(((lo * 0x01010101u) >> 24) + ((hi * 0x01010101u) >> 24));  // bytes <= 15: no carry
                 }
-                ds[g * NR + j] = qw.scale[size_t(n * qw.groups() + g0 + g)];
+                ds[g * NR + j] = qw.scale_at(n, g0 + g);
                 dc[g * NR + j] = -128 * (nibble_sum - 8 * kQuantGroup);
             }
             continue;
@@ -348,7 +351,7 @@ inline void pack_b(const QuantWeights& qw, int64_t n0, int nvalid, int64_t g0, i
                     sums[g] += p[0] + p[1] + p[2] + p[3] - 4 * 128;
                 }
             for (int64_t g = 0; g < ng; ++g) {
-                ds[g * NR + j] = qw.scale[size_t(n * qw.groups() + g0 + g)];
+                ds[g * NR + j] = qw.scale_at(n, g0 + g);
                 dc[g * NR + j] = -128 * sums[g];
             }
             continue;
@@ -372,7 +375,7 @@ inline void pack_b(const QuantWeights& qw, int64_t n0, int nvalid, int64_t g0, i
                 int32_t sum = 0;
                 for (int u = 0; u < kQuantGroup; ++u) sum += t[u];
                 for (int q = 0; q < QPG; ++q) std::memcpy(dq + (g * QPG + q) * NR + j, t + 4 * q, 4);
-                ds[g * NR + j] = qw.scale[size_t(n * qw.groups() + gg)];
+                ds[g * NR + j] = qw.scale_at(n, gg);
                 dc[g * NR + j] = -128 * sum;
             } else {
                 for (int q = 0; q < QPG; ++q) dq[(g * QPG + q) * NR + j] = 0;
@@ -464,7 +467,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
     const __m512i nib = _mm512_set1_epi8(15);
     for (int64_t n = n0; n < n1; ++n) {
         const int8_t* wr = qw.q.data() + n * row_bytes;
-        const float* ws = qw.scale.data() + n * G;
+        const uint16_t* ws = qw.scale.data() + n * G;  // bf16
         __m512 acc[MM];
         for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
         for (int64_t b = 0; b < blocks; ++b) {
@@ -504,7 +507,8 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
                     dot4(u, 2 * j);
                 }
             }
-            const __m512 wsv = _mm512_loadu_ps(ws + b * kQuantBlock);
+            const __m512 wsv = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + b * kQuantBlock))), 16));
             for (int m = 0; m < MM; ++m) {
                 const __m512i dm = _mm512_add_epi32(_mm512_add_epi32(d[m][0], d[m][1]), _mm512_add_epi32(d[m][2], d[m][3]));
                 acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dm), _mm512_mul_ps(wsv, _mm512_loadu_ps(sx + m * G + b * kQuantBlock)), acc[m]);
@@ -515,7 +519,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
             for (int64_t g = blocks * kQuantBlock; g < G; ++g) {
                 int32_t d = 0;
                 for (int64_t k = g * kQuantGroup; k < (g + 1) * kQuantGroup; ++k) d += int32_t(xq[m * kpad + k]) * quant_q(qw, n, k);
-                tail += float(d) * (sx[m * G + g] * ws[g]);
+                tail += float(d) * (sx[m * G + g] * bf16_to_f32(ws[g]));
             }
             y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + tail + (bias ? bias[n] : 0.f);
         }
