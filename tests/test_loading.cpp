@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -137,6 +138,19 @@ static bool resident(const void* p) {
     return in_core & 1;
 }
 
+// Whether this process's page table maps the page holding p (/proc/self/pagemap, bit 63): for a
+// file mapping, mincore tells the page cache, this tells the process's resident set.
+static bool mapped_in(const void* p) {
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    const int fd = ::open("/proc/self/pagemap", O_RDONLY);
+    REQUIRE(fd >= 0);
+    uint64_t entry = 0;
+    const ssize_t got = ::pread(fd, &entry, 8, off_t(reinterpret_cast<uintptr_t>(p) / page * 8));
+    ::close(fd);
+    REQUIRE(got == 8);
+    return (entry >> 63) & 1;
+}
+
 // The VmFlags of the mapping holding p (/proc/self/smaps), e.g. "rd mr mw me ac nh".
 static std::string vma_flags(const void* p) {
     std::ifstream smaps("/proc/self/smaps");
@@ -170,6 +184,13 @@ TEST_CASE("a quantized load gives back the pages of the matrices it replaced, al
         CHECK(vma_flags(gate->data + gate->nbytes / 2).find(" nh") != std::string::npos);
         const Matrix& embed = generated->text.embed;
         CHECK(resident(static_cast<const uint8_t*>(embed.data) + embed.rows * embed.cols * detail::dtype_size(embed.dtype) / 2));
+        // mapped, the tied embedding's pages leave the resident set too (quantizing lm_head read
+        // them all); rows come back from the file as tokens use them
+        const Matrix& mapped_embed = mapped->text.embed;
+        const auto* mid = static_cast<const uint8_t*>(mapped_embed.data) + mapped_embed.rows * mapped_embed.cols * detail::dtype_size(mapped_embed.dtype) / 2;
+        CHECK_FALSE(mapped_in(mid));
+        const TensorInfo* mapped_gate = mapped->store.find("model.language_model.layers.0.mlp.gate_proj.weight");
+        CHECK_FALSE(mapped_in(mapped_gate->data + mapped_gate->nbytes / 2));
         // the same logits as the mapped load's, to the bit: prefill and one decoded token, with
         // embedding rows from all over the table
         Session a(mapped), b(generated);

@@ -69,8 +69,8 @@ struct Model {
         m->store = std::move(store);
         m->vision = load_vision_weights(m->store, m->config.vision);
         m->text = load_text_weights(m->store, m->config.text, m->config.tie_word_embeddings);
-        quantize_weights(m->vision, m->text, opt.weights, [&](const Matrix& stored) {
-            m->store.release(stored.data, size_t(stored.rows * stored.cols) * detail::dtype_size(stored.dtype));
+        quantize_weights(m->vision, m->text, opt.weights, [&](const Matrix& stored, bool still_read) {
+            m->store.release(stored.data, size_t(stored.rows * stored.cols) * detail::dtype_size(stored.dtype), still_read);
         });
         tile_text_weights(m->text, m->store);
 #if defined(DEEPSTACK_HAVE_DPBF16)

@@ -173,16 +173,16 @@ inline TextWeights load_text_weights(const WeightStore& ws, const TextConfig& t,
 // (file pages of a mapped checkpoint become reclaimable). The token embedding stays as stored (its
 // rows are read one by one); with tied embeddings lm_head becomes its own quantized matrix. The
 // patch embedding and position table are small and stay as stored. `replaced` (optional) is told
-// each stored matrix that nothing reads any more once its quantized copy exists (not a tied
-// lm_head: the embedding still reads those bytes); Model uses it to give their pages back.
+// each stored matrix once its quantized copy exists, with still_read = true for a tied lm_head (the
+// embedding reads those bytes, a row per token); Model uses it to give their pages back.
 inline void quantize_weights(VisionWeights& v, TextWeights& t, WeightFormat format,
-                             const std::function<void(const Matrix&)>& replaced = {}) {
+                             const std::function<void(const Matrix& stored, bool still_read)>& replaced = {}) {
     if (format == WeightFormat::Stored) return;
     const DType target = format == WeightFormat::Q8 ? DType::Q8 : DType::Q4;
     auto q = [&](Matrix& m) {
         const Matrix stored = m;
         m = quantize(stored, target);
-        if (replaced && stored.data != t.embed.data) replaced(stored);
+        if (replaced) replaced(stored, stored.data == t.embed.data);
     };
     for (auto& b : v.blocks)
         for (Linear* l : {&b.qkv, &b.proj, &b.fc1, &b.fc2}) q(l->w);
