@@ -75,8 +75,8 @@ struct Matrix {
 //   Q4: 16 bytes; byte i holds element i (low nibble) and element i + 16 (high nibble),
 //       stored as q + 8 with q in [-8, 7], w ~ scale * q, scale = max|w| / 7 rounded to bf16
 // q = w * (1 / scale) rounded to nearest, clamped to [-127, 127] / [-7, 7] (the bf16 rounding may
-// put max|w| / scale just above 127 or 7). Rounding error per element <= scale / 2 (max|w| / 254 for Q8, max|w| / 14
-// for Q4, give or take the scale's bf16 rounding: at most 2^-9 of it).
+// put max|w| / scale just above 127 or 7). Rounding error per element <= scale / 2 (max|w| / 254
+// for Q8, max|w| / 14 for Q4, give or take the scale's bf16 rounding: at most 2^-9 of it).
 // Each row holds row_bytes(): its groups in blocks of kQuantBlock = 16, a block interleaved as
 // [quad][16 groups][4 bytes] (quad j = bytes 4j..4j+3 of each group: one 64-byte load gives the
 // same 4 bytes of 16 groups, so each 32-bit SIMD lane stays in one group and the GEMV scales once

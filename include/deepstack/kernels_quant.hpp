@@ -24,8 +24,7 @@ namespace deepstack {
 // Quantize a weight matrix (any stored dtype) to Q8 or Q4 (symmetric, groups of 32 along the
 // input dim, bf16 scales: max|w| / qmax rounded to bf16 first, then q = w * (1 / scale) rounded to
 // nearest and clamped to [-qmax, qmax], so the scale a kernel reads is the one the values were made
-// with). The result owns
-// its bytes through Matrix::storage.
+// with). The result owns its bytes through Matrix::storage.
 inline Matrix quantize(const Matrix& w, DType target) {
     if (target != DType::Q8 && target != DType::Q4)
         throw Error(std::string("quantize: target must be Q8 or Q4, got ") + dtype_name(target));
