@@ -395,6 +395,7 @@ inline void gemv_bf16_pairs(const float* xp, int64_t K, const uint16_t* wdata, f
         if constexpr (Tiled) return (k - k % kTileCols) * kTileRows + r * kTileCols + k % kTileCols;
         else return r * K + k;
     };
+    const WeightPrefetch where = weight_prefetch();
     int64_t n = n0;
     for (; n + R <= n1; n += R) {
         vf acc[MM][R][2];
@@ -407,7 +408,7 @@ inline void gemv_bf16_pairs(const float* xp, int64_t K, const uint16_t* wdata, f
             vf we[R], wo[R];
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) {
-                prefetch_ahead(wr + at(r, k));
+                prefetch_ahead(wr + at(r, k), where);
                 load_bf16_pairs(wr + at(r, k), we[r], wo[r]);
             }
 #pragma GCC unroll 4

@@ -465,6 +465,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
     const int64_t N = qw.rows, kpad = qw.kpad, G = qw.groups(), blocks = G / kQuantBlock, row_bytes = qw.row_bytes();
     const bool q8 = qw.type == DType::Q8;
     const __m512i nib = _mm512_set1_epi8(15);
+    const simd::WeightPrefetch where = simd::weight_prefetch();
     for (int64_t n = n0; n < n1; ++n) {
         const int8_t* wr = qw.q.data() + n * row_bytes;
         const uint16_t* ws = qw.scale.data() + n * G;  // bf16
@@ -490,7 +491,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
                 const int8_t* wb = wr + b * kQuantBlock * kQuantGroup;
                 for (int j = 0; j < 8; j += 4) {
                     __m512i u[4];
-                    for (int i = 0; i < 4; ++i) simd::prefetch_ahead(wb + (j + i) * 64);
+                    for (int i = 0; i < 4; ++i) simd::prefetch_ahead(wb + (j + i) * 64, where);
                     for (int i = 0; i < 4; ++i) u[i] = _mm512_loadu_si512(wb + (j + i) * 64);  // stored as q + 128
                     dot4(u, j);
                 }
@@ -499,7 +500,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
                 for (int j = 0; j < 4; j += 2) {
                     __m512i u[4];
                     for (int i = 0; i < 2; ++i) {
-                        simd::prefetch_ahead(wb + (j + i) * 64);
+                        simd::prefetch_ahead(wb + (j + i) * 64, where);
                         const __m512i w = _mm512_loadu_si512(wb + (j + i) * 64);
                         u[2 * i] = _mm512_and_si512(w, nib);
                         u[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);

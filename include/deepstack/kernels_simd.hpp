@@ -7,7 +7,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define DEEPSTACK_SIMD_AVX512 1
@@ -34,13 +38,40 @@ namespace deepstack {
 namespace detail {
 namespace simd {
 
-// Software prefetch, non-temporal, of the line 4 KB past p, for the weight streams of the decode
-// GEMVs whose loops issue several loads per weight line: the hardware prefetchers alone kept too
-// few lines in flight, and NTA keeps the stream out of L2. Against a plain read of the same bytes:
-// Q8 85-89% -> 95-99%, Q4 +3-7%, exact BF16 88-92% -> 92-97%; the bf16-compute GEMV (one load
-// per line, already 97-100%) lost 2-7% with it, and a T0 prefetch gained little. Never faults,
-// so it may point past the end of a matrix.
-inline void prefetch_ahead(const void* p) { __builtin_prefetch(static_cast<const char*>(p) + 4096, 0, 0); }
+// Where prefetch_ahead brings the weight lines: the best hint differs by vendor. On the AMD EPYC
+// (Zen 5) VMs the project measured first, non-temporal (prefetchnta; T0 gained little); on an
+// Intel Xeon with AMX, NTA held the Q8 / Q4 / exact BF16 decode GEMVs at 34-42% of the bandwidth
+// bound, and T1 (into L2) gave int8 94%, q4 87% (none: 83% / 75%; T0: 87% / 82%). Chosen once from
+// the CPU vendor; DEEPSTACK_PREFETCH=nta|l2 overrides it (for A/B measurements).
+enum class WeightPrefetch { NonTemporal, L2 };
+
+inline WeightPrefetch weight_prefetch() {
+    static const WeightPrefetch where = [] {
+        if (const char* env = std::getenv("DEEPSTACK_PREFETCH")) {
+            if (std::strcmp(env, "l2") == 0) return WeightPrefetch::L2;
+            if (std::strcmp(env, "nta") == 0) return WeightPrefetch::NonTemporal;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        // vendor "GenuineIntel" in ebx, edx, ecx
+        if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu) return WeightPrefetch::L2;
+#endif
+        return WeightPrefetch::NonTemporal;
+    }();
+    return where;
+}
+
+// Software prefetch of the line 4 KB past p, for the weight streams of the decode GEMVs whose
+// loops issue several loads per weight line: the hardware prefetchers alone kept too few lines in
+// flight (AMD, NTA, against a plain read of the same bytes: Q8 85-89% -> 95-99%, Q4 +3-7%, exact
+// BF16 88-92% -> 92-97%; the bf16-compute GEMV, one load per line, lost 2-7% with it and goes
+// without). `where` is weight_prefetch(), read once per kernel call: the branch is predicted
+// perfectly. Never faults, so it may point past the end of a matrix.
+inline void prefetch_ahead(const void* p, WeightPrefetch where) {
+    const char* line = static_cast<const char*>(p) + 4096;
+    if (where == WeightPrefetch::L2) __builtin_prefetch(line, 0, 2);
+    else __builtin_prefetch(line, 0, 0);
+}
 
 #if defined(DEEPSTACK_SIMD_AVX512)
 inline constexpr const char* kName = "avx512";
