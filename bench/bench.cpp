@@ -196,6 +196,39 @@ double bf16_peak_gflops() {
 #endif
 }
 
+// AMX bf16 tiles (TDPBF16PS: a 16 x 16 fp32 tile += 16 x 32 times 32 x 16 bf16, 16384 FLOPs), four
+// independent accumulator tiles per thread; 0 when AMX is not compiled in or not usable here.
+double amx_peak_gflops() {
+#if defined(DEEPSTACK_HAVE_AMX)
+    if (!detail::gemm_amx::amx_usable()) return 0;
+    return peak_gflops(4 * 16384.0 / 64, [](int64_t iters) {  // 64 iterations of the loop below per tile product
+        static const detail::gemm_amx::TileConfig config;
+        _tile_loadconfig(&config);
+        alignas(64) uint16_t a[16 * 32], b[16 * 32];
+        std::fill(a, a + 16 * 32, uint16_t(0x3a83));  // 1e-3
+        std::fill(b, b + 16 * 32, uint16_t(0x38d1));  // 1e-4
+        _tile_loadd(4, a, 64);
+        _tile_loadd(6, b, 64);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t i = 0; i < iters / 64; ++i) {
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 6);
+            _tile_dpbf16ps(2, 4, 6);
+            _tile_dpbf16ps(3, 4, 6);
+        }
+        alignas(64) float c[16 * 16];
+        _tile_stored(0, c, 64);
+        _tile_release();
+        return double(c[0]);
+    });
+#else
+    return 0;
+#endif
+}
+
 // ---- synthetic model ----
 
 struct ShapeSpec {
@@ -594,7 +627,8 @@ struct Report {
     bool peak_after_load = false;  // --shape: VmHWM reset after the load
     int64_t rss_after_load = 0, rss_after_caption = 0, rss_anon = 0, rss_file = 0, peak_rss = 0;
     Footprint fp;
-    double mem_bw = 0, fma_peak = 0, bf16_peak = 0;
+    double mem_bw = 0, fma_peak = 0, bf16_peak = 0, amx_peak = 0;
+    bool matrices_on_amx = false;  // fast mode's BF16 matrices run on AMX tiles (their peak bounds them)
     VisionRun v448, v896;
     double vision_448_bound = 0, vision_896_bound = 0;
     double prefill_256 = 0, prefill_1024 = 0, prefill_256_bound = 0, prefill_1024_bound = 0;
@@ -640,18 +674,23 @@ void print_table(const Report& r, const Args& a) {
     std::printf("deepstack-bench  model %s  weights %s  compute %s  simd %s  threads %d\n", r.model.c_str(), r.weights.c_str(),
                 r.compute.c_str(), r.simd.c_str(), r.threads);
     std::printf("load average     before %s  after %s\n", r.load_before.c_str(), r.load_after.c_str());
-    std::printf("machine          memory read %.1f GB/s  fp32 FMA peak %.0f GFLOP/s  bf16 dot peak %.0f GFLOP/s\n", r.mem_bw,
+    std::printf("machine          memory read %.1f GB/s  fp32 FMA peak %.0f GFLOP/s  bf16 dot peak %.0f GFLOP/s", r.mem_bw,
                 r.fma_peak, r.bf16_peak);
+    if (r.amx_peak > 0) std::printf("  AMX bf16 peak %.0f GFLOP/s", r.amx_peak);
+    std::printf("\n");
     std::printf("weights          %.3f B params  %s at run time (%.2f bytes/param)\n", double(r.fp.params) / 1e9,
                 gb(r.fp.bytes).c_str(), double(r.fp.bytes) / double(r.fp.params));
     if (r.gen_s > 0) std::printf("synthetic        generated in %.2f s\n", r.gen_s);
     std::printf("load             %.2f s   RSS after load %s\n", r.load_s, gb(r.rss_after_load).c_str());
     std::printf("peak RSS         %s%s  (at exit: anon %s, file-backed %s)\n", gb(r.peak_rss).c_str(),
                 r.peak_after_load ? " after load" : "", gb(r.rss_anon).c_str(), gb(r.rss_file).c_str());
-    const char* peak_name = r.compute == "bf16" ? "bf16 peak" : "fp32 peak";
-    const double peak = r.compute == "bf16" ? r.bf16_peak : r.fma_peak;
+    // With the matrices on AMX the bound is their FLOPs at the AMX peak plus attention's at the bf16 one.
+    const char* peak_name = r.matrices_on_amx ? "AMX + bf16 peak" : r.compute == "bf16" ? "bf16 peak" : "fp32 peak";
+    const double peak = r.matrices_on_amx ? r.amx_peak : r.compute == "bf16" ? r.bf16_peak : r.fma_peak;
     auto effective = [&](double gflops) {
-        if (gflops > 0 && peak > 0) std::printf("\n                 effective rate (matrices only) %.0f GFLOP/s = %.0f%% of peak", gflops, 100 * gflops / peak);
+        if (gflops > 0 && peak > 0)
+            std::printf("\n                 effective rate (matrices only) %.0f GFLOP/s = %.0f%% of %speak", gflops, 100 * gflops / peak,
+                        r.matrices_on_amx ? "the AMX " : "");
     };
     auto vis = [&](const char* name, const VisionRun& v, double bound, double eff) {
         if (v.encode_s <= 0) return;
@@ -691,6 +730,7 @@ void print_json(const Report& r) {
         {"load_s", r.load_s}, {"rss_after_load_bytes", r.rss_after_load}, {"peak_rss_bytes", r.peak_rss},
         {"rss_anon_bytes", r.rss_anon}, {"rss_file_bytes", r.rss_file},
         {"mem_bw_gbps", r.mem_bw}, {"fma_peak_gflops", r.fma_peak}, {"bf16_peak_gflops", r.bf16_peak},
+        {"amx_bf16_peak_gflops", r.amx_peak}, {"matrices_on_amx", r.matrices_on_amx},
         {"vision_448_s", r.v448.encode_s}, {"vision_448_first_s", r.v448.first_encode_s}, {"vision_448_bound_s", r.vision_448_bound},
         {"vision_896_s", r.v896.encode_s}, {"vision_896_first_s", r.v896.first_encode_s}, {"vision_896_bound_s", r.vision_896_bound},
         {"prefill_256_tok_s", r.prefill_256}, {"prefill_256_first_tok_s", r.prefill_256_first}, {"prefill_256_bound_tok_s", r.prefill_256_bound},
@@ -765,6 +805,7 @@ int run(int argc, char** argv) {
         r.mem_bw = memory_bandwidth_gbps();
         r.fma_peak = fma_peak_gflops();
         r.bf16_peak = bf16_peak_gflops();
+        r.amx_peak = amx_peak_gflops();
     }
     // The bandwidth buffer is gone; restart the peak-RSS count so it measures the model only.
     if (!(std::ofstream("/proc/self/clear_refs") << "5")) progress("warning: cannot reset VmHWM; peak RSS includes the 1 GiB bandwidth buffer");
@@ -847,15 +888,23 @@ int run(int argc, char** argv) {
         r.mem_bw = std::max(r.mem_bw, memory_bandwidth_gbps());
         r.fma_peak = std::max(r.fma_peak, fma_peak_gflops());
         r.bf16_peak = std::max(r.bf16_peak, bf16_peak_gflops());
+        r.amx_peak = std::max(r.amx_peak, amx_peak_gflops());
     }
-    // Bounds need the machine limits; with --skip-peaks they stay 0 and are not printed.
+    // Bounds need the machine limits; with --skip-peaks they stay 0 and are not printed. Matrices and
+    // attention each at the peak of the instructions they run on.
+    r.matrices_on_amx = r.amx_peak > 0 && a.compute == "bf16" && model->text.layers[0].q.dtype == DType::BF16;
     const double peak = (a.compute == "bf16" && r.bf16_peak > 0 ? r.bf16_peak : r.fma_peak) * 1e9;
-    auto seconds_bound = [&](double flops) { return peak > 0 ? flops / peak : 0.0; };
-    auto rate_bound = [&](double n, double flops) { return peak > 0 ? n * peak / flops : 0.0; };
-    if (r.v448.patches > 0) r.vision_448_bound = seconds_bound(vision_flops(r.fp, c.vision, r.v448.patches));
-    if (r.v896.patches > 0) r.vision_896_bound = seconds_bound(vision_flops(r.fp, c.vision, r.v896.patches));
-    if (r.prefill_256 > 0) r.prefill_256_bound = rate_bound(256, prefill_flops(r.fp, c.text, 256));
-    if (r.prefill_1024 > 0) r.prefill_1024_bound = rate_bound(1024, prefill_flops(r.fp, c.text, 1024));
+    const double matrix_peak = r.matrices_on_amx ? r.amx_peak * 1e9 : peak;
+    auto seconds_bound = [&](double matrix_flops, double flops) {
+        return peak > 0 ? matrix_flops / matrix_peak + (flops - matrix_flops) / peak : 0.0;
+    };
+    auto rate_bound = [&](double n, double matrix_flops, double flops) { return peak > 0 ? n / seconds_bound(matrix_flops, flops) : 0.0; };
+    if (r.v448.patches > 0)
+        r.vision_448_bound = seconds_bound(vision_matrix_flops(r.fp, r.v448.patches), vision_flops(r.fp, c.vision, r.v448.patches));
+    if (r.v896.patches > 0)
+        r.vision_896_bound = seconds_bound(vision_matrix_flops(r.fp, r.v896.patches), vision_flops(r.fp, c.vision, r.v896.patches));
+    if (r.prefill_256 > 0) r.prefill_256_bound = rate_bound(256, prefill_matrix_flops(r.fp, 256), prefill_flops(r.fp, c.text, 256));
+    if (r.prefill_1024 > 0) r.prefill_1024_bound = rate_bound(1024, prefill_matrix_flops(r.fp, 1024), prefill_flops(r.fp, c.text, 1024));
     if (r.v448.encode_s > 0) r.vision_448_eff = vision_matrix_flops(r.fp, r.v448.patches) / r.v448.encode_s / 1e9;
     if (r.v896.encode_s > 0) r.vision_896_eff = vision_matrix_flops(r.fp, r.v896.patches) / r.v896.encode_s / 1e9;
     r.prefill_256_eff = prefill_matrix_flops(r.fp, 256) * r.prefill_256 / 256 / 1e9;

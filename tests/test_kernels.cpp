@@ -559,6 +559,63 @@ TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activatio
     CHECK(max_rel_err(y, yr, dot_scale(x, 5, w.m, nullptr)) < 1e-5);
 }
 
+#if defined(DEEPSTACK_HAVE_AMX)
+TEST_CASE("AMX GEMM (fast mode, bf16 tiles): the reference's values and the AVX-512 GEMM's within summation order") {
+    if (!gemm_amx::amx_usable()) {
+        MESSAGE("AMX compiled in but not usable here (CPU or kernel): skipped");
+        return;
+    }
+    MESSAGE("fast-mode GEMMs of BF16 weights run on AMX tiles");
+    // Every thread's packing buffers start full of NaN pairs, so padding the kernel failed to zero
+    // would show (a stale finite value times a zero activation would not).
+    auto poison_scratch = [] {
+#pragma omp parallel
+        {
+            const size_t b_floats = size_t(gemm_amx::NC * gemm_amx::KC / 2), a_floats = size_t(1 << 20);
+            std::memset(scratch<5>(b_floats), 0xff, b_floats * 4);
+            std::memset(scratch<6>(a_floats), 0xff, a_floats * 4);
+        }
+    };
+    uint32_t seed = 1700;
+    // M: one tile row or two, a block edge in each, more than one row block (MC = 256); N: a
+    // micro-panel's edge, several column blocks (NC = 256); K: below a tile, ragged tiles, past KC (512)
+    for (int64_t K : {2, 30, 64, 100, 544, 1030})
+        for (int64_t N : {5, 32, 45, 300})
+            for (int64_t M : {5, 16, 17, 40, 300}) {
+                auto w = make_weight(N, K, DType::BF16, seed++);
+                auto bias = randn(size_t(N), seed++);
+                auto x = randn(size_t(M * K), seed++);
+                INFO("M=" << M << " N=" << N << " K=" << K);
+                for (int with_bias = 0; with_bias < 2; ++with_bias) {
+                    const float* b = with_bias ? bias.data() : nullptr;
+                    std::vector<float> y(size_t(M * N), NAN), y512(size_t(M * N), NAN), yr(size_t(M * N), NAN);
+                    poison_scratch();
+                    gemm_amx::gemm(x.data(), M, w.m, y.data(), b);
+                    gemm_bf16::gemm(x.data(), M, w.m, y512.data(), b);
+                    matmul_bf16_ref(x.data(), M, w.m, yr.data(), b);
+                    const auto scale = dot_scale(x, M, w.m, b);
+                    CHECK(max_rel_err(y, yr, scale) < 1e-5);
+                    CHECK(max_rel_err(y, y512, scale) < 1e-5);
+                }
+                if (N >= kPanelRows && K % 2 == 0) {  // pair panels read in place (K % 32 == 0) or copied and padded
+                    const TestWeight panels = relaid_copy(w, panel_bf16_rows);
+                    std::vector<float> yp(size_t(M * N), NAN), y(size_t(M * N), NAN);
+                    poison_scratch();
+                    gemm_amx::gemm(x.data(), M, panels.m, yp.data(), bias.data());
+                    gemm_amx::gemm(x.data(), M, w.m, y.data(), bias.data());
+                    CHECK(yp == y);
+                }
+                if (N >= kTileRows && K % kTileCols == 0) {  // row tiles
+                    const TestWeight tiles = relaid_copy(w, tile_bf16_rows);
+                    std::vector<float> yt(size_t(M * N), NAN), y(size_t(M * N), NAN);
+                    gemm_amx::gemm(x.data(), M, tiles.m, yt.data(), nullptr);
+                    gemm_amx::gemm(x.data(), M, w.m, y.data(), nullptr);
+                    CHECK(yt == y);
+                }
+            }
+}
+#endif
+
 #if defined(DEEPSTACK_HAVE_VNNI)
 TEST_CASE("activation quantization: the AVX-512 version gives the scalar one's bytes, scales and group sums") {
     uint32_t seed = 950;

@@ -120,6 +120,20 @@ inline void pack_b_tiled(const Matrix& w, int64_t n0, int nvalid, int64_t k0, in
         }
 }
 
+// pack_b for the rows of w that are not in pair panels (row-major or row tiles; kc <= KC).
+inline void pack_b_rows(const Matrix& w, int64_t n0, int nvalid, int64_t k0, int64_t kc, uint32_t* dst) {
+    const auto* wd = static_cast<const uint16_t*>(w.data);
+    if (!w.tile_rows) return pack_b(wd, w.cols, n0, nvalid, k0, kc, dst);
+    if (n0 + nvalid <= w.rows / kTileRows * kTileRows) return pack_b_tiled(w, n0, nvalid, k0, kc, dst);
+    // rows past the tiles among them: gather the rows row-major first, [NR][kc]
+    auto* rows_tmp = reinterpret_cast<uint16_t*>(scratch<26>(size_t(NR * KC / 2)));
+    for (int j = 0; j < nvalid; ++j)
+        for_each_row_piece(w, n0 + j, k0, kc, [&](int64_t i, int64_t at, int64_t len) {
+            std::memcpy(rows_tmp + j * kc + at, wd + i, size_t(len) * sizeof(uint16_t));
+        });
+    pack_b(rows_tmp, kc, 0, nvalid, 0, kc, dst);
+}
+
 // Activation rows [m0, m0 + mr), cols [k0, k0 + kc) of x [M, K], rounded to bf16 (nearest even),
 // as pairs [kp][MR] (zero padded): 16 pairs of each row by one conversion, a 16 x 16 register
 // transpose (rows past mr zero), then MR lanes stored per pair.
@@ -170,15 +184,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
                 }
                 uint32_t* dst = bpanel + p * ((kc + 1) / 2) * NR;
                 panel[p] = dst;
-                if (!w.tile_rows) return pack_b(wd, K, n0, nvalid, k0, kc, dst);
-                if (n0 + nvalid <= w.rows / kTileRows * kTileRows) return pack_b_tiled(w, n0, nvalid, k0, kc, dst);
-                // rows past the tiles among them: gather the rows row-major first, [NR][kc]
-                auto* rows_tmp = reinterpret_cast<uint16_t*>(scratch<26>(size_t(NR * KC / 2)));
-                for (int j = 0; j < nvalid; ++j)
-                    for_each_row_piece(w, n0 + j, k0, kc, [&](int64_t i, int64_t at, int64_t len) {
-                        std::memcpy(rows_tmp + j * kc + at, wd + i, size_t(len) * sizeof(uint16_t));
-                    });
-                pack_b(rows_tmp, kc, 0, nvalid, 0, kc, dst);
+                pack_b_rows(w, n0, nvalid, k0, kc, dst);
             },
             [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
                 const int64_t kp = (kc + 1) / 2;
@@ -262,6 +268,14 @@ inline void gemv(const float* x, const Matrix& w, float* y, const float* bias) {
 }  // namespace gemm_bf16
 #endif  // DEEPSTACK_HAVE_DPBF16
 
+}  // namespace detail
+}  // namespace deepstack
+
+#include "kernels_amx.hpp"
+
+namespace deepstack {
+namespace detail {
+
 // Fast mode for BF16 weights: y = bf16(x) * W^T (+ bias), fp32 accumulation. Other weight dtypes
 // run the exact mode. Matches matmul_bf16_ref to fp32 summation-order rounding.
 inline void matmul_bf16(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
@@ -275,7 +289,12 @@ inline void matmul_bf16(const float* x, int64_t M, const Matrix& W, float* y, co
         case 2: gemm_bf16::gemv<2>(x, W, y, bias); return;
         case 3: gemm_bf16::gemv<3>(x, W, y, bias); return;
         case 4: gemm_bf16::gemv<4>(x, W, y, bias); return;
-        default: gemm_bf16::gemm(x, M, W, y, bias); return;
+        default:
+#if defined(DEEPSTACK_HAVE_AMX)
+            if (gemm_amx::amx_usable()) return gemm_amx::gemm(x, M, W, y, bias);
+#endif
+            gemm_bf16::gemm(x, M, W, y, bias);
+            return;
     }
 #else
     const int64_t K = W.cols;

@@ -1,0 +1,198 @@
+// deepstack/kernels_amx.hpp - the fast-mode GEMM for BF16 weights on Intel AMX tiles, where the CPU
+// and the OS allow them (Sapphire Rapids and later Xeons; Linux 5.16+ grants the tile state per
+// process through arch_prctl). One TDPBF16PS multiplies a 16 x 32 bf16 tile of activations by a
+// 32 x 16 tile of weights into a 16 x 16 fp32 tile: 8192 multiply-adds per instruction, against 32
+// per VDPBF16PS. Same semantics as gemm_bf16::gemm (activations rounded to bf16, to nearest even;
+// fp32 accumulation; the same weight pairs), only the order of the fp32 additions differs.
+//
+// The weights' packed form is the AVX-512 GEMM's: micro-panels of 32 rows as [pairs][32] bf16 pairs
+// (pack_b, or Matrix::panel_rows read in place), which are two B tiles side by side (16 pair rows of
+// 64 bytes, row stride 128). The activations are packed once per call as [32 rows][KC/2 pairs]
+// panels (two A tiles, row stride KC * 2 bytes). A micro-kernel holds a 32 x 32 block of the output
+// in four accumulator tiles over a depth block.
+//
+// Selected at run time by matmul_bf16 when compiled for AMX (-march=native on such a CPU) and
+// amx_usable(): CPUID says AMX-BF16 and the kernel granted the tile data; DEEPSTACK_AMX=0 in the
+// environment turns it off (for A/B measurements). Included from kernels_bf16.hpp.
+#pragma once
+#include "kernels_simd.hpp"
+
+#if defined(DEEPSTACK_HAVE_DPBF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#define DEEPSTACK_HAVE_AMX 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#endif
+
+namespace deepstack {
+namespace detail {
+
+#if defined(DEEPSTACK_HAVE_AMX)
+namespace gemm_amx {
+
+// Whether this process may run AMX: CPUID leaf 7 (AMX-TILE, AMX-BF16) and XCR0's tile bits, then
+// the kernel's permission for the tile data (ARCH_REQ_XCOMP_PERM, process-wide, asked once).
+inline bool amx_usable() {
+    static const bool usable = [] {
+        const char* env = std::getenv("DEEPSTACK_AMX");
+        if (env && std::strcmp(env, "0") == 0) return false;
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+        const bool tile = (d >> 24) & 1u, bf16 = (d >> 22) & 1u;
+        if (!tile || !bf16) return false;
+        constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+        return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+    }();
+    return usable;
+}
+
+constexpr int TR = 16;                          // rows of a tile (and columns of an fp32 tile)
+constexpr int MR = 2 * TR, NR = gemm_bf16::NR;  // a micro-kernel's output block: 2 x 2 tiles
+static_assert(NR == 2 * TR, "a micro-panel of 32 weight rows is two B tiles");
+constexpr int64_t KC = 512;                     // depth per block: 16 tiles of 32
+constexpr int64_t NC = NR * 8, MC = MR * 8;
+constexpr int64_t TK = 32;                      // depth of a tile (16 pairs)
+
+// Tiles 0-3: the 2 x 2 accumulators (fp32 16 x 16), 4-5: two A tiles (16 rows x 16 pairs), 6-7:
+// two B tiles (16 pair rows x 16 columns); every one 16 rows of 64 bytes. The configuration is
+// per thread: each thread's share of a call loads it and releases the tiles when done.
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+    uint8_t rows[16] = {TR, TR, TR, TR, TR, TR, TR, TR};
+};
+
+// Activation rows [m0, m0 + mr) of x [M, K], cols [k0, k0 + kc), rounded to bf16 as a panel of
+// MR rows x kp pairs (row stride KC/2 pairs), kp = kc rounded up to TK, halved; rows past mr and
+// pairs past kc zero.
+inline void pack_a(const float* x, int64_t K, int64_t m0, int mr, int64_t k0, int64_t kc, uint32_t* dst) {
+    const int64_t kp = (kc + TK - 1) / TK * TK / 2;
+    for (int i = 0; i < MR; ++i) {
+        uint32_t* row = dst + i * (KC / 2);
+        if (i >= mr) {
+            std::fill(row, row + kp, 0u);
+            continue;
+        }
+        const float* xi = x + (m0 + i) * K + k0;
+        for (int64_t p = 0; p < kp; p += 16) {
+            const int n = int(std::min<int64_t>(32, std::max<int64_t>(0, kc - 2 * p)));  // columns k0 + 2p + [0, n)
+            const __m512 lo = _mm512_maskz_loadu_ps(simd::tail_mask(std::min(16, n)), xi + 2 * p);
+            const __m512 hi = _mm512_maskz_loadu_ps(simd::tail_mask(std::max(0, n - 16)), xi + 2 * p + 16);
+            _mm512_storeu_si512(row + p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+    }
+}
+
+inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (kb * mblocks + mb) * MR * (KC / 2); }
+
+// c[mr, nvalid] (=|+=) the product of an A panel (MR rows, row stride KC/2 pairs) and a B
+// micro-panel [kp][NR] pairs over kp pairs (a multiple of 16). TwoRows: mr > 16 (else only the
+// first A tile's rows exist). Full blocks read and write c in place as tiles; edge blocks go
+// through a 32 x 32 buffer.
+template <bool TwoRows>
+inline void micro_kernel(const uint32_t* a, const uint32_t* b, int64_t kp, float* c, int64_t ldc, int mr, int nvalid, bool first,
+                         const float* bias) {
+    alignas(64) float buf[MR * NR];
+    const bool full = mr == MR && nvalid == NR;
+    if (full && !first) {
+        _tile_loadd(0, c, ldc * 4);
+        _tile_loadd(1, c + TR, ldc * 4);
+        _tile_loadd(2, c + TR * ldc, ldc * 4);
+        _tile_loadd(3, c + TR * ldc + TR, ldc * 4);
+    } else if (full && bias) {  // every row starts as the bias (row stride 0)
+        _tile_loadd(0, bias, 0);
+        _tile_loadd(1, bias + TR, 0);
+        _tile_loadd(2, bias, 0);
+        _tile_loadd(3, bias + TR, 0);
+    } else if (full) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    } else {
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j)
+                buf[i * NR + j] = i >= mr || j >= nvalid ? 0.f : !first ? c[i * ldc + j] : bias ? bias[j] : 0.f;
+        _tile_loadd(0, buf, NR * 4);
+        _tile_loadd(1, buf + TR, NR * 4);
+        _tile_loadd(2, buf + TR * NR, NR * 4);
+        _tile_loadd(3, buf + TR * NR + TR, NR * 4);
+    }
+    for (int64_t p = 0; p < kp; p += TK / 2) {
+        _tile_loadd(6, b + p * NR, NR * 4);
+        _tile_loadd(7, b + p * NR + TR, NR * 4);
+        _tile_loadd(4, a + p, KC * 2);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if (TwoRows) {
+            _tile_loadd(5, a + TR * (KC / 2) + p, KC * 2);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    if (full) {
+        _tile_stored(0, c, ldc * 4);
+        _tile_stored(1, c + TR, ldc * 4);
+        _tile_stored(2, c + TR * ldc, ldc * 4);
+        _tile_stored(3, c + TR * ldc + TR, ldc * 4);
+        return;
+    }
+    _tile_stored(0, buf, NR * 4);
+    _tile_stored(1, buf + TR, NR * 4);
+    _tile_stored(2, buf + TR * NR, NR * 4);
+    _tile_stored(3, buf + TR * NR + TR, NR * 4);
+    for (int i = 0; i < mr; ++i) std::memcpy(c + i * ldc, buf + i * NR, size_t(nvalid) * sizeof(float));
+}
+
+// y [M, N] = bf16(x) [M, K] * W^T (+ bias) for a BF16 W (row-major, row tiles or pair panels).
+inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
+    const int64_t N = w.rows, K = w.cols;
+    const int nt = omp_threads_for(double(M) * double(N) * double(K));
+    const int64_t mblocks = (M + MR - 1) / MR, kblocks = (K + KC - 1) / KC;
+    auto* apack = reinterpret_cast<uint32_t*>(scratch<6>(size_t(kblocks * mblocks * MR * (KC / 2))));
+    pack_panels(M, K, KC, MR, nt, [&](int64_t kb, int64_t mb) {
+        pack_a(x, K, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC), apack + apack_offset(kb, mb, mblocks));
+    });
+    const auto* wd = static_cast<const uint16_t*>(w.data);
+    const int64_t panel_end = w.panel_rows ? N / kPanelRows * kPanelRows : 0;  // rows [0, panel_end) in pair panels
+    auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
+        if (m_begin >= m_end || n_begin >= n_end) return;
+        static const TileConfig config;
+        _tile_loadconfig(&config);
+        auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));  // [NC/NR][kp][NR] pairs
+        const uint32_t* panel[NC / NR];  // the micro-panels [kp][NR] of the current block: packed or in place
+        gemm_loops(
+            K, KC, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
+            [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
+                const int64_t kp = (kc + TK - 1) / TK * TK / 2, have = (kc + 1) / 2;  // pairs the kernel reads / that hold weights
+                if (n0 < panel_end && kp == have && kc % 2 == 0) {  // a whole group of pair panels, as deep as a tile multiple
+                    panel[p] = reinterpret_cast<const uint32_t*>(wd + n0 * K + k0 * kPanelRows);
+                    return;
+                }
+                uint32_t* dst = bpanel + p * (KC / 2) * NR;
+                panel[p] = dst;
+                if (n0 < panel_end) std::memcpy(dst, wd + n0 * K + k0 * kPanelRows, size_t(kc) * kPanelRows * sizeof(uint16_t));
+                else gemm_bf16::pack_b_rows(w, n0, nvalid, k0, kc, dst);
+                std::fill(dst + have * NR, dst + kp * NR, 0u);
+            },
+            [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
+                const int64_t kp = (kc + TK - 1) / TK * TK / 2;
+                const uint32_t* a = apack + apack_offset(k0 / KC, m0 / MR, mblocks);
+                float* c = y + m0 * N + n0;
+                const float* b = bias ? bias + n0 : nullptr;
+                if (mvalid > TR) micro_kernel<true>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
+                else micro_kernel<false>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
+            });
+        _tile_release();
+    };
+    split_gemm(M, N, nt, NC, NR, block, MR);
+}
+
+}  // namespace gemm_amx
+#endif  // DEEPSTACK_HAVE_AMX
+
+}  // namespace detail
+}  // namespace deepstack
