@@ -196,14 +196,33 @@ double bf16_peak_gflops() {
 #endif
 }
 
+// int8 dot products (vpdpbusd: 64 u8 x s8 products added in fours into 16 int32 lanes, 128 ops),
+// what fast mode's Q8 / Q4 GEMMs run on; 0 when not compiled with AVX-512 VNNI.
+double int8_peak_gflops() {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    return peak_gflops(128.0 * kChains, [](int64_t iters) {
+        const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(1);
+        __m512i acc[kChains];
+        for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_epi32(k);
+        for (int64_t i = 0; i < iters; ++i)
+#pragma GCC unroll 16
+            for (int k = 0; k < kChains; ++k) acc[k] = _mm512_dpbusd_epi32(acc[k], a, b);
+        int64_t s = 0;
+        for (const __m512i& x : acc) s += _mm512_reduce_add_epi32(x);
+        return double(s);
+    });
+#else
+    return 0;
+#endif
+}
+
 // AMX bf16 tiles (TDPBF16PS: a 16 x 16 fp32 tile += 16 x 32 times 32 x 16 bf16, 16384 FLOPs), four
 // independent accumulator tiles per thread; 0 when AMX is not compiled in or not usable here.
 double amx_peak_gflops() {
 #if defined(DEEPSTACK_HAVE_AMX)
     if (!detail::gemm_amx::amx_usable()) return 0;
     return peak_gflops(4 * 16384.0 / 64, [](int64_t iters) {  // 64 iterations of the loop below per tile product
-        static const detail::gemm_amx::TileConfig config;
-        _tile_loadconfig(&config);
+        detail::gemm_amx::configure_tiles();
         alignas(64) uint16_t a[16 * 32], b[16 * 32];
         std::fill(a, a + 16 * 32, uint16_t(0x3a83));  // 1e-3
         std::fill(b, b + 16 * 32, uint16_t(0x38d1));  // 1e-4
@@ -627,8 +646,12 @@ struct Report {
     bool peak_after_load = false;  // --shape: VmHWM reset after the load
     int64_t rss_after_load = 0, rss_after_caption = 0, rss_anon = 0, rss_file = 0, peak_rss = 0;
     Footprint fp;
-    double mem_bw = 0, fma_peak = 0, bf16_peak = 0, amx_peak = 0;
-    bool matrices_on_amx = false;  // fast mode's BF16 matrices run on AMX tiles (their peak bounds them)
+    double mem_bw = 0, fma_peak = 0, bf16_peak = 0, int8_peak = 0, amx_peak = 0;
+    // The peaks that bound the matrix products and the attention (vision, prefill): what each runs on.
+    // fp32 FMA in exact mode; fast mode: BF16 weights on AMX where usable (else vdpbf16ps), Q8 / Q4
+    // on VNNI int8, attention over 8+ queries on AMX where usable (else vdpbf16ps).
+    std::string matrix_unit = "fp32", attention_unit = "fp32";
+    double matrix_peak = 0, attention_peak = 0;
     VisionRun v448, v896;
     double vision_448_bound = 0, vision_896_bound = 0;
     double prefill_256 = 0, prefill_1024 = 0, prefill_256_bound = 0, prefill_1024_bound = 0;
@@ -676,21 +699,22 @@ void print_table(const Report& r, const Args& a) {
     std::printf("load average     before %s  after %s\n", r.load_before.c_str(), r.load_after.c_str());
     std::printf("machine          memory read %.1f GB/s  fp32 FMA peak %.0f GFLOP/s  bf16 dot peak %.0f GFLOP/s", r.mem_bw,
                 r.fma_peak, r.bf16_peak);
+    if (r.int8_peak > 0) std::printf("  int8 dot peak %.0f GOP/s", r.int8_peak);
     if (r.amx_peak > 0) std::printf("  AMX bf16 peak %.0f GFLOP/s", r.amx_peak);
     std::printf("\n");
+    if (r.matrix_peak > 0)
+        std::printf("bounds           matrices at the %s peak, attention at the %s peak\n", r.matrix_unit.c_str(), r.attention_unit.c_str());
     std::printf("weights          %.3f B params  %s at run time (%.2f bytes/param)\n", double(r.fp.params) / 1e9,
                 gb(r.fp.bytes).c_str(), double(r.fp.bytes) / double(r.fp.params));
     if (r.gen_s > 0) std::printf("synthetic        generated in %.2f s\n", r.gen_s);
     std::printf("load             %.2f s   RSS after load %s\n", r.load_s, gb(r.rss_after_load).c_str());
     std::printf("peak RSS         %s%s  (at exit: anon %s, file-backed %s)\n", gb(r.peak_rss).c_str(),
                 r.peak_after_load ? " after load" : "", gb(r.rss_anon).c_str(), gb(r.rss_file).c_str());
-    // With the matrices on AMX the bound is their FLOPs at the AMX peak plus attention's at the bf16 one.
-    const char* peak_name = r.matrices_on_amx ? "AMX + bf16 peak" : r.compute == "bf16" ? "bf16 peak" : "fp32 peak";
-    const double peak = r.matrices_on_amx ? r.amx_peak : r.compute == "bf16" ? r.bf16_peak : r.fma_peak;
+    const char* peak_name = "compute";
     auto effective = [&](double gflops) {
-        if (gflops > 0 && peak > 0)
-            std::printf("\n                 effective rate (matrices only) %.0f GFLOP/s = %.0f%% of %speak", gflops, 100 * gflops / peak,
-                        r.matrices_on_amx ? "the AMX " : "");
+        if (gflops > 0 && r.matrix_peak > 0)
+            std::printf("\n                 effective rate (matrices only) %.0f GFLOP/s = %.0f%% of the %s peak", gflops,
+                        100 * gflops / r.matrix_peak, r.matrix_unit.c_str());
     };
     auto vis = [&](const char* name, const VisionRun& v, double bound, double eff) {
         if (v.encode_s <= 0) return;
@@ -730,7 +754,8 @@ void print_json(const Report& r) {
         {"load_s", r.load_s}, {"rss_after_load_bytes", r.rss_after_load}, {"peak_rss_bytes", r.peak_rss},
         {"rss_anon_bytes", r.rss_anon}, {"rss_file_bytes", r.rss_file},
         {"mem_bw_gbps", r.mem_bw}, {"fma_peak_gflops", r.fma_peak}, {"bf16_peak_gflops", r.bf16_peak},
-        {"amx_bf16_peak_gflops", r.amx_peak}, {"matrices_on_amx", r.matrices_on_amx},
+        {"int8_peak_gops", r.int8_peak}, {"amx_bf16_peak_gflops", r.amx_peak},
+        {"matrix_peak_unit", r.matrix_unit}, {"attention_peak_unit", r.attention_unit},
         {"vision_448_s", r.v448.encode_s}, {"vision_448_first_s", r.v448.first_encode_s}, {"vision_448_bound_s", r.vision_448_bound},
         {"vision_896_s", r.v896.encode_s}, {"vision_896_first_s", r.v896.first_encode_s}, {"vision_896_bound_s", r.vision_896_bound},
         {"prefill_256_tok_s", r.prefill_256}, {"prefill_256_first_tok_s", r.prefill_256_first}, {"prefill_256_bound_tok_s", r.prefill_256_bound},
@@ -805,6 +830,7 @@ int run(int argc, char** argv) {
         r.mem_bw = memory_bandwidth_gbps();
         r.fma_peak = fma_peak_gflops();
         r.bf16_peak = bf16_peak_gflops();
+        r.int8_peak = int8_peak_gflops();
         r.amx_peak = amx_peak_gflops();
     }
     // The bandwidth buffer is gone; restart the peak-RSS count so it measures the model only.
@@ -888,17 +914,25 @@ int run(int argc, char** argv) {
         r.mem_bw = std::max(r.mem_bw, memory_bandwidth_gbps());
         r.fma_peak = std::max(r.fma_peak, fma_peak_gflops());
         r.bf16_peak = std::max(r.bf16_peak, bf16_peak_gflops());
+        r.int8_peak = std::max(r.int8_peak, int8_peak_gflops());
         r.amx_peak = std::max(r.amx_peak, amx_peak_gflops());
     }
     // Bounds need the machine limits; with --skip-peaks they stay 0 and are not printed. Matrices and
     // attention each at the peak of the instructions they run on.
-    r.matrices_on_amx = r.amx_peak > 0 && a.compute == "bf16" && model->text.layers[0].q.dtype == DType::BF16;
-    const double peak = (a.compute == "bf16" && r.bf16_peak > 0 ? r.bf16_peak : r.fma_peak) * 1e9;
-    const double matrix_peak = r.matrices_on_amx ? r.amx_peak * 1e9 : peak;
-    auto seconds_bound = [&](double matrix_flops, double flops) {
-        return peak > 0 ? matrix_flops / matrix_peak + (flops - matrix_flops) / peak : 0.0;
+    auto set_unit = [](std::string& unit, double& peak, const char* name, double value) {
+        if (value > 0) unit = name, peak = value;
     };
-    auto rate_bound = [&](double n, double matrix_flops, double flops) { return peak > 0 ? n / seconds_bound(matrix_flops, flops) : 0.0; };
+    r.matrix_peak = r.attention_peak = r.fma_peak;
+    if (a.compute == "bf16") {
+        const DType wt = model->text.layers[0].q.dtype;
+        if (wt == DType::Q8 || wt == DType::Q4) set_unit(r.matrix_unit, r.matrix_peak, "int8 dot", r.int8_peak);
+        else if (wt == DType::BF16) set_unit(r.matrix_unit, r.matrix_peak, r.amx_peak > 0 ? "AMX bf16" : "bf16 dot", r.amx_peak > 0 ? r.amx_peak : r.bf16_peak);
+        set_unit(r.attention_unit, r.attention_peak, r.amx_peak > 0 ? "AMX bf16" : "bf16 dot", r.amx_peak > 0 ? r.amx_peak : r.bf16_peak);
+    }
+    auto seconds_bound = [&](double matrix_flops, double flops) {
+        return r.matrix_peak > 0 ? (matrix_flops / r.matrix_peak + (flops - matrix_flops) / r.attention_peak) / 1e9 : 0.0;
+    };
+    auto rate_bound = [&](double n, double matrix_flops, double flops) { return r.matrix_peak > 0 ? n / seconds_bound(matrix_flops, flops) : 0.0; };
     if (r.v448.patches > 0)
         r.vision_448_bound = seconds_bound(vision_matrix_flops(r.fp, r.v448.patches), vision_flops(r.fp, c.vision, r.v448.patches));
     if (r.v896.patches > 0)

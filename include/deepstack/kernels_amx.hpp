@@ -88,62 +88,63 @@ inline void pack_a(const float* x, int64_t K, int64_t m0, int mr, int64_t k0, in
 
 inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (kb * mblocks + mb) * MR * (KC / 2); }
 
-// c[mr, nvalid] (=|+=) the product of an A panel (MR rows, row stride KC/2 pairs) and a B
-// micro-panel [kp][NR] pairs over kp pairs (a multiple of 16). TwoRows: mr > 16 (else only the
-// first A tile's rows exist). Full blocks read and write c in place as tiles; edge blocks go
-// through a 32 x 32 buffer.
-template <bool TwoRows>
-inline void micro_kernel(const uint32_t* a, const uint32_t* b, int64_t kp, float* c, int64_t ldc, int mr, int nvalid, bool first,
-                         const float* bias) {
-    alignas(64) float buf[MR * NR];
-    const bool full = mr == MR && nvalid == NR;
-    if (full && !first) {
-        _tile_loadd(0, c, ldc * 4);
-        _tile_loadd(1, c + TR, ldc * 4);
-        _tile_loadd(2, c + TR * ldc, ldc * 4);
-        _tile_loadd(3, c + TR * ldc + TR, ldc * 4);
-    } else if (full && bias) {  // every row starts as the bias (row stride 0)
-        _tile_loadd(0, bias, 0);
-        _tile_loadd(1, bias + TR, 0);
-        _tile_loadd(2, bias, 0);
-        _tile_loadd(3, bias + TR, 0);
-    } else if (full) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
+// c_out [16 RT rows][16 CT columns] fp32 = c_in (0 when null) + a . b over kp pairs (a multiple of
+// 16): a [16 RT rows][kp] bf16 pairs (row stride lda pairs), b [kp][16 CT] pairs (row stride ldb).
+// Row strides of c_in / c_out in floats; ld_in may be 0 (every row starts as the same row).
+template <int RT, int CT>
+inline void tile_product(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb, int64_t kp, const float* c_in, int64_t ld_in,
+                         float* c_out, int64_t ld_out) {
+    static_assert(RT >= 1 && RT <= 2 && CT >= 1 && CT <= 2, "2 x 2 accumulator tiles at most");
+    if (c_in) {
+        _tile_loadd(0, c_in, ld_in * 4);
+        if (CT > 1) _tile_loadd(1, c_in + TR, ld_in * 4);
+        if (RT > 1) _tile_loadd(2, c_in + TR * ld_in, ld_in * 4);
+        if (RT > 1 && CT > 1) _tile_loadd(3, c_in + TR * ld_in + TR, ld_in * 4);
     } else {
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j)
-                buf[i * NR + j] = i >= mr || j >= nvalid ? 0.f : !first ? c[i * ldc + j] : bias ? bias[j] : 0.f;
-        _tile_loadd(0, buf, NR * 4);
-        _tile_loadd(1, buf + TR, NR * 4);
-        _tile_loadd(2, buf + TR * NR, NR * 4);
-        _tile_loadd(3, buf + TR * NR + TR, NR * 4);
+        _tile_zero(0);
+        if (CT > 1) _tile_zero(1);
+        if (RT > 1) _tile_zero(2);
+        if (RT > 1 && CT > 1) _tile_zero(3);
     }
     for (int64_t p = 0; p < kp; p += TK / 2) {
-        _tile_loadd(6, b + p * NR, NR * 4);
-        _tile_loadd(7, b + p * NR + TR, NR * 4);
-        _tile_loadd(4, a + p, KC * 2);
+        _tile_loadd(6, b + p * ldb, ldb * 4);
+        if (CT > 1) _tile_loadd(7, b + p * ldb + TR, ldb * 4);
+        _tile_loadd(4, a + p, lda * 4);
         _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        if (TwoRows) {
-            _tile_loadd(5, a + TR * (KC / 2) + p, KC * 2);
+        if (CT > 1) _tile_dpbf16ps(1, 4, 7);
+        if (RT > 1) {
+            _tile_loadd(5, a + TR * lda + p, lda * 4);
             _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
+            if (CT > 1) _tile_dpbf16ps(3, 5, 7);
         }
     }
-    if (full) {
-        _tile_stored(0, c, ldc * 4);
-        _tile_stored(1, c + TR, ldc * 4);
-        _tile_stored(2, c + TR * ldc, ldc * 4);
-        _tile_stored(3, c + TR * ldc + TR, ldc * 4);
-        return;
+    _tile_stored(0, c_out, ld_out * 4);
+    if (CT > 1) _tile_stored(1, c_out + TR, ld_out * 4);
+    if (RT > 1) _tile_stored(2, c_out + TR * ld_out, ld_out * 4);
+    if (RT > 1 && CT > 1) _tile_stored(3, c_out + TR * ld_out + TR, ld_out * 4);
+}
+
+// Loads this thread's tile configuration (once per thread's share of a call; tiles released after).
+inline void configure_tiles() {
+    static const TileConfig config;
+    _tile_loadconfig(&config);
+}
+
+// c[mr, nvalid] (=|+=) the product of an A panel (MR rows, row stride KC/2 pairs) and a B
+// micro-panel [kp][NR] pairs over kp pairs (a multiple of 16), plus bias on the first depth block.
+// RT: 2 if mr > 16 (else only the first A tile's rows exist). Full blocks read and write c in place;
+// edge blocks go through a 32 x 32 buffer.
+template <int RT>
+inline void micro_kernel(const uint32_t* a, const uint32_t* b, int64_t kp, float* c, int64_t ldc, int mr, int nvalid, bool first,
+                         const float* bias) {
+    if (mr == MR && nvalid == NR) {
+        const float* c_in = !first ? c : bias;  // bias: every row starts as it (row stride 0)
+        return tile_product<RT, 2>(a, KC / 2, b, NR, kp, c_in, !first ? ldc : 0, c, ldc);
     }
-    _tile_stored(0, buf, NR * 4);
-    _tile_stored(1, buf + TR, NR * 4);
-    _tile_stored(2, buf + TR * NR, NR * 4);
-    _tile_stored(3, buf + TR * NR + TR, NR * 4);
+    alignas(64) float buf[MR * NR];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j) buf[i * NR + j] = i >= mr || j >= nvalid ? 0.f : !first ? c[i * ldc + j] : bias ? bias[j] : 0.f;
+    tile_product<RT, 2>(a, KC / 2, b, NR, kp, buf, NR, buf, NR);
     for (int i = 0; i < mr; ++i) std::memcpy(c + i * ldc, buf + i * NR, size_t(nvalid) * sizeof(float));
 }
 
@@ -160,8 +161,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
     const int64_t panel_end = w.panel_rows ? N / kPanelRows * kPanelRows : 0;  // rows [0, panel_end) in pair panels
     auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
         if (m_begin >= m_end || n_begin >= n_end) return;
-        static const TileConfig config;
-        _tile_loadconfig(&config);
+        configure_tiles();
         auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));  // [NC/NR][kp][NR] pairs
         const uint32_t* panel[NC / NR];  // the micro-panels [kp][NR] of the current block: packed or in place
         gemm_loops(
@@ -183,8 +183,8 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
                 const uint32_t* a = apack + apack_offset(k0 / KC, m0 / MR, mblocks);
                 float* c = y + m0 * N + n0;
                 const float* b = bias ? bias + n0 : nullptr;
-                if (mvalid > TR) micro_kernel<true>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
-                else micro_kernel<false>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
+                if (mvalid > TR) micro_kernel<2>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
+                else micro_kernel<1>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
             });
         _tile_release();
     };

@@ -336,22 +336,22 @@ inline void pv_chunk_bf16(const uint32_t* pp, int jpmax, const uint32_t* vt, int
 // [nkb][dpp][BKB] pairs (dims 2t, 2t+1 of key j), vt: its values as [nkb][BKB/2][dv] pairs (keys 2j,
 // 2j+1 of dim t); dp = d/2 rounded up, dpp = dp rounded up to 16, dv = d rounded up to 16.
 inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int Hq, int d, float scale, bool causal, int64_t q_offset,
-                                int64_t i0, int bq, int h, const uint32_t* kt, const uint32_t* vt, float* out, float* work) {
+                                int64_t i0, int bq, int h, const uint32_t* kt, const uint32_t* vt, float* out, float* work, bool amx) {
     const int dp = (d + 1) / 2, dpp = (dp + 15) / 16 * 16, dv = (d + 15) / 16 * 16, nvo = dv / 16;
-    uint32_t* qp = reinterpret_cast<uint32_t*>(work);  // [BQP][dp] scaled query pairs (rows >= bq zero)
-    float* o = work + BQP * dp;                          // [BQP][dv] unnormalised outputs
+    uint32_t* qp = reinterpret_cast<uint32_t*>(work);  // [BQP][dpp] scaled query pairs (rows >= bq, pairs >= dp zero)
+    float* o = work + BQP * dpp;                         // [BQP][dv] unnormalised outputs
     float* sc = o + BQP * dv;                            // [BQP][BKB] scores, then probabilities
     uint32_t* pp = reinterpret_cast<uint32_t*>(sc + BQP * BKB);  // [BQP][BKB/2] probability pairs
     float* mrow = reinterpret_cast<float*>(pp + BQP * BKB / 2);  // [BQ] running max
     float* lrow = mrow + BQ;                                    // [BQ] running sum
-    std::fill(qp + bq * dp, qp + BQP * dp, 0u);
+    std::fill(qp + bq * dpp, qp + BQP * dpp, 0u);
     const __m512 sv = _mm512_set1_ps(scale);
     for (int i = 0; i < bq; ++i) {
         const float* qi = q + (i0 + i) * qstride + h * int64_t(d);
-        for (int t = 0; t < d; t += 32) {  // 32 values -> 16 pairs (the last pair of an odd d is zero padded)
-            const __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(simd::tail_mask(std::min(16, d - t)), qi + t), sv);
-            const __m512 hi = _mm512_mul_ps(_mm512_maskz_loadu_ps(simd::tail_mask(std::max(0, std::min(16, d - t - 16))), qi + t + 16), sv);
-            _mm512_mask_storeu_epi32(qp + i * dp + t / 2, simd::tail_mask(std::min(16, dp - t / 2)), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        for (int t = 0; t < 2 * dpp; t += 32) {  // 32 values -> 16 pairs (zero past d)
+            const __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(simd::tail_mask(std::clamp(d - t, 0, 16)), qi + t), sv);
+            const __m512 hi = _mm512_mul_ps(_mm512_maskz_loadu_ps(simd::tail_mask(std::clamp(d - t - 16, 0, 16)), qi + t + 16), sv);
+            _mm512_storeu_si512(qp + i * dpp + t / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
         }
         mrow[i] = -INFINITY;
         lrow[i] = 0.f;
@@ -361,7 +361,21 @@ inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int
     for (int64_t kb = 0; kb * BKB < n_keys; ++kb) {
         const int bk = int(std::min<int64_t>(BKB, n_keys - kb * BKB));
         const uint32_t* ktb = kt + kb * dpp * BKB;
-        for (int i = 0; i < bq; i += QN)
+#if defined(DEEPSTACK_HAVE_AMX)
+        if (amx) {  // scores of 32 (or 16) queries x 32 keys per tile product
+            const int kt16 = (bk + 15) / 16;
+            for (int c = 0; c < kt16; c += 2) {
+                if (c + 1 < kt16) {
+                    if (bq > 16) gemm_amx::tile_product<2, 2>(qp, dpp, ktb + c * 16, BKB, dpp, nullptr, 0, sc + c * 16, BKB);
+                    else gemm_amx::tile_product<1, 2>(qp, dpp, ktb + c * 16, BKB, dpp, nullptr, 0, sc + c * 16, BKB);
+                } else {
+                    if (bq > 16) gemm_amx::tile_product<2, 1>(qp, dpp, ktb + c * 16, BKB, dpp, nullptr, 0, sc + c * 16, BKB);
+                    else gemm_amx::tile_product<1, 1>(qp, dpp, ktb + c * 16, BKB, dpp, nullptr, 0, sc + c * 16, BKB);
+                }
+            }
+        }
+#endif
+        for (int i = 0; i < bq && !amx; i += QN)
             for (int c0 = 0; c0 < bk; c0 += NVK * 16) {  // 64 keys per pass
                 __m512 a[QN][NVK];
                 for (int u = 0; u < QN; ++u)
@@ -370,7 +384,7 @@ inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int
                     __m512bh kv[NVK];
                     for (int c = 0; c < NVK; ++c) kv[c] = (__m512bh)_mm512_loadu_si512(ktb + t * BKB + c0 + c * 16);
                     for (int u = 0; u < QN; ++u) {
-                        const __m512bh qv = (__m512bh)_mm512_set1_epi32(int(qp[(i + u) * dp + t]));
+                        const __m512bh qv = (__m512bh)_mm512_set1_epi32(int(qp[(i + u) * dpp + t]));
                         for (int c = 0; c < NVK; ++c) a[u][c] = _mm512_dpbf16_ps(a[u][c], qv, kv[c]);
                     }
                 }
@@ -396,7 +410,22 @@ inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int
         // O += P V, QN queries at a time
         const uint32_t* vtb = vt + kb * (BKB / 2) * dv;
         const int jpmax = (bk + 1) / 2;
-        for (int i = 0; i < bq; i += QN) {
+#if defined(DEEPSTACK_HAVE_AMX)
+        if (amx) {  // 32 (or 16) output rows x 32 dims per tile product, over the block's key pairs in 16s
+            const int64_t kp = (jpmax + 15) / 16 * 16;  // pairs past jpmax: zero probabilities, zero values
+            for (int c = 0; c < nvo; c += 2) {
+                float* oc = o + c * 16;
+                if (c + 1 < nvo) {
+                    if (bq > 16) gemm_amx::tile_product<2, 2>(pp, BKB / 2, vtb + c * 16, dv, kp, oc, dv, oc, dv);
+                    else gemm_amx::tile_product<1, 2>(pp, BKB / 2, vtb + c * 16, dv, kp, oc, dv, oc, dv);
+                } else {
+                    if (bq > 16) gemm_amx::tile_product<2, 1>(pp, BKB / 2, vtb + c * 16, dv, kp, oc, dv, oc, dv);
+                    else gemm_amx::tile_product<1, 1>(pp, BKB / 2, vtb + c * 16, dv, kp, oc, dv, oc, dv);
+                }
+            }
+        }
+#endif
+        for (int i = 0; i < bq && !amx; i += QN) {
             int c0 = 0;
             for (; c0 + 4 <= nvo; c0 += 4) pv_chunk_bf16<4>(pp + i * (BKB / 2), jpmax, vtb, dv, c0 * 16, o + i * dv);
             for (; c0 < nvo; ++c0) pv_chunk_bf16<1>(pp + i * (BKB / 2), jpmax, vtb, dv, c0 * 16, o + i * dv);
@@ -419,7 +448,7 @@ inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int
 // and rounded to bf16 (exact for bf16).
 template <typename KV>
 inline void attention_bf16(const float* q, int64_t Tq, const typename KV::T* k, const typename KV::T* v, int64_t Tk, int Hq, int Hkv, int d, float scale,
-                           bool causal, int64_t q_offset, float* out, int64_t ldq = 0, int64_t ldkv = 0) {
+                           bool causal, int64_t q_offset, float* out, int64_t ldq = 0, int64_t ldkv = 0, bool use_amx = true) {
     if (Tq <= 0 || Hq <= 0 || d <= 0) return;
     if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
     using namespace attn;
@@ -461,14 +490,26 @@ inline void attention_bf16(const float* q, int64_t Tq, const typename KV::T* k, 
             }
     }
     const int64_t nqb = (Tq + BQ - 1) / BQ, tasks = nqb * Hq;
-    const size_t work_floats = size_t(BQP * (dp + dv + BKB + BKB / 2) + 2 * BQ);
+    const size_t work_floats = size_t(BQP * (dpp + dv + BKB + BKB / 2) + 2 * BQ);
+#if defined(DEEPSTACK_HAVE_AMX)
+    const bool amx = use_amx && gemm_amx::amx_usable();
+#else
+    const bool amx = false;
+    (void)use_amx;
+#endif
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1 && tasks > 1)
     for (int64_t task = 0; task < tasks; ++task) {
         // query blocks innermost: the threads work on one head at a time and share its keys and values
         const int h = int(task / nqb);
         const int64_t qb = task % nqb, hk = h / G;
+#if defined(DEEPSTACK_HAVE_AMX)
+        if (amx) gemm_amx::configure_tiles();
+#endif
         attention_task_bf16(q, qstride, Tk, Hq, d, scale, causal, q_offset, qb * BQ, int(std::min<int64_t>(BQ, Tq - qb * BQ)), h,
-                            kt + hk * nkb * dpp * BKB, vt + hk * nkb * (BKB / 2) * dv, out, scratch<3>(work_floats));
+                            kt + hk * nkb * dpp * BKB, vt + hk * nkb * (BKB / 2) * dv, out, scratch<3>(work_floats), amx);
+#if defined(DEEPSTACK_HAVE_AMX)
+        if (amx) _tile_release();
+#endif
     }
 }
 #endif  // DEEPSTACK_HAVE_DPBF16
