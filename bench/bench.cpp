@@ -648,8 +648,8 @@ struct Report {
     Footprint fp;
     double mem_bw = 0, fma_peak = 0, bf16_peak = 0, int8_peak = 0, amx_peak = 0;
     // The peaks that bound the matrix products and the attention (vision, prefill): what each runs on.
-    // fp32 FMA in exact mode; fast mode: BF16 weights on AMX where usable (else vdpbf16ps), Q8 / Q4
-    // on VNNI int8, attention over 8+ queries on AMX where usable (else vdpbf16ps).
+    // fp32 FMA in exact mode; fast mode: BF16, Q8 and Q4 weights on AMX where usable (else vdpbf16ps
+    // and VNNI int8), attention over 8+ queries on AMX where usable (else vdpbf16ps).
     std::string matrix_unit = "fp32", attention_unit = "fp32";
     double matrix_peak = 0, attention_peak = 0;
     VisionRun v448, v896;
@@ -925,7 +925,8 @@ int run(int argc, char** argv) {
     r.matrix_peak = r.attention_peak = r.fma_peak;
     if (a.compute == "bf16") {
         const DType wt = model->text.layers[0].q.dtype;
-        if (wt == DType::Q8 || wt == DType::Q4) set_unit(r.matrix_unit, r.matrix_peak, "int8 dot", r.int8_peak);
+        if ((wt == DType::Q8 || wt == DType::Q4) && r.amx_peak > 0) set_unit(r.matrix_unit, r.matrix_peak, "AMX bf16", r.amx_peak);
+        else if (wt == DType::Q8 || wt == DType::Q4) set_unit(r.matrix_unit, r.matrix_peak, "int8 dot", r.int8_peak);
         else if (wt == DType::BF16) set_unit(r.matrix_unit, r.matrix_peak, r.amx_peak > 0 ? "AMX bf16" : "bf16 dot", r.amx_peak > 0 ? r.amx_peak : r.bf16_peak);
         set_unit(r.attention_unit, r.attention_peak, r.amx_peak > 0 ? "AMX bf16" : "bf16 dot", r.amx_peak > 0 ? r.amx_peak : r.bf16_peak);
     }

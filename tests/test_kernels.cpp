@@ -624,6 +624,41 @@ TEST_CASE("AMX GEMM (fast mode, bf16 tiles): the reference's values and the AVX-
 }
 #endif
 
+#if defined(DEEPSTACK_HAVE_AMX)
+TEST_CASE("AMX GEMM of Q8 / Q4 weights: bf16 activations times the weights dequantized and rounded to bf16") {
+    if (!gemm_amx::amx_usable()) {
+        MESSAGE("AMX compiled in but not usable here (CPU or kernel): skipped");
+        return;
+    }
+    uint32_t seed = 1900;
+    // K: groups after the last 16-group block, a depth past KC; N: a micro-panel's edge
+    for (DType dt : {DType::Q8, DType::Q4})
+        for (int64_t K : {40, 544, 1030})
+            for (int64_t N : {7, 45})
+                for (int64_t M : {5, 40}) {
+                    const auto src = make_weight(N, K, DType::BF16, seed++);
+                    const Matrix q = quantize(src.m, dt);
+                    // the reference's weights: each dequantized value rounded to bf16, as a BF16 matrix
+                    TestWeight deq = src;
+                    std::vector<float> row(static_cast<size_t>(K));
+                    for (int64_t n = 0; n < N; ++n) {
+                        dequant_row_segment(q, n, 0, K, row.data());
+                        for (int64_t k = 0; k < K; ++k) deq.u16[size_t(n * K + k)] = f32_to_bf16(row[size_t(k)]);
+                    }
+                    deq.m.data = deq.u16.data();
+                    auto x = randn(size_t(M * K), seed++);
+                    auto bias = randn(size_t(N), seed++);
+                    std::vector<float> y(size_t(M * N), NAN), y2(size_t(M * N), NAN), yr(size_t(M * N), NAN);
+                    gemm_amx::gemm(x.data(), M, q, y.data(), bias.data());
+                    matmul(x.data(), M, q, y2.data(), bias.data(), Compute::Fast);  // the mode's dispatch takes it
+                    matmul_bf16_ref(x.data(), M, deq.m, yr.data(), bias.data());
+                    INFO(dtype_name(dt) << " M=" << M << " N=" << N << " K=" << K);
+                    CHECK(max_rel_err(y, yr, dot_scale(x, M, deq.m, bias.data())) < 1e-5);
+                    CHECK(y2 == y);
+                }
+}
+#endif
+
 #if defined(DEEPSTACK_HAVE_VNNI)
 TEST_CASE("activation quantization: the AVX-512 version gives the scalar one's bytes, scales and group sums") {
     uint32_t seed = 950;
@@ -666,7 +701,7 @@ TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference 
                 for (int64_t M : {1, 2, 3, 4, 5, 6, 17, 40}) {
                     auto x = randn(size_t(M * K), seed++);
                     std::vector<float> y(size_t(M * N), NAN), yr(size_t(M * N), NAN), ye(size_t(M * N));
-                    matmul(x.data(), M, q, y.data(), bias.data(), Compute::Fast);
+                    matmul_quant_fast(x.data(), M, q, y.data(), bias.data());  // (where AMX is usable, fast mode's M > 4 runs the AMX test's kernel)
                     matmul_quant_fast_ref(x.data(), M, q, yr.data(), bias.data());
 #if !defined(DEEPSTACK_HAVE_VNNI)
                     if (M <= 4) matmul_ref(x.data(), M, q, yr.data(), bias.data());  // without VNNI: the exact GEMV

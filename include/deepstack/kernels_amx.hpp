@@ -148,7 +148,26 @@ inline void micro_kernel(const uint32_t* a, const uint32_t* b, int64_t kp, float
     for (int i = 0; i < mr; ++i) std::memcpy(c + i * ldc, buf + i * NR, size_t(nvalid) * sizeof(float));
 }
 
-// y [M, N] = bf16(x) [M, K] * W^T (+ bias) for a BF16 W (row-major, row tiles or pair panels).
+// Rows [n0, n0 + nvalid) of a Q8 / Q4 matrix, cols [k0, k0 + kc), dequantized (q * scale in fp32,
+// rounded to bf16 to nearest even) as pairs [kp][NR]: one micro-panel at a time, never the matrix.
+inline void pack_b_quant(const Matrix& w, int64_t n0, int nvalid, int64_t k0, int64_t kc, uint32_t* dst) {
+    float* row = scratch<31>(size_t(KC));
+    auto* rows = reinterpret_cast<uint16_t*>(scratch<26>(size_t(NR * KC / 2)));  // [nvalid][kc] bf16
+    for (int j = 0; j < nvalid; ++j) {
+        dequant_row_segment(w, n0 + j, k0, kc, row);
+        uint16_t* out = rows + j * kc;
+        int64_t k = 0;
+        for (; k + 16 <= kc; k += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(row + k)));
+        if (k < kc) {
+            const __mmask16 m = simd::tail_mask(int(kc - k));
+            _mm256_mask_storeu_epi16(out + k, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, row + k)));
+        }
+    }
+    gemm_bf16::pack_b(rows, kc, 0, nvalid, 0, kc, dst);
+}
+
+// y [M, N] = bf16(x) [M, K] * W^T (+ bias) for a BF16 W (row-major, row tiles or pair panels), or a
+// Q8 / Q4 W dequantized to bf16 a micro-panel at a time (pack_b_quant).
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows, K = w.cols;
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
@@ -175,6 +194,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
                 uint32_t* dst = bpanel + p * (KC / 2) * NR;
                 panel[p] = dst;
                 if (n0 < panel_end) std::memcpy(dst, wd + n0 * K + k0 * kPanelRows, size_t(kc) * kPanelRows * sizeof(uint16_t));
+                else if (w.dtype == DType::Q8 || w.dtype == DType::Q4) pack_b_quant(w, n0, nvalid, k0, kc, dst);
                 else gemm_bf16::pack_b_rows(w, n0, nvalid, k0, kc, dst);
                 std::fill(dst + have * NR, dst + kp * NR, 0u);
             },
