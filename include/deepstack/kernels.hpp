@@ -7,7 +7,9 @@
 //   matmul(x, M, W, y, bias)            exact mode: fp32 activations, fp32 accumulation, weights
 //                                       F32/BF16/F16/Q8/Q4 read in place (kernels_gemm.hpp)
 //   matmul(x, M, W, y, bias, Compute)   Compute::Fast: BF16 -> matmul_bf16, Q8/Q4 -> matmul_quant_fast
-//   matmul_bf16(...)                    bf16-rounded activations, AVX-512 BF16 dot products
+//   matmul_bf16(...)                    bf16-rounded activations, AVX-512 BF16 dot products; the GEMM
+//                                       (M > 4) on AMX tiles where usable (kernels_amx.hpp), which also
+//                                       take fast mode's Q8 / Q4 GEMMs and bf16 attention products there
 //   matmul_quant_fast(...)              int8 activations per group of 32, AVX-512 VNNI GEMM and GEMV
 //   matmul_shared_input(x, M, W[], y[]) several matrices on one input (one GEMV region where it pays)
 //   layernorm, rmsnorm                  SIMD; gelu_tanh_inplace, gelu_erf_inplace, silu_inplace,

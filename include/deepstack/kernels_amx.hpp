@@ -1,4 +1,5 @@
-// deepstack/kernels_amx.hpp - the fast-mode GEMM for BF16 weights on Intel AMX tiles, where the CPU
+// deepstack/kernels_amx.hpp - fast mode's GEMM on Intel AMX tiles (BF16 weights, and Q8 / Q4 weights
+// dequantized to bf16 a micro-panel at a time), and the tile product its attention uses, where the CPU
 // and the OS allow them (Sapphire Rapids and later Xeons; Linux 5.16+ grants the tile state per
 // process through arch_prctl). One TDPBF16PS multiplies a 16 x 32 bf16 tile of activations by a
 // 32 x 16 tile of weights into a 16 x 16 fp32 tile: 8192 multiply-adds per instruction, against 32
@@ -11,9 +12,10 @@
 // panels (two A tiles, row stride KC * 2 bytes). A micro-kernel holds a 32 x 32 block of the output
 // in four accumulator tiles over a depth block.
 //
-// Selected at run time by matmul_bf16 when compiled for AMX (-march=native on such a CPU) and
-// amx_usable(): CPUID says AMX-BF16 and the kernel granted the tile data; DEEPSTACK_AMX=0 in the
-// environment turns it off (for A/B measurements). Included from kernels_bf16.hpp.
+// Selected at run time by matmul_bf16, the mode-selecting matmul (Q8 / Q4, M > 4) and attention_bf16
+// when compiled for AMX (-march=native on such a CPU, or DEEPSTACK_ARCH=avx512) and amx_usable():
+// CPUID says AMX-BF16 and the kernel granted the tile data; DEEPSTACK_AMX=0 in the environment turns
+// it off (for A/B measurements). Included from kernels_bf16.hpp.
 #pragma once
 #include "kernels_simd.hpp"
 
