@@ -126,6 +126,15 @@ inline void tile_product(const uint32_t* a, int64_t lda, const uint32_t* b, int6
     if (RT > 1 && CT > 1) _tile_stored(3, c_out + TR * ld_out + TR, ld_out * 4);
 }
 
+// tile_product with the tile counts known at run time: rt, ct 1 or 2.
+inline void tile_product(int rt, int ct, const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb, int64_t kp, const float* c_in,
+                         int64_t ld_in, float* c_out, int64_t ld_out) {
+    if (rt > 1 && ct > 1) tile_product<2, 2>(a, lda, b, ldb, kp, c_in, ld_in, c_out, ld_out);
+    else if (rt > 1) tile_product<2, 1>(a, lda, b, ldb, kp, c_in, ld_in, c_out, ld_out);
+    else if (ct > 1) tile_product<1, 2>(a, lda, b, ldb, kp, c_in, ld_in, c_out, ld_out);
+    else tile_product<1, 1>(a, lda, b, ldb, kp, c_in, ld_in, c_out, ld_out);
+}
+
 // Loads this thread's tile configuration (once per thread's share of a call; tiles released after).
 inline void configure_tiles() {
     static const TileConfig config;
@@ -134,12 +143,12 @@ inline void configure_tiles() {
 
 // c[mr, nvalid] (=|+=) the product of an A panel (MR rows, row stride KC/2 pairs) and a B
 // micro-panel [kp][NR] pairs over kp pairs (a multiple of 16), plus bias on the first depth block.
-// RT: 2 if mr > 16 (else only the first A tile's rows exist). Full blocks read and write c in place;
-// edge blocks go through a 32 x 32 buffer.
+// RT: 2 if mr > 16 (else only the first A tile's rows exist). Whole tiles (mr = 16 RT, 32 columns)
+// read and write c in place; other blocks go through a 32 x 32 buffer.
 template <int RT>
 inline void micro_kernel(const uint32_t* a, const uint32_t* b, int64_t kp, float* c, int64_t ldc, int mr, int nvalid, bool first,
                          const float* bias) {
-    if (mr == MR && nvalid == NR) {
+    if (mr == TR * RT && nvalid == NR) {
         const float* c_in = !first ? c : bias;  // bias: every row starts as it (row stride 0)
         return tile_product<RT, 2>(a, KC / 2, b, NR, kp, c_in, !first ? ldc : 0, c, ldc);
     }

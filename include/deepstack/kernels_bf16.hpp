@@ -362,17 +362,10 @@ inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int
         const int bk = int(std::min<int64_t>(BKB, n_keys - kb * BKB));
         const uint32_t* ktb = kt + kb * dpp * BKB;
 #if defined(DEEPSTACK_HAVE_AMX)
-        if (amx) {  // scores of 32 (or 16) queries x 32 keys per tile product
+        if (amx) {  // scores of 32 (or 16) queries x 32 (or 16) keys per tile product
             const int kt16 = (bk + 15) / 16;
-            for (int c = 0; c < kt16; c += 2) {
-                if (c + 1 < kt16) {
-                    if (bq > 16) gemm_amx::tile_product<2, 2>(qp, dpp, ktb + c * 16, BKB, dpp, nullptr, 0, sc + c * 16, BKB);
-                    else gemm_amx::tile_product<1, 2>(qp, dpp, ktb + c * 16, BKB, dpp, nullptr, 0, sc + c * 16, BKB);
-                } else {
-                    if (bq > 16) gemm_amx::tile_product<2, 1>(qp, dpp, ktb + c * 16, BKB, dpp, nullptr, 0, sc + c * 16, BKB);
-                    else gemm_amx::tile_product<1, 1>(qp, dpp, ktb + c * 16, BKB, dpp, nullptr, 0, sc + c * 16, BKB);
-                }
-            }
+            for (int c = 0; c < kt16; c += 2)
+                gemm_amx::tile_product(bq > 16 ? 2 : 1, std::min(2, kt16 - c), qp, dpp, ktb + c * 16, BKB, dpp, nullptr, 0, sc + c * 16, BKB);
         }
 #endif
         for (int i = 0; i < bq && !amx; i += QN)
@@ -411,18 +404,10 @@ inline void attention_task_bf16(const float* q, int64_t qstride, int64_t Tk, int
         const uint32_t* vtb = vt + kb * (BKB / 2) * dv;
         const int jpmax = (bk + 1) / 2;
 #if defined(DEEPSTACK_HAVE_AMX)
-        if (amx) {  // 32 (or 16) output rows x 32 dims per tile product, over the block's key pairs in 16s
+        if (amx) {  // 32 (or 16) output rows x 32 (or 16) dims per tile product, over the block's key pairs in 16s
             const int64_t kp = (jpmax + 15) / 16 * 16;  // pairs past jpmax: zero probabilities, zero values
-            for (int c = 0; c < nvo; c += 2) {
-                float* oc = o + c * 16;
-                if (c + 1 < nvo) {
-                    if (bq > 16) gemm_amx::tile_product<2, 2>(pp, BKB / 2, vtb + c * 16, dv, kp, oc, dv, oc, dv);
-                    else gemm_amx::tile_product<1, 2>(pp, BKB / 2, vtb + c * 16, dv, kp, oc, dv, oc, dv);
-                } else {
-                    if (bq > 16) gemm_amx::tile_product<2, 1>(pp, BKB / 2, vtb + c * 16, dv, kp, oc, dv, oc, dv);
-                    else gemm_amx::tile_product<1, 1>(pp, BKB / 2, vtb + c * 16, dv, kp, oc, dv, oc, dv);
-                }
-            }
+            for (int c = 0; c < nvo; c += 2)
+                gemm_amx::tile_product(bq > 16 ? 2 : 1, std::min(2, nvo - c), pp, BKB / 2, vtb + c * 16, dv, kp, o + c * 16, dv, o + c * 16, dv);
         }
 #endif
         for (int i = 0; i < bq && !amx; i += QN) {
