@@ -35,8 +35,9 @@ namespace detail {
 #if defined(DEEPSTACK_HAVE_AMX)
 namespace gemm_amx {
 
-// Whether this process may run AMX: CPUID leaf 7 (AMX-TILE, AMX-BF16) and XCR0's tile bits, then
-// the kernel's permission for the tile data (ARCH_REQ_XCOMP_PERM, process-wide, asked once).
+// Whether this process may run AMX: CPUID leaf 7 (AMX-TILE, AMX-BF16), then the kernel's permission
+// for the tile data (ARCH_REQ_XCOMP_PERM, process-wide, asked once; refused where the OS has not
+// enabled the tile state or a thread's alternate signal stack is too small for it).
 inline bool amx_usable() {
     static const bool usable = [] {
         const char* env = std::getenv("DEEPSTACK_AMX");
