@@ -924,11 +924,13 @@ int run(int argc, char** argv) {
     };
     r.matrix_peak = r.attention_peak = r.fma_peak;
     if (a.compute == "bf16") {
+        const bool amx = r.amx_peak > 0;  // measured only where AMX is usable
+        const char* bf16_unit = amx ? "AMX bf16" : "bf16 dot";
+        const double bf16_peak = amx ? r.amx_peak : r.bf16_peak;
         const DType wt = model->text.layers[0].q.dtype;
-        if ((wt == DType::Q8 || wt == DType::Q4) && r.amx_peak > 0) set_unit(r.matrix_unit, r.matrix_peak, "AMX bf16", r.amx_peak);
-        else if (wt == DType::Q8 || wt == DType::Q4) set_unit(r.matrix_unit, r.matrix_peak, "int8 dot", r.int8_peak);
-        else if (wt == DType::BF16) set_unit(r.matrix_unit, r.matrix_peak, r.amx_peak > 0 ? "AMX bf16" : "bf16 dot", r.amx_peak > 0 ? r.amx_peak : r.bf16_peak);
-        set_unit(r.attention_unit, r.attention_peak, r.amx_peak > 0 ? "AMX bf16" : "bf16 dot", r.amx_peak > 0 ? r.amx_peak : r.bf16_peak);
+        if (wt == DType::Q8 || wt == DType::Q4) set_unit(r.matrix_unit, r.matrix_peak, amx ? bf16_unit : "int8 dot", amx ? bf16_peak : r.int8_peak);
+        else if (wt == DType::BF16) set_unit(r.matrix_unit, r.matrix_peak, bf16_unit, bf16_peak);
+        set_unit(r.attention_unit, r.attention_peak, bf16_unit, bf16_peak);
     }
     auto seconds_bound = [&](double matrix_flops, double flops) {
         return r.matrix_peak > 0 ? (matrix_flops / r.matrix_peak + (flops - matrix_flops) / r.attention_peak) / 1e9 : 0.0;

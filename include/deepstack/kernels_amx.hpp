@@ -167,13 +167,7 @@ inline void pack_b_quant(const Matrix& w, int64_t n0, int nvalid, int64_t k0, in
     auto* rows = reinterpret_cast<uint16_t*>(scratch<26>(size_t(NR * KC / 2)));  // [nvalid][kc] bf16
     for (int j = 0; j < nvalid; ++j) {
         dequant_row_segment(w, n0 + j, k0, kc, row);
-        uint16_t* out = rows + j * kc;
-        int64_t k = 0;
-        for (; k + 16 <= kc; k += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(row + k)));
-        if (k < kc) {
-            const __mmask16 m = simd::tail_mask(int(kc - k));
-            _mm256_mask_storeu_epi16(out + k, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, row + k)));
-        }
+        round_to_bf16(row, kc, rows + j * kc);
     }
     gemm_bf16::pack_b(rows, kc, 0, nvalid, 0, kc, dst);
 }

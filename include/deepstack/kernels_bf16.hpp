@@ -268,6 +268,16 @@ inline void gemv(const float* x, const Matrix& w, float* y, const float* bias) {
 }  // namespace gemm_bf16
 #endif  // DEEPSTACK_HAVE_DPBF16
 
+// out[i] = bf16(x[i]) as vcvtneps2bf16 rounds: to nearest even, NaN kept quiet, and subnormal inputs
+// to a zero of their sign (f32_to_bf16 keeps them; the attention's packing flushes them anyway).
+inline void round_to_bf16(const float* x, int64_t n, uint16_t* out) {
+    int64_t i = 0;
+#if defined(DEEPSTACK_HAVE_DPBF16)
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+#endif
+    for (; i < n; ++i) out[i] = f32_to_bf16(std::fabs(x[i]) < FLT_MIN ? std::copysign(0.f, x[i]) : x[i]);
+}
+
 }  // namespace detail
 }  // namespace deepstack
 
@@ -522,15 +532,6 @@ inline bool kv_cache_bf16(Compute mode) {
 #endif
 }
 
-// out[i] = bf16(x[i]) as vcvtneps2bf16 rounds: to nearest even, NaN kept quiet, and subnormal inputs
-// to a zero of their sign (f32_to_bf16 keeps them; the attention's packing flushes them anyway).
-inline void round_to_bf16(const float* x, int64_t n, uint16_t* out) {
-    int64_t i = 0;
-#if defined(DEEPSTACK_HAVE_DPBF16)
-    for (; i + 16 <= n; i += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
-#endif
-    for (; i < n; ++i) out[i] = f32_to_bf16(std::fabs(x[i]) < FLT_MIN ? std::copysign(0.f, x[i]) : x[i]);
-}
 
 // Causal attention of Tq new queries over a bf16 KV cache (k / v [Tk, Hkv * d], the queries' own
 // rows last): decode reads the cache directly, 8 or more queries pack it (attention_bf16), and a
