@@ -625,6 +625,58 @@ TEST_CASE("AMX GEMM (fast mode, bf16 tiles): the reference's values and the AVX-
 #endif
 
 #if defined(DEEPSTACK_HAVE_AMX)
+TEST_CASE("AMX GEMM (exact mode): three bf16 pieces hold the fp32 activations exactly, so it is an fp32 GEMM") {
+    if (!gemm_amx::amx_usable()) {
+        MESSAGE("AMX compiled in but not usable here (CPU or kernel): skipped");
+        return;
+    }
+    MESSAGE("exact-mode GEMMs of BF16 weights run on AMX tiles (three pieces)");
+    SUBCASE("the split: hi + mid + lo == x for every fp32 of bf16's normal range") {
+        std::mt19937 rng(91);
+        std::uniform_real_distribution<float> mant(1.f, 2.f);
+        std::uniform_int_distribution<int> expo(-100, 100);
+        const int64_t K = 70;  // two depth tiles and a ragged third
+        std::vector<float> x(size_t(gemm_amx::MR * K));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = std::ldexp(mant(rng), expo(rng)) * (i % 3 ? 1.f : -1.f);
+        x[0] = 1.f + FLT_EPSILON, x[1] = -(2.f - FLT_EPSILON), x[2] = FLT_MAX / 2, x[3] = 0.f;  // the last bit of the mantissa
+        std::vector<uint32_t> panels(size_t(3 * gemm_amx::MR * (gemm_amx::KC / 2)), 0xffffffffu);
+        gemm_amx::pack_a<3>(x.data(), K, 0, gemm_amx::MR, 0, K, panels.data());
+        const auto* bf = reinterpret_cast<const uint16_t*>(panels.data());
+        const int64_t piece = gemm_amx::MR * gemm_amx::KC;  // in bf16
+        int wrong = 0;
+        for (int i = 0; i < gemm_amx::MR; ++i)
+            for (int64_t k = 0; k < 96; ++k) {  // K rounded up to whole tiles: padding zero in every piece
+                const int64_t at = i * gemm_amx::KC + k;
+                const double sum = double(bf16_to_f32(bf[at])) + bf16_to_f32(bf[at + piece]) + bf16_to_f32(bf[at + 2 * piece]);
+                wrong += sum != (k < K ? double(x[size_t(i * K + k)]) : 0.0);
+            }
+        CHECK(wrong == 0);
+    }
+    SUBCASE("products against the fp32 reference (bf16 weights), where one rounded piece is far off") {
+        uint32_t seed = 1800;
+        for (int64_t K : {30, 100, 544, 1030})
+            for (int64_t N : {5, 45, 300})
+                for (int64_t M : {5, 17, 40, 300}) {
+                    auto w = make_weight(N, K, DType::BF16, seed++);
+                    auto bias = randn(size_t(N), seed++);
+                    auto x = randn(size_t(M * K), seed++);
+                    INFO("M=" << M << " N=" << N << " K=" << K);
+                    std::vector<float> y(size_t(M * N), NAN), y1(size_t(M * N), NAN), yr(size_t(M * N), NAN);
+                    gemm_amx::gemm(x.data(), M, w.m, y.data(), bias.data(), 3);
+                    gemm_amx::gemm(x.data(), M, w.m, y1.data(), bias.data(), 1);
+                    matmul_ref(x.data(), M, w.m, yr.data(), bias.data());
+                    const auto scale = dot_scale(x, M, w.m, bias.data());
+                    CHECK(max_rel_err(y, yr, scale) < 1e-6);
+                    CHECK(max_rel_err(y1, yr, scale) > 1e-4);  // bf16 activations: ~2^-9 per product
+                    std::vector<float> ym(size_t(M * N), NAN);
+                    matmul(x.data(), M, w.m, ym.data(), bias.data());  // exact mode's matmul takes this kernel
+                    CHECK(ym == y);
+                }
+    }
+}
+#endif
+
+#if defined(DEEPSTACK_HAVE_AMX)
 TEST_CASE("AMX GEMM of Q8 / Q4 weights: bf16 activations times the weights dequantized and rounded to bf16") {
     if (!gemm_amx::amx_usable()) {
         MESSAGE("AMX compiled in but not usable here (CPU or kernel): skipped");

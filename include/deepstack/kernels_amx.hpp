@@ -68,35 +68,51 @@ struct alignas(64) TileConfig {
     uint8_t rows[16] = {TR, TR, TR, TR, TR, TR, TR, TR};
 };
 
-// Activation rows [m0, m0 + mr) of x [M, K], cols [k0, k0 + kc), rounded to bf16 as a panel of
-// MR rows x kp pairs (row stride KC/2 pairs), kp = kc rounded up to TK, halved; rows past mr and
-// pairs past kc zero.
+// Activation rows [m0, m0 + mr) of x [M, K], cols [k0, k0 + kc), as P panels of MR rows x kp pairs
+// (row stride KC/2 pairs, panel stride MR * KC/2), kp = kc rounded up to TK, halved; rows past mr
+// and pairs past kc zero. P = 1: x rounded to bf16 (to nearest even). P = 3: x split exactly into
+// three bf16 pieces, x = hi + mid + lo (hi = bf16(x), mid = bf16(x - hi), lo = x - hi - mid: each
+// remainder has at most 16, then 8 significant bits, so the three cover fp32's 24; pieces below
+// bf16's normal range, |x| < ~2^-102, flush to 0).
+template <int P = 1>
 inline void pack_a(const float* x, int64_t K, int64_t m0, int mr, int64_t k0, int64_t kc, uint32_t* dst) {
+    static_assert(P == 1 || P == 3, "one rounded piece, or the exact split");
+    constexpr int64_t piece = MR * (KC / 2);
     const int64_t kp = (kc + TK - 1) / TK * TK / 2;
+    const auto widen = [](__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); };
     for (int i = 0; i < MR; ++i) {
         uint32_t* row = dst + i * (KC / 2);
         if (i >= mr) {
-            std::fill(row, row + kp, 0u);
+            for (int j = 0; j < P; ++j) std::fill(row + j * piece, row + j * piece + kp, 0u);
             continue;
         }
         const float* xi = x + (m0 + i) * K + k0;
         for (int64_t p = 0; p < kp; p += 16) {
             const int n = int(std::min<int64_t>(32, std::max<int64_t>(0, kc - 2 * p)));  // columns k0 + 2p + [0, n)
-            const __m512 lo = _mm512_maskz_loadu_ps(simd::tail_mask(std::min(16, n)), xi + 2 * p);
-            const __m512 hi = _mm512_maskz_loadu_ps(simd::tail_mask(std::max(0, n - 16)), xi + 2 * p + 16);
-            _mm512_storeu_si512(row + p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            __m512 lo = _mm512_maskz_loadu_ps(simd::tail_mask(std::min(16, n)), xi + 2 * p);
+            __m512 hi = _mm512_maskz_loadu_ps(simd::tail_mask(std::max(0, n - 16)), xi + 2 * p + 16);
+            for (int j = 0; j < P; ++j) {
+                const __m512i bf = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // columns 2p + [0, 16) from lo, [16, 32) from hi
+                _mm512_storeu_si512(row + j * piece + p, bf);
+                if (j + 1 < P) {  // the remainders, exact in fp32
+                    lo = _mm512_sub_ps(lo, widen(_mm512_castsi512_si256(bf)));
+                    hi = _mm512_sub_ps(hi, widen(_mm512_extracti64x4_epi64(bf, 1)));
+                }
+            }
         }
     }
 }
 
-inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (kb * mblocks + mb) * MR * (KC / 2); }
+inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks, int pieces) { return (kb * mblocks + mb) * pieces * MR * (KC / 2); }
 
 // c_out [16 RT rows][16 CT columns] fp32 = c_in (0 when null) + a . b over kp pairs (a multiple of
 // 16): a [16 RT rows][kp] bf16 pairs (row stride lda pairs), b [kp][16 CT] pairs (row stride ldb).
 // Row strides of c_in / c_out in floats; ld_in may be 0 (every row starts as the same row).
-template <int RT, int CT>
+// P > 1: a is P panels (stride piece_stride pairs) whose products all add into c, each B tile
+// loaded once for the P of them.
+template <int RT, int CT, int P = 1>
 inline void tile_product(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb, int64_t kp, const float* c_in, int64_t ld_in,
-                         float* c_out, int64_t ld_out) {
+                         float* c_out, int64_t ld_out, int64_t piece_stride = 0) {
     static_assert(RT >= 1 && RT <= 2 && CT >= 1 && CT <= 2, "2 x 2 accumulator tiles at most");
     if (c_in) {
         _tile_loadd(0, c_in, ld_in * 4);
@@ -112,13 +128,16 @@ inline void tile_product(const uint32_t* a, int64_t lda, const uint32_t* b, int6
     for (int64_t p = 0; p < kp; p += TK / 2) {
         _tile_loadd(6, b + p * ldb, ldb * 4);
         if (CT > 1) _tile_loadd(7, b + p * ldb + TR, ldb * 4);
-        _tile_loadd(4, a + p, lda * 4);
-        _tile_dpbf16ps(0, 4, 6);
-        if (CT > 1) _tile_dpbf16ps(1, 4, 7);
-        if (RT > 1) {
-            _tile_loadd(5, a + TR * lda + p, lda * 4);
-            _tile_dpbf16ps(2, 5, 6);
-            if (CT > 1) _tile_dpbf16ps(3, 5, 7);
+        for (int j = 0; j < P; ++j) {
+            const uint32_t* aj = a + j * piece_stride + p;
+            _tile_loadd(4, aj, lda * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            if (CT > 1) _tile_dpbf16ps(1, 4, 7);
+            if (RT > 1) {
+                _tile_loadd(5, aj + TR * lda, lda * 4);
+                _tile_dpbf16ps(2, 5, 6);
+                if (CT > 1) _tile_dpbf16ps(3, 5, 7);
+            }
         }
     }
     _tile_stored(0, c_out, ld_out * 4);
@@ -142,21 +161,22 @@ inline void configure_tiles() {
     _tile_loadconfig(&config);
 }
 
-// c[mr, nvalid] (=|+=) the product of an A panel (MR rows, row stride KC/2 pairs) and a B
-// micro-panel [kp][NR] pairs over kp pairs (a multiple of 16), plus bias on the first depth block.
-// RT: 2 if mr > 16 (else only the first A tile's rows exist). Whole tiles (mr = 16 RT, 32 columns)
-// read and write c in place; other blocks go through a 32 x 32 buffer.
-template <int RT>
+// c[mr, nvalid] (=|+=) the product of P A panels (MR rows, row stride KC/2 pairs, one after
+// another: pack_a<P>) and a B micro-panel [kp][NR] pairs over kp pairs (a multiple of 16), plus
+// bias on the first depth block. RT: 2 if mr > 16 (else only the first A tile's rows exist). Whole
+// tiles (mr = 16 RT, 32 columns) read and write c in place; other blocks go through a 32 x 32 buffer.
+template <int RT, int P>
 inline void micro_kernel(const uint32_t* a, const uint32_t* b, int64_t kp, float* c, int64_t ldc, int mr, int nvalid, bool first,
                          const float* bias) {
+    constexpr int64_t piece = MR * (KC / 2);
     if (mr == TR * RT && nvalid == NR) {
         const float* c_in = !first ? c : bias;  // bias: every row starts as it (row stride 0)
-        return tile_product<RT, 2>(a, KC / 2, b, NR, kp, c_in, !first ? ldc : 0, c, ldc);
+        return tile_product<RT, 2, P>(a, KC / 2, b, NR, kp, c_in, !first ? ldc : 0, c, ldc, piece);
     }
     alignas(64) float buf[MR * NR];
     for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NR; ++j) buf[i * NR + j] = i >= mr || j >= nvalid ? 0.f : !first ? c[i * ldc + j] : bias ? bias[j] : 0.f;
-    tile_product<RT, 2>(a, KC / 2, b, NR, kp, buf, NR, buf, NR);
+    tile_product<RT, 2, P>(a, KC / 2, b, NR, kp, buf, NR, buf, NR, piece);
     for (int i = 0; i < mr; ++i) std::memcpy(c + i * ldc, buf + i * NR, size_t(nvalid) * sizeof(float));
 }
 
@@ -172,15 +192,22 @@ inline void pack_b_quant(const Matrix& w, int64_t n0, int nvalid, int64_t k0, in
     gemm_bf16::pack_b(rows, kc, 0, nvalid, 0, kc, dst);
 }
 
-// y [M, N] = bf16(x) [M, K] * W^T (+ bias) for a BF16 W (row-major, row tiles or pair panels), or a
-// Q8 / Q4 W dequantized to bf16 a micro-panel at a time (pack_b_quant).
-inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
+// y [M, N] = x [M, K] * W^T (+ bias) for a BF16 W (row-major, row tiles or pair panels), or a Q8 /
+// Q4 W dequantized to bf16 a micro-panel at a time (pack_b_quant). pieces = 1: x rounded to bf16
+// (fast mode); 3: x split exactly into three bf16 pieces (pack_a<3>), every product of a piece and
+// a bf16 weight exact in fp32: an fp32 GEMM of x and W up to the order of its fp32 additions (exact
+// mode, BF16 weights), on three times the tile products.
+inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias, int pieces = 1) {
     const int64_t N = w.rows, K = w.cols;
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
     const int64_t mblocks = (M + MR - 1) / MR, kblocks = (K + KC - 1) / KC;
-    auto* apack = reinterpret_cast<uint32_t*>(scratch<6>(size_t(kblocks * mblocks * MR * (KC / 2))));
+    auto* apack = reinterpret_cast<uint32_t*>(scratch<6>(size_t(kblocks * mblocks * pieces * MR * (KC / 2))));
     pack_panels(M, K, KC, MR, nt, [&](int64_t kb, int64_t mb) {
-        pack_a(x, K, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC), apack + apack_offset(kb, mb, mblocks));
+        const int mr = int(std::min<int64_t>(MR, M - mb * MR));
+        const int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
+        uint32_t* dst = apack + apack_offset(kb, mb, mblocks, pieces);
+        if (pieces == 3) pack_a<3>(x, K, mb * MR, mr, k0, kc, dst);
+        else pack_a<1>(x, K, mb * MR, mr, k0, kc, dst);
     });
     const auto* wd = static_cast<const uint16_t*>(w.data);
     const int64_t panel_end = w.panel_rows ? N / kPanelRows * kPanelRows : 0;  // rows [0, panel_end) in pair panels
@@ -206,11 +233,14 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
             },
             [&](int64_t p, int64_t m0, int mvalid, int64_t n0, int nvalid, int64_t k0, int64_t kc) {
                 const int64_t kp = (kc + TK - 1) / TK * TK / 2;
-                const uint32_t* a = apack + apack_offset(k0 / KC, m0 / MR, mblocks);
+                const uint32_t* a = apack + apack_offset(k0 / KC, m0 / MR, mblocks, pieces);
                 float* c = y + m0 * N + n0;
                 const float* b = bias ? bias + n0 : nullptr;
-                if (mvalid > TR) micro_kernel<2>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
-                else micro_kernel<1>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
+                if (pieces == 3) {
+                    if (mvalid > TR) micro_kernel<2, 3>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
+                    else micro_kernel<1, 3>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
+                } else if (mvalid > TR) micro_kernel<2, 1>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
+                else micro_kernel<1, 1>(a, panel[p], kp, c, N, mvalid, nvalid, k0 == 0, b);
             });
         _tile_release();
     };
@@ -219,6 +249,27 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
 
 }  // namespace gemm_amx
 #endif  // DEEPSTACK_HAVE_AMX
+
+// Whether exact mode's GEMMs of BF16 weights run on AMX tiles here (matmul_exact_amx).
+inline bool exact_gemm_on_amx() {
+#if defined(DEEPSTACK_HAVE_AMX)
+    return gemm_amx::amx_usable();
+#else
+    return false;
+#endif
+}
+
+// Exact mode's GEMM for BF16 weights on AMX tiles (gemm_amx::gemm with the exact three-piece split
+// of the activations) where usable; false otherwise (the caller runs the fp32 FMA GEMM).
+inline bool matmul_exact_amx(const float* x, int64_t M, const Matrix& W, float* y, const float* bias) {
+    if (W.dtype != DType::BF16 || !exact_gemm_on_amx()) return false;
+#if defined(DEEPSTACK_HAVE_AMX)
+    gemm_amx::gemm(x, M, W, y, bias, 3);
+#else
+    (void)x, (void)M, (void)y, (void)bias;
+#endif
+    return true;
+}
 
 }  // namespace detail
 }  // namespace deepstack

@@ -471,6 +471,8 @@ inline void gemv(const float* x, int64_t M, const Matrix& w, float* y, const flo
 
 // Quantized weights (declared here, defined in kernels_quant.hpp).
 inline bool matmul_quant(const float* x, int64_t M, const Matrix& W, float* y, const float* bias);
+// BF16 weights on AMX tiles, exact (declared here, defined in kernels_amx.hpp).
+inline bool matmul_exact_amx(const float* x, int64_t M, const Matrix& W, float* y, const float* bias);
 
 // y[M, W.rows] = x[M, W.cols] * W^T (+ bias[W.rows]), fp32 accumulation ("exact" mode).
 inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
@@ -480,6 +482,7 @@ inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const f
             for (int64_t n = 0; n < W.rows; ++n) y[m * W.rows + n] = bias ? bias[n] : 0.f;
         return;
     }
+    if ((M > 4 || W.panel_rows) && matmul_exact_amx(x, M, W, y, bias)) return;
     if (M <= 4 && !W.panel_rows) {  // a GEMM reads pair panels (Matrix) faster than a row-wise GEMV
         switch (W.dtype) {
             case DType::F32: gemm::gemv<simd::F32Src>(x, M, W, y, bias); return;

@@ -22,7 +22,8 @@ struct LoadOptions {
     // Stored weights: false (default) reads the safetensors files into memory backed by 2 MiB pages
     // (decode streams every weight per token; about 1.6x faster than over 4 KiB mapped pages here)
     // and re-orders the decoder's BF16 matrices there as row tiles (Matrix, tile_text_weights), in
-    // fast mode with AVX-512 BF16 the vision tower's as pair panels (panel_vision_weights);
+    // the vision tower's as pair panels (panel_vision_weights) for the bf16 GEMMs that read them in
+    // place: fast mode with AVX-512 BF16, exact mode on AMX tiles;
     // true maps them (instant load, pages shared with other processes, RSS grows as they are touched;
     // the choice for a model larger than the free RAM, which reading in cannot hold).
     // Q8 / Q4 always map: the stored bytes are read once to quantize, then released.
@@ -74,7 +75,7 @@ struct Model {
         });
         tile_text_weights(m->text, m->store);
 #if defined(DEEPSTACK_HAVE_DPBF16)
-        if (opt.bf16_compute) panel_vision_weights(m->vision, m->store);
+        if (opt.bf16_compute || detail::exact_gemm_on_amx()) panel_vision_weights(m->vision, m->store);
 #endif
         m->vision.compute = m->text.compute = opt.bf16_compute ? detail::Compute::Fast : detail::Compute::Exact;
         if (m->config.vision.fusion.type == FusionConfig::Type::Gated) m->gated = load_gated_fusion_weights(m->store, m->config);
