@@ -648,8 +648,9 @@ struct Report {
     Footprint fp;
     double mem_bw = 0, fma_peak = 0, bf16_peak = 0, int8_peak = 0, amx_peak = 0;
     // The peaks that bound the matrix products and the attention (vision, prefill): what each runs on.
-    // fp32 FMA in exact mode; fast mode: BF16, Q8 and Q4 weights on AMX where usable (else vdpbf16ps
-    // and VNNI int8), attention over 8+ queries on AMX where usable (else vdpbf16ps).
+    // fp32 FMA in exact mode, except BF16 weights on AMX where usable (a third of its peak: three
+    // exact bf16 pieces per activation); fast mode: BF16, Q8 and Q4 weights on AMX where usable (else
+    // vdpbf16ps and VNNI int8), attention over 8+ queries on AMX where usable (else vdpbf16ps).
     std::string matrix_unit = "fp32", attention_unit = "fp32";
     double matrix_peak = 0, attention_peak = 0;
     VisionRun v448, v896;
@@ -715,6 +716,8 @@ void print_table(const Report& r, const Args& a) {
         if (gflops > 0 && r.matrix_peak > 0)
             std::printf("\n                 effective rate (matrices only) %.0f GFLOP/s = %.0f%% of the %s peak", gflops,
                         100 * gflops / r.matrix_peak, r.matrix_unit.c_str());
+        if (gflops > 0 && r.matrix_peak > 0 && r.matrix_unit != "fp32" && r.fma_peak > 0)
+            std::printf(" (%.0f%% of the fp32 FMA peak)", 100 * gflops / r.fma_peak);
     };
     auto vis = [&](const char* name, const VisionRun& v, double bound, double eff) {
         if (v.encode_s <= 0) return;
@@ -923,6 +926,8 @@ int run(int argc, char** argv) {
         if (value > 0) unit = name, peak = value;
     };
     r.matrix_peak = r.attention_peak = r.fma_peak;
+    const bool amx_exact = a.compute != "bf16" && r.amx_peak > 0 && model->text.layers[0].q.dtype == DType::BF16 && detail::exact_gemm_on_amx();
+    if (amx_exact) set_unit(r.matrix_unit, r.matrix_peak, "AMX bf16 / 3", r.amx_peak / 3);  // three exact pieces per activation
     if (a.compute == "bf16") {
         const bool amx = r.amx_peak > 0;  // measured only where AMX is usable
         const char* bf16_unit = amx ? "AMX bf16" : "bf16 dot";

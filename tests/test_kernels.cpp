@@ -642,14 +642,13 @@ TEST_CASE("AMX GEMM (exact mode): three bf16 pieces hold the fp32 activations ex
         std::vector<uint32_t> panels(size_t(3 * gemm_amx::MR * (gemm_amx::KC / 2)), 0xffffffffu);
         gemm_amx::pack_a<3>(x.data(), K, 0, gemm_amx::MR, 0, K, panels.data());
         const auto* bf = reinterpret_cast<const uint16_t*>(panels.data());
-        const int64_t piece = gemm_amx::MR * gemm_amx::KC;  // in bf16
+        auto piece = [&](int j, int i, int64_t k) {  // [steps][3 pieces][MR rows][32 bf16]
+            return double(bf16_to_f32(bf[((k / 32 * 3 + j) * gemm_amx::MR + i) * 32 + k % 32]));
+        };
         int wrong = 0;
         for (int i = 0; i < gemm_amx::MR; ++i)
-            for (int64_t k = 0; k < 96; ++k) {  // K rounded up to whole tiles: padding zero in every piece
-                const int64_t at = i * gemm_amx::KC + k;
-                const double sum = double(bf16_to_f32(bf[at])) + bf16_to_f32(bf[at + piece]) + bf16_to_f32(bf[at + 2 * piece]);
-                wrong += sum != (k < K ? double(x[size_t(i * K + k)]) : 0.0);
-            }
+            for (int64_t k = 0; k < 96; ++k)  // K rounded up to whole tiles: padding zero in every piece
+                wrong += piece(0, i, k) + piece(1, i, k) + piece(2, i, k) != (k < K ? double(x[size_t(i * K + k)]) : 0.0);
         CHECK(wrong == 0);
     }
     SUBCASE("products against the fp32 reference (bf16 weights), where one rounded piece is far off") {
