@@ -1,10 +1,11 @@
-// deepstack/kernels_amx.hpp - the GEMM of fast mode and of exact mode on Intel AMX tiles (BF16 weights, and Q8 / Q4 weights
-// dequantized to bf16 a micro-panel at a time), and the tile product its attention uses, where the CPU
-// and the OS allow them (Sapphire Rapids and later Xeons; Linux 5.16+ grants the tile state per
-// process through arch_prctl). One TDPBF16PS multiplies a 16 x 32 bf16 tile of activations by a
-// 32 x 16 tile of weights into a 16 x 16 fp32 tile: 8192 multiply-adds per instruction, against 32
-// per VDPBF16PS. Same semantics as gemm_bf16::gemm (activations rounded to bf16, to nearest even;
-// fp32 accumulation; the same weight pairs), only the order of the fp32 additions differs.
+// deepstack/kernels_amx.hpp - the GEMM of fast mode and of exact mode on Intel AMX tiles (BF16
+// weights, and Q8 / Q4 weights dequantized to bf16 a micro-panel at a time), and the tile product
+// fast mode's attention uses, where the CPU and the OS allow them (Sapphire Rapids and later Xeons;
+// Linux 5.16+ grants the tile state per process through arch_prctl). One TDPBF16PS multiplies a
+// 16 x 32 bf16 tile of activations by a 32 x 16 tile of weights into a 16 x 16 fp32 tile: 8192
+// multiply-adds per instruction, against 32 per VDPBF16PS. Fast mode: the semantics of
+// gemm_bf16::gemm (activations rounded to bf16, to nearest even; fp32 accumulation; the same weight
+// pairs), only the order of the fp32 additions differs.
 //
 // The weights' packed form is the AVX-512 GEMM's: micro-panels of 32 rows as [pairs][32] bf16 pairs
 // (pack_b, or Matrix::panel_rows read in place), which are two B tiles side by side (16 pair rows of
