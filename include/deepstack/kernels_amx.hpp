@@ -191,13 +191,15 @@ inline void block_product(const uint32_t* a, const uint32_t* b, int64_t kp, floa
         const uint32_t* bt = b + t * (TK / 2) * NR;
         _tile_loadd(6, bt, NR * 4);
         _tile_loadd(7, bt + TR, NR * 4);
+        // A tiles streamed (TILELOADDT1): read once here, they need not evict the B micro-panel,
+        // which the next row panels read again (one thread ran 10-15% faster, two 0-6%)
         for (int j = 0; j < P; ++j) {
             const uint32_t* at = a + (t * P + j) * MR * 16;
-            _tile_loadd(4, at, 64);
+            _tile_stream_loadd(4, at, 64);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(1, 4, 7);
             if (RT > 1) {
-                _tile_loadd(5, at + TR * 16, 64);
+                _tile_stream_loadd(5, at + TR * 16, 64);
                 _tile_dpbf16ps(2, 5, 6);
                 _tile_dpbf16ps(3, 5, 7);
             }
@@ -256,24 +258,26 @@ inline void gemm_block(const uint32_t* apack, int64_t mblocks, const Matrix& w, 
                 else gemm_bf16::pack_b_rows(w, n0, nvalid, k0, kc, dst);
                 std::fill(dst + have * NR, dst + kp * NR, 0u);
             }
+            auto bias_of = [&](int64_t p) -> const float* {
+                const int64_t n0 = nc0 + p * NR;
+                const int nvalid = int(std::min<int64_t>(NR, ncur - p * NR));
+                if (k0 != 0 || !bias) return nullptr;
+                if (nvalid == NR) return bias + n0;
+                std::fill(bias_edge, bias_edge + NR, 0.f);  // the bias tile reads 32 values
+                std::memcpy(bias_edge, bias + n0, size_t(nvalid) * sizeof(float));
+                return bias_edge;
+            };
+            auto run = [&](int64_t mp, int64_t p, const float* b) {
+                const int64_t m0 = m_begin + mp * MR;
+                const uint32_t* a = apack + apack_offset(k0 / KC, m0 / MR, mblocks, P);
+                float* c = cbuf + (mp * (NC / NR) + p) * MR * NR;
+                if (m_end - m0 > TR) block_product<2, P>(a, panel[p], kp, c, k0 == 0, b);
+                else block_product<1, P>(a, panel[p], kp, c, k0 == 0, b);
+            };
             for (int64_t mc0 = 0; mc0 < mpanels; mc0 += MC / MR)
                 for (int64_t p = 0; p < npanels; ++p) {
-                    const int64_t n0 = nc0 + p * NR;
-                    const int nvalid = int(std::min<int64_t>(NR, ncur - p * NR));
-                    const float* b = nullptr;
-                    if (k0 == 0 && bias && nvalid == NR) b = bias + n0;
-                    else if (k0 == 0 && bias) {  // the bias tile reads 32 values
-                        std::fill(bias_edge, bias_edge + NR, 0.f);
-                        std::memcpy(bias_edge, bias + n0, size_t(nvalid) * sizeof(float));
-                        b = bias_edge;
-                    }
-                    for (int64_t mp = mc0; mp < std::min(mpanels, mc0 + MC / MR); ++mp) {
-                        const int64_t m0 = m_begin + mp * MR;
-                        const uint32_t* a = apack + apack_offset(k0 / KC, m0 / MR, mblocks, P);
-                        float* c = cbuf + (mp * (NC / NR) + p) * MR * NR;
-                        if (m_end - m0 > TR) block_product<2, P>(a, panel[p], kp, c, k0 == 0, b);
-                        else block_product<1, P>(a, panel[p], kp, c, k0 == 0, b);
-                    }
+                    const float* b = bias_of(p);
+                    for (int64_t mp = mc0; mp < std::min(mpanels, mc0 + MC / MR); ++mp) run(mp, p, b);
                 }
         }
         for (int64_t mp = 0; mp < mpanels; ++mp)  // the finished blocks to y: row i of a block is row i % 16 of tiles (i / 16, 0 and 1)
