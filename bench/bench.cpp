@@ -29,7 +29,8 @@ namespace {
 const char* kUsage =
     "usage: deepstack-bench (--shape 2b|4b|8b | --model DIR) [options]\n"
     "  --shape S            synthetic model with the shapes of Qwen3-VL-S-Instruct (random bf16 weights)\n"
-    "  --model DIR          a model folder (config.json + safetensors), memory-mapped\n"
+    "  --model DIR          a model folder (config.json + safetensors), read into memory in 2 MiB pages\n"
+    "  --map-weights        with --model: map the safetensors files instead (LoadOptions::map_weights)\n"
     "  --write DIR          with --shape: write the synthetic model to DIR (config.json, model.safetensors) and exit\n"
     "  --weights bf16|int8|q4  weights at run time: as stored, or quantized at load to 8 / 4 bits\n"
     "  --compute f32|bf16   activations of the matrix products (default f32)\n"
@@ -44,7 +45,7 @@ struct Args {
     std::string shape, model_dir, write_dir, weights = "bf16", compute = "f32";
     int threads = 0, decode_steps = 16;
     bool json = false, caption = false, skip_vision = false, skip_vision_896 = false, skip_prefill = false, skip_prefill_1024 = false,
-         skip_decode = false, skip_peaks = false;
+         skip_decode = false, skip_peaks = false, map_weights = false;
 };
 
 void progress(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -640,6 +641,7 @@ double run_caption(const std::shared_ptr<const Model>& m) {
 
 struct Report {
     std::string model, weights, compute, simd;
+    bool map_weights = false;
     int threads = 0;
     std::string load_before, load_after;
     double gen_s = 0, load_s = 0;
@@ -695,7 +697,7 @@ std::string gb(int64_t b) {
 }
 
 void print_table(const Report& r, const Args& a) {
-    std::printf("deepstack-bench  model %s  weights %s  compute %s  simd %s  threads %d\n", r.model.c_str(), r.weights.c_str(),
+    std::printf("deepstack-bench  model %s%s  weights %s  compute %s  simd %s  threads %d\n", r.model.c_str(), r.map_weights ? " (mapped)" : "", r.weights.c_str(),
                 r.compute.c_str(), r.simd.c_str(), r.threads);
     std::printf("load average     before %s  after %s\n", r.load_before.c_str(), r.load_after.c_str());
     std::printf("machine          memory read %.1f GB/s  fp32 FMA peak %.0f GFLOP/s  bf16 dot peak %.0f GFLOP/s", r.mem_bw,
@@ -750,7 +752,7 @@ void print_table(const Report& r, const Args& a) {
 
 void print_json(const Report& r) {
     nlohmann::json j = {
-        {"model", r.model}, {"weights", r.weights}, {"compute", r.compute}, {"simd", r.simd}, {"threads", r.threads},
+        {"model", r.model}, {"map_weights", r.map_weights}, {"weights", r.weights}, {"compute", r.compute}, {"simd", r.simd}, {"threads", r.threads},
         {"load_average_before", r.load_before}, {"load_average_after", r.load_after},
         {"params", r.fp.params}, {"weight_bytes", r.fp.bytes},
         {"weight_bytes_per_param", double(r.fp.bytes) / double(r.fp.params)},
@@ -796,6 +798,7 @@ Args parse_args(int argc, char** argv) {
         else if (s == "--skip-prefill-1024") a.skip_prefill_1024 = true;
         else if (s == "--skip-decode") a.skip_decode = true;
         else if (s == "--skip-peaks") a.skip_peaks = true;
+        else if (s == "--map-weights") a.map_weights = true;
         else throw Error("unknown argument '" + s + "'\n" + kUsage);
     }
     if (a.shape.empty() == a.model_dir.empty()) throw Error(std::string("give exactly one of --shape and --model\n") + kUsage);
@@ -814,6 +817,7 @@ int run(int argc, char** argv) {
     Report r;
     r.weights = a.weights;
     r.compute = a.compute;
+    r.map_weights = a.map_weights;
     r.simd = detail::simd::kName;
     r.threads = max_threads();
     r.load_before = load_average();
@@ -822,6 +826,7 @@ int run(int argc, char** argv) {
     opt.threads = a.threads;
     opt.weights = a.weights == "int8" ? WeightFormat::Q8 : a.weights == "q4" ? WeightFormat::Q4 : WeightFormat::Stored;
     opt.bf16_compute = a.compute == "bf16";
+    opt.map_weights = a.map_weights;
     if (!a.write_dir.empty()) {
         const nlohmann::json cfg_json = synthetic_config(shape_spec(a.shape));
         progress("writing the synthetic %s model to %s", a.shape.c_str(), a.write_dir.c_str());
