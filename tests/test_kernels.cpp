@@ -404,7 +404,7 @@ TEST_CASE("quantize Q8 / Q4: the bytes of a 16-group block are interleaved by qu
 
 TEST_CASE("quantize Q8 / Q4: round trip within half a step, matmul matches the dequantized reference") {
     for (DType qt : {DType::Q8, DType::Q4}) {
-        for (int64_t K : {1, 31, 32, 33, 100, 300, 600}) {  // 600: one 16-group block, then 3 groups
+        for (int64_t K : {1, 31, 32, 33, 100, 300, 600, 1100}) {  // 600: one 16-group block, then 3 groups; 1100: two, then 3
             for (DType src : {DType::F32, DType::BF16}) {
                 const int64_t N = 37;
                 auto w = make_weight(N, K, src, uint32_t(K * 3 + int(qt)));
