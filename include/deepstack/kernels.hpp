@@ -5,7 +5,9 @@
 //
 // In namespace deepstack::detail (x, y fp32 row-major; W a Matrix in [out, in] layout):
 //   matmul(x, M, W, y, bias)            exact mode: fp32 activations, fp32 accumulation, weights
-//                                       F32/BF16/F16/Q8/Q4 read in place (kernels_gemm.hpp)
+//                                       F32/BF16/F16/Q8/Q4 read in place (kernels_gemm.hpp); BF16
+//                                       with M > 4 on AMX tiles where usable, each activation split
+//                                       exactly into three bf16 pieces (matmul_exact_amx)
 //   matmul(x, M, W, y, bias, Compute)   Compute::Fast: BF16 -> matmul_bf16, Q8/Q4 -> matmul_quant_fast
 //   matmul_bf16(...)                    bf16-rounded activations, AVX-512 BF16 dot products; the GEMM
 //                                       (M > 4) on AMX tiles where usable (kernels_amx.hpp), which also
@@ -56,8 +58,9 @@ namespace deepstack {
 // stored as [cols/2][32][2] - columns (0, 1) of its 32 rows, then columns (2, 3), ... - in the
 // bytes the 32 rows held row-major: the fast-mode GEMM's packed weight operand (kernels_bf16.hpp),
 // which reads it in place instead of repacking the weights in every call. Rows past the last whole
-// group stay row-major. Made at load for the vision tower in fast mode (panel_bf16_rows); the other
-// readers see single pairs (correct, not fast) and the GEMVs hand such a matrix to a GEMM.
+// group stay row-major. Made at load for the vision tower in fast mode and, on AMX, in exact mode
+// (panel_bf16_rows); the other readers see single pairs (correct, not fast) and the GEMVs hand such
+// a matrix to a GEMM.
 constexpr int kTileRows = 8, kTileCols = 32, kPanelRows = 32;
 struct Matrix {
     DType dtype = DType::F32;

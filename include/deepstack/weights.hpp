@@ -221,8 +221,9 @@ inline void tile_text_weights(TextWeights& t, WeightStore& ws) {
 }
 
 // Rewrites the vision tower's BF16 matrices - patch embedding, attention/MLP, mergers - as pair
-// panels (see Matrix) where the store owns their bytes: in fast mode every vision call runs them
-// through the bf16 GEMM, which then reads them in place instead of repacking them per call.
+// panels (see Matrix) where the store owns their bytes: in fast mode (and in exact mode on AMX
+// tiles) every vision call runs them through a bf16 GEMM, which then reads them in place instead
+// of repacking them per call.
 inline void panel_vision_weights(VisionWeights& v, WeightStore& ws) {
     const auto panel = detail::relay_owned(ws, detail::panelable, detail::panel_bf16_rows);
     ws.set_writable(true);
