@@ -115,57 +115,6 @@ inline void dequant_row_segment(const Matrix& w, int64_t n, int64_t k0, int64_t 
 
 namespace gemm {
 
-// GEMV over quantized rows [n0, n1): per group, t = sum(q * x) in fp32 vectors, acc += scale * t.
-template <int MM, int R>
-inline void gemv_quant_rows(const float* x, const QuantWeights& qw, float* y, const float* bias, int64_t n0, int64_t n1) {
-    using namespace simd;
-    constexpr int GV = kQuantGroup / W;
-    const int64_t K = qw.cols, N = qw.rows, G = qw.groups();
-    int64_t n = n0;
-    for (; n + R <= n1; n += R) {
-        vf acc[MM][R];
-        for (int m = 0; m < MM; ++m)
-            for (int r = 0; r < R; ++r) acc[m][r] = zero();
-        for (int64_t g = 0; g < G; ++g) {
-            const int64_t kb = g * kQuantGroup;
-            vf xv[MM][GV];
-            if (kb + kQuantGroup <= K) {
-                for (int m = 0; m < MM; ++m)
-                    for (int v = 0; v < GV; ++v) xv[m][v] = load(x + m * K + kb + v * W);
-            } else {
-                for (int m = 0; m < MM; ++m)
-                    for (int v = 0; v < GV; ++v) {
-                        const int64_t cnt = std::max<int64_t>(0, std::min<int64_t>(W, K - kb - v * W));
-                        xv[m][v] = cnt > 0 ? load_n(x + m * K + kb + v * W, int(cnt)) : zero();
-                    }
-            }
-#pragma GCC unroll 4
-            for (int r = 0; r < R; ++r) {
-                vf q[GV];
-                load_quant_group(qw, n + r, g, q);
-                const vf s = set1(qw.scale_at(n + r, g));
-#pragma GCC unroll 4
-                for (int m = 0; m < MM; ++m) {
-                    vf t = mul(q[0], xv[m][0]);
-#pragma GCC unroll 8
-                    for (int v = 1; v < GV; ++v) t = simd::fma(q[v], xv[m][v], t);
-                    acc[m][r] = simd::fma(s, t, acc[m][r]);
-                }
-            }
-        }
-        for (int m = 0; m < MM; ++m)
-            for (int r = 0; r < R; ++r) y[m * N + n + r] = hsum(acc[m][r]) + (bias ? bias[n + r] : 0.f);
-    }
-    if (n < n1) gemv_quant_rows<MM, 1>(x, qw, y, bias, n, n1);
-}
-
-template <int MM>
-inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const float* bias) {
-    constexpr int R = 4;
-    split_gemv(qw.rows, R, omp_threads_for(double(MM) * double(qw.rows) * double(qw.cols)),
-               [&](int64_t n0, int64_t n1) { gemv_quant_rows<MM, R>(x, qw, y, bias, n0, n1); });
-}
-
 #if defined(DEEPSTACK_SIMD_AVX512)
 // The exact GEMV (M <= 4) with AVX-512, reading the block layout as fast mode's GEMV does: a block of
 // 16 groups (QuantWeights) comes as 64-byte lines holding the same 4 bytes of each group, so after
@@ -264,20 +213,67 @@ inline void gemv_quant_avx512(const float* x, const QuantWeights& qw, float* y, 
 }
 #endif  // DEEPSTACK_SIMD_AVX512
 
+// GEMV over quantized rows [n0, n1): per group, t = sum(q * x) in fp32 vectors, acc += scale * t.
+template <int MM, int R>
+inline void gemv_quant_rows(const float* x, const QuantWeights& qw, float* y, const float* bias, int64_t n0, int64_t n1) {
+    using namespace simd;
+    constexpr int GV = kQuantGroup / W;
+    const int64_t K = qw.cols, N = qw.rows, G = qw.groups();
+    int64_t n = n0;
+    for (; n + R <= n1; n += R) {
+        vf acc[MM][R];
+        for (int m = 0; m < MM; ++m)
+            for (int r = 0; r < R; ++r) acc[m][r] = zero();
+        for (int64_t g = 0; g < G; ++g) {
+            const int64_t kb = g * kQuantGroup;
+            vf xv[MM][GV];
+            if (kb + kQuantGroup <= K) {
+                for (int m = 0; m < MM; ++m)
+                    for (int v = 0; v < GV; ++v) xv[m][v] = load(x + m * K + kb + v * W);
+            } else {
+                for (int m = 0; m < MM; ++m)
+                    for (int v = 0; v < GV; ++v) {
+                        const int64_t cnt = std::max<int64_t>(0, std::min<int64_t>(W, K - kb - v * W));
+                        xv[m][v] = cnt > 0 ? load_n(x + m * K + kb + v * W, int(cnt)) : zero();
+                    }
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+                vf q[GV];
+                load_quant_group(qw, n + r, g, q);
+                const vf s = set1(qw.scale_at(n + r, g));
+#pragma GCC unroll 4
+                for (int m = 0; m < MM; ++m) {
+                    vf t = mul(q[0], xv[m][0]);
+#pragma GCC unroll 8
+                    for (int v = 1; v < GV; ++v) t = simd::fma(q[v], xv[m][v], t);
+                    acc[m][r] = simd::fma(s, t, acc[m][r]);
+                }
+            }
+        }
+        for (int m = 0; m < MM; ++m)
+            for (int r = 0; r < R; ++r) y[m * N + n + r] = hsum(acc[m][r]) + (bias ? bias[n + r] : 0.f);
+    }
+    if (n < n1) gemv_quant_rows<MM, 1>(x, qw, y, bias, n, n1);
+}
+
+// The exact GEMV: gemv_quant_avx512 where compiled for AVX-512, else gemv_quant_rows.
+template <int MM>
+inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const float* bias) {
+#if defined(DEEPSTACK_SIMD_AVX512)
+    return gemv_quant_avx512<MM>(x, qw, y, bias);
+#endif
+    constexpr int R = 4;
+    split_gemv(qw.rows, R, omp_threads_for(double(MM) * double(qw.rows) * double(qw.cols)),
+               [&](int64_t n0, int64_t n1) { gemv_quant_rows<MM, R>(x, qw, y, bias, n0, n1); });
+}
+
+
 }  // namespace gemm
 
 inline bool matmul_quant(const float* x, int64_t M, const Matrix& W, float* y, const float* bias) {
     if (W.dtype != DType::Q8 && W.dtype != DType::Q4) return false;
     const auto& qw = *static_cast<const QuantWeights*>(W.data);
-#if defined(DEEPSTACK_SIMD_AVX512)
-    switch (M) {
-        case 1: gemm::gemv_quant_avx512<1>(x, qw, y, bias); return true;
-        case 2: gemm::gemv_quant_avx512<2>(x, qw, y, bias); return true;
-        case 3: gemm::gemv_quant_avx512<3>(x, qw, y, bias); return true;
-        case 4: gemm::gemv_quant_avx512<4>(x, qw, y, bias); return true;
-        default: return false;
-    }
-#else
     switch (M) {
         case 1: gemm::gemv_quant<1>(x, qw, y, bias); return true;
         case 2: gemm::gemv_quant<2>(x, qw, y, bias); return true;
@@ -285,7 +281,6 @@ inline bool matmul_quant(const float* x, int64_t M, const Matrix& W, float* y, c
         case 4: gemm::gemv_quant<4>(x, qw, y, bias); return true;
         default: return false;
     }
-#endif
 }
 
 // ---- fast mode for Q8 / Q4: activations quantized to int8 per group of 32 ----
