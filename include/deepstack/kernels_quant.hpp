@@ -115,18 +115,38 @@ inline void dequant_row_segment(const Matrix& w, int64_t n, int64_t k0, int64_t 
 
 namespace gemm {
 
+// The exact GEMV (M <= 4) reads the block layout as fast mode's GEMV does: a block of 16 groups
+// (QuantWeights) comes as 64-byte lines holding the same 4 bytes of each group, and the activations
+// are laid out once per call in the order of those bytes (xl, [M][kpad] fp32). Q8: 8 lines per
+// block (line j = elements 4j..4j+3 of each group), stored q + 128; Q4: 4 lines (stored q + 8, byte
+// i of a group holding elements i and 16 + i), their low nibbles in xl's even lines, the high ones
+// in the odd. Widened to fp32 lanes, 4 consecutive lanes belong to one group; the lanes' products
+// sum over the block and each group's scale multiplies its 4 lanes once per block. The groups after
+// the last whole block are summed one at a time (tail_groups_dot). (Before this GEMV, exact mode
+// gathered every group's quads into a buffer: int8 decode ran at 19% of the bandwidth bound on the
+// Intel Xeon measured, q4 at 11%.)
+
+// sum over the groups after the last whole block of row n: scale * sum(q * x), x one activation row.
+inline float tail_groups_dot(const QuantWeights& qw, int64_t n, const float* x) {
+    const int64_t K = qw.cols, G = qw.groups();
+    float tail = 0.f;
+    for (int64_t g = G / kQuantBlock * kQuantBlock; g < G; ++g) {
+        simd::vf q[kQuantGroup / simd::W];
+        load_quant_group(qw, n, g, q);
+        alignas(64) float xg[kQuantGroup] = {};
+        for (int64_t k = g * kQuantGroup; k < std::min(K, (g + 1) * kQuantGroup); ++k) xg[k - g * kQuantGroup] = x[k];
+        simd::vf t = simd::mul(q[0], simd::load(xg));
+        for (int v = 1; v < kQuantGroup / simd::W; ++v) t = simd::fma(q[v], simd::load(xg + v * simd::W), t);
+        tail += qw.scale_at(n, g) * simd::hsum(t);
+    }
+    return tail;
+}
+
 #if defined(DEEPSTACK_SIMD_AVX512)
-// The exact GEMV (M <= 4) with AVX-512, reading the block layout as fast mode's GEMV does: a block of
-// 16 groups (QuantWeights) comes as 64-byte lines holding the same 4 bytes of each group, so after
-// widening 16 of those bytes to 16 fp32 lanes, 4 consecutive lanes belong to one group; the lanes'
-// products with the activations in the same order (xl, [M][kpad] fp32, laid out once per call) sum
-// over the block, and each group's scale multiplies its 4 lanes once per block. Q8: 8 lines per
-// block (elements 4j..4j+3 of every group in line j), stored q + 128; Q4: 4 lines, the low nibbles
-// elements 4j.., the high ones 16 + 4j.., stored q + 8 and turned into q by a 16-entry vpermps
-// table (an integer subtract and conversion per element held Q4 decode at 66% of the bandwidth;
-// the table, 77-80%). The groups after the last whole block are summed one at a time. (Before this
-// GEMV, exact mode gathered every group's quads into a buffer: int8 decode ran at 19% of the
-// bandwidth bound on the Intel Xeon measured, q4 at 11%.)
+// AVX-512: 16 bytes at a time widened straight to 16 fp32 lanes (Q8: minus 128; Q4: each nibble
+// through a 16-entry vpermps table of q - an integer subtract and conversion per element held Q4
+// decode at 66% of the bandwidth, the table at 77-80%), the group scales spread over the lanes by
+// vpermps.
 template <int MM>
 inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const float* x, float* y, const float* bias, int64_t n0, int64_t n1) {
     const int64_t N = qw.rows, K = qw.cols, kpad = qw.kpad, G = qw.groups(), blocks = G / kQuantBlock, row_bytes = qw.row_bytes();
@@ -178,94 +198,80 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
                 for (int m = 0; m < MM; ++m) acc[m] = _mm512_fmadd_ps(s, part[m][i], acc[m]);
             }
         }
-        for (int m = 0; m < MM; ++m) {
-            float tail = 0.f;  // groups after the last whole block: per group, scale * sum(q * x)
-            for (int64_t g = blocks * kQuantBlock; g < G; ++g) {
-                simd::vf q[kQuantGroup / simd::W];
-                load_quant_group(qw, n, g, q);
-                alignas(64) float xg[kQuantGroup] = {};
-                for (int64_t k = g * kQuantGroup; k < std::min(K, (g + 1) * kQuantGroup); ++k) xg[k - g * kQuantGroup] = x[m * K + k];
-                simd::vf t = simd::mul(q[0], simd::load(xg));
-                for (int v = 1; v < kQuantGroup / simd::W; ++v) t = simd::fma(q[v], simd::load(xg + v * simd::W), t);
-                tail += qw.scale_at(n, g) * simd::hsum(t);
-            }
-            y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + tail + (bias ? bias[n] : 0.f);
-        }
+        for (int m = 0; m < MM; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + tail_groups_dot(qw, n, x + m * K) + (bias ? bias[n] : 0.f);
     }
 }
 
+#else
+// Other SIMD levels: each 64-byte line made signed in a buffer (Q8: q + 128 ^ 0x80; Q4: nibble - 8,
+// low and high halves apart), converted by load_q8_group, and the scales spread over the lanes
+// through a 64-entry buffer per block.
 template <int MM>
-inline void gemv_quant_avx512(const float* x, const QuantWeights& qw, float* y, const float* bias) {
+inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const float* x, float* y, const float* bias, int64_t n0, int64_t n1) {
+    using namespace simd;
+    constexpr int LV = 64 / W, HV = 32 / W;  // vectors per line, per half line
+    const int64_t N = qw.rows, K = qw.cols, kpad = qw.kpad, G = qw.groups(), blocks = G / kQuantBlock, row_bytes = qw.row_bytes();
+    const bool q8 = qw.type == DType::Q8;
+    const WeightPrefetch where = weight_prefetch();
+    for (int64_t n = n0; n < n1; ++n) {
+        const int8_t* wr = qw.q.data() + n * row_bytes;
+        const uint16_t* ws = qw.scale.data() + n * G;  // bf16
+        vf acc[MM];
+        for (int m = 0; m < MM; ++m) acc[m] = zero();
+        for (int64_t b = 0; b < blocks; ++b) {
+            vf part[MM][LV];  // lane l of vector v: group (v W + l) / 4, summed over the block's lines
+            for (int m = 0; m < MM; ++m)
+                for (int v = 0; v < LV; ++v) part[m][v] = zero();
+            const float* xb = xl + b * kQuantBlock * kQuantGroup;
+            const int8_t* wb = wr + b * kQuantBlock * qw.group_bytes();
+            auto add_line = [&](const int8_t* line, const float* xline) {  // 64 signed q against 64 activations
+                vf q[LV];
+                load_q8_group(line, q);
+                load_q8_group(line + 32, q + HV);
+                for (int m = 0; m < MM; ++m)
+                    for (int v = 0; v < LV; ++v) part[m][v] = simd::fma(q[v], load(xline + m * kpad + v * W), part[m][v]);
+            };
+            alignas(64) int8_t lo[64], hi[64];
+            for (int j = 0; j < (q8 ? 8 : 4); ++j) {
+                prefetch_ahead(wb + j * 64, where);
+                const uint8_t* u = reinterpret_cast<const uint8_t*>(wb + j * 64);
+                if (q8) {
+                    for (int i = 0; i < 64; ++i) lo[i] = int8_t(u[i] ^ 0x80u);
+                    add_line(lo, xb + j * 64);
+                } else {
+                    for (int i = 0; i < 64; ++i) lo[i] = int8_t(int(u[i] & 15u) - 8), hi[i] = int8_t(int(u[i] >> 4) - 8);
+                    add_line(lo, xb + 2 * j * 64);
+                    add_line(hi, xb + (2 * j + 1) * 64);
+                }
+            }
+            alignas(64) float lane_scale[64];
+            for (int i = 0; i < 64; ++i) lane_scale[i] = bf16_to_f32(ws[b * kQuantBlock + i / 4]);
+            for (int m = 0; m < MM; ++m)
+                for (int v = 0; v < LV; ++v) acc[m] = simd::fma(load(lane_scale + v * W), part[m][v], acc[m]);
+        }
+        for (int m = 0; m < MM; ++m) y[m * N + n] = hsum(acc[m]) + tail_groups_dot(qw, n, x + m * K) + (bias ? bias[n] : 0.f);
+    }
+}
+#endif
+
+// The exact GEMV for M <= 4 rows of x: lays the activations out in line order, then
+// gemv_quant_blocks over the weight rows.
+template <int MM>
+inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const float* bias) {
     const int64_t K = qw.cols, kpad = qw.kpad, blocks = qw.groups() / kQuantBlock;
     const bool q8 = qw.type == DType::Q8;
     float* xl = scratch<32>(size_t(MM * kpad));  // [MM][kpad]: each block's activations in line order
+    int from[8];  // xl's line j holds elements from[j] .. from[j] + 3 of each of the block's groups
+    for (int j = 0; j < 8; ++j) from[j] = q8 ? 4 * j : (j % 2 == 0 ? 4 * (j / 2) : 16 + 4 * (j / 2));
     for (int m = 0; m < MM; ++m)
         for (int64_t b = 0; b < blocks; ++b)
             for (int lane = 0; lane < kQuantBlock; ++lane) {
                 const float* src = x + m * K + (b * kQuantBlock + lane) * kQuantGroup;
                 float* dst = xl + m * kpad + b * kQuantBlock * kQuantGroup;
-                int from[8];
-                for (int j = 0; j < 8; ++j) from[j] = q8 ? 4 * j : (j % 2 == 0 ? 4 * (j / 2) : 16 + 4 * (j / 2));
                 for (int j = 0; j < 8; ++j) std::memcpy(dst + j * 64 + lane * 4, src + from[j], 4 * sizeof(float));
             }
     split_gemv(qw.rows, 1, omp_threads_for(double(MM) * double(qw.rows) * double(K)),
                [&](int64_t n0, int64_t n1) { gemv_quant_blocks<MM>(qw, xl, x, y, bias, n0, n1); });
-}
-#endif  // DEEPSTACK_SIMD_AVX512
-
-// GEMV over quantized rows [n0, n1): per group, t = sum(q * x) in fp32 vectors, acc += scale * t.
-template <int MM, int R>
-inline void gemv_quant_rows(const float* x, const QuantWeights& qw, float* y, const float* bias, int64_t n0, int64_t n1) {
-    using namespace simd;
-    constexpr int GV = kQuantGroup / W;
-    const int64_t K = qw.cols, N = qw.rows, G = qw.groups();
-    int64_t n = n0;
-    for (; n + R <= n1; n += R) {
-        vf acc[MM][R];
-        for (int m = 0; m < MM; ++m)
-            for (int r = 0; r < R; ++r) acc[m][r] = zero();
-        for (int64_t g = 0; g < G; ++g) {
-            const int64_t kb = g * kQuantGroup;
-            vf xv[MM][GV];
-            if (kb + kQuantGroup <= K) {
-                for (int m = 0; m < MM; ++m)
-                    for (int v = 0; v < GV; ++v) xv[m][v] = load(x + m * K + kb + v * W);
-            } else {
-                for (int m = 0; m < MM; ++m)
-                    for (int v = 0; v < GV; ++v) {
-                        const int64_t cnt = std::max<int64_t>(0, std::min<int64_t>(W, K - kb - v * W));
-                        xv[m][v] = cnt > 0 ? load_n(x + m * K + kb + v * W, int(cnt)) : zero();
-                    }
-            }
-#pragma GCC unroll 4
-            for (int r = 0; r < R; ++r) {
-                vf q[GV];
-                load_quant_group(qw, n + r, g, q);
-                const vf s = set1(qw.scale_at(n + r, g));
-#pragma GCC unroll 4
-                for (int m = 0; m < MM; ++m) {
-                    vf t = mul(q[0], xv[m][0]);
-#pragma GCC unroll 8
-                    for (int v = 1; v < GV; ++v) t = simd::fma(q[v], xv[m][v], t);
-                    acc[m][r] = simd::fma(s, t, acc[m][r]);
-                }
-            }
-        }
-        for (int m = 0; m < MM; ++m)
-            for (int r = 0; r < R; ++r) y[m * N + n + r] = hsum(acc[m][r]) + (bias ? bias[n + r] : 0.f);
-    }
-    if (n < n1) gemv_quant_rows<MM, 1>(x, qw, y, bias, n, n1);
-}
-
-// The exact GEMV: gemv_quant_avx512 where compiled for AVX-512, else gemv_quant_rows.
-template <int MM>
-inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const float* bias) {
-#if defined(DEEPSTACK_SIMD_AVX512)
-    return gemv_quant_avx512<MM>(x, qw, y, bias);
-#endif
-    constexpr int R = 4;
-    split_gemv(qw.rows, R, omp_threads_for(double(MM) * double(qw.rows) * double(qw.cols)),
-               [&](int64_t n0, int64_t n1) { gemv_quant_rows<MM, R>(x, qw, y, bias, n0, n1); });
 }
 
 
