@@ -755,7 +755,7 @@ TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference 
                     matmul_quant_fast(x.data(), M, q, y.data(), bias.data());  // (where AMX is usable, fast mode's M > 4 runs the AMX test's kernel)
                     matmul_quant_fast_ref(x.data(), M, q, yr.data(), bias.data());
 #if !defined(DEEPSTACK_HAVE_VNNI)
-                    if (M <= 4) matmul_ref(x.data(), M, q, yr.data(), bias.data());  // without VNNI: the exact GEMV
+                    matmul_ref(x.data(), M, q, yr.data(), bias.data());  // without VNNI: the exact kernels
 #endif
                     INFO(dtype_name(qt) << " M=" << M << " N=" << N << " K=" << K);
                     CHECK(max_rel_err(y, yr, dot_scale(x, M, q, bias.data())) < 1e-5);

@@ -13,6 +13,7 @@
 //                                       (M > 4) on AMX tiles where usable (kernels_amx.hpp), which also
 //                                       take fast mode's Q8 / Q4 GEMMs and bf16 attention products there
 //   matmul_quant_fast(...)              int8 activations per group of 32, AVX-512 VNNI GEMM and GEMV
+//                                       (without VNNI: the exact kernels)
 //   matmul_shared_input(x, M, W[], y[]) several matrices on one input (one GEMV region where it pays)
 //   layernorm, rmsnorm                  SIMD; gelu_tanh_inplace, gelu_erf_inplace, silu_inplace,
 //                                       silu_mul (array forms); gelu_tanh/gelu_erf/silu (scalar)
