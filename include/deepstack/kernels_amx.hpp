@@ -16,10 +16,10 @@
 // (pack_a<3>, gemm's pieces = 3).
 //
 // Selected at run time by matmul_bf16, the mode-selecting matmul (Q8 / Q4, M > 4), exact mode's
-// matmul (BF16 weights, M > 4: matmul_exact_amx) and attention_bf16
-// when compiled for AMX (-march=native on such a CPU, or DEEPSTACK_ARCH=avx512) and amx_usable():
-// CPUID says AMX-BF16 and the kernel granted the tile data; DEEPSTACK_AMX=0 in the environment turns
-// it off (for A/B measurements). Included from kernels_bf16.hpp.
+// matmul (BF16 weights, M > 4: matmul_exact_amx) and attention_bf16 when compiled for AMX
+// (-march=native on such a CPU, or DEEPSTACK_ARCH=avx512) and amx_usable(): CPUID says AMX-BF16 and
+// the kernel granted the tile data; DEEPSTACK_AMX=0 in the environment turns it off (for A/B
+// measurements). Included from kernels_bf16.hpp.
 #pragma once
 #include "kernels_simd.hpp"
 

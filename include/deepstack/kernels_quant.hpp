@@ -113,6 +113,22 @@ inline void dequant_row_segment(const Matrix& w, int64_t n, int64_t k0, int64_t 
     }
 }
 
+// One activation row's whole 16-group blocks (x: blocks * 512 values) in the line order of the
+// QuantWeights block layout (dst, as many values): line j (64 values) holds, for each of the 16
+// groups in turn, its 4 elements from[j] .. from[j] + 3 - Q8: 4j; Q4: the low-nibble elements 4(j/2)
+// for even j, the high-nibble ones 16 + 4(j/2) for odd j. The GEMVs that read the layout directly
+// (fp32 for exact mode, int8 for fast mode) take their activations in this order.
+template <typename T>
+inline void activations_in_line_order(const T* x, int64_t blocks, bool q8, T* dst) {
+    for (int64_t b = 0; b < blocks; ++b)
+        for (int lane = 0; lane < kQuantBlock; ++lane)
+            for (int j = 0; j < 8; ++j) {
+                const int from = q8 ? 4 * j : (j % 2 == 0 ? 4 * (j / 2) : 16 + 4 * (j / 2));
+                std::memcpy(dst + b * kQuantBlock * kQuantGroup + j * 64 + lane * 4, x + (b * kQuantBlock + lane) * kQuantGroup + from,
+                            4 * sizeof(T));
+            }
+}
+
 namespace gemm {
 
 // The exact GEMV (M <= 4) reads the block layout as fast mode's GEMV does: a block of 16 groups
@@ -261,19 +277,10 @@ inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const f
     const int64_t K = qw.cols, kpad = qw.kpad, blocks = qw.groups() / kQuantBlock;
     const bool q8 = qw.type == DType::Q8;
     float* xl = scratch<32>(size_t(MM * kpad));  // [MM][kpad]: each block's activations in line order
-    int from[8];  // xl's line j holds elements from[j] .. from[j] + 3 of each of the block's groups
-    for (int j = 0; j < 8; ++j) from[j] = q8 ? 4 * j : (j % 2 == 0 ? 4 * (j / 2) : 16 + 4 * (j / 2));
-    for (int m = 0; m < MM; ++m)
-        for (int64_t b = 0; b < blocks; ++b)
-            for (int lane = 0; lane < kQuantBlock; ++lane) {
-                const float* src = x + m * K + (b * kQuantBlock + lane) * kQuantGroup;
-                float* dst = xl + m * kpad + b * kQuantBlock * kQuantGroup;
-                for (int j = 0; j < 8; ++j) std::memcpy(dst + j * 64 + lane * 4, src + from[j], 4 * sizeof(float));
-            }
+    for (int m = 0; m < MM; ++m) activations_in_line_order(x + m * K, blocks, q8, xl + m * kpad);
     split_gemv(qw.rows, 1, omp_threads_for(double(MM) * double(qw.rows) * double(K)),
                [&](int64_t n0, int64_t n1) { gemv_quant_blocks<MM>(qw, xl, x, y, bias, n0, n1); });
 }
-
 
 }  // namespace gemm
 
@@ -658,22 +665,12 @@ inline void gemv_fast(const float* x, int64_t M, const GemvOut* outs, int count)
     float* sx = scratch<14>(size_t(M * G));
     auto* xl = reinterpret_cast<int8_t*>(scratch<23>(size_t(M * kpad / 4 + 16)));     // [M][kpad] in block order
     auto* xneg = reinterpret_cast<int32_t*>(scratch<24>(size_t(M * G + 16)));          // [M][G] -shift * group sums
-    // step j of a block holds, per group, the 4 activations at from[j] (Q8: bytes 4j..4j+3; Q4: step
-    // j / 2, the low-nibble elements 4(j/2).. for even j, the high-nibble ones 16 + 4(j/2).. for odd j)
-    int from[8];
-    for (int j = 0; j < 8; ++j) from[j] = q8 ? 4 * j : (j % 2 == 0 ? 4 * (j / 2) : 16 + 4 * (j / 2));
     for (int64_t m = 0; m < M; ++m) {
         int8_t* q = xq + m * kpad;
         int32_t* neg = xneg + m * G;
         quantize_act_row_simd(x + m * K, K, kpad, q, sx + m * G, neg);
         for (int64_t g = 0; g < G; ++g) neg[g] *= -(q8 ? 128 : 8);
-        int8_t* l = xl + m * kpad;
-        for (int64_t b = 0; b < blocks; ++b)
-            for (int lane = 0; lane < kQuantBlock; ++lane) {
-                const int8_t* src = q + (b * kQuantBlock + lane) * kQuantGroup;
-                int8_t* dst = l + b * kQuantBlock * kQuantGroup + lane * 4;
-                for (int j = 0; j < 8; ++j) std::memcpy(dst + j * 64, src + from[j], 4);
-            }
+        activations_in_line_order(q, blocks, q8, xl + m * kpad);
     }
     auto rows_of = [&](const GemvOut& o, int64_t n0, int64_t n1) {
         switch (M) {
