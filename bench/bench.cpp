@@ -6,7 +6,7 @@
 // Limits: decode reads every decoder and lm_head weight once per token, so its bound is
 // memory bandwidth / bytes read per token; vision and prefill do 2 FLOPs per weight per patch or
 // token (plus attention), so their bound is FLOPs / peak (fp32 FMA, or bf16 dot products in bf16
-// compute mode). Beside it: issue #4's effective rate, the matrices' FLOPs alone (2 per weight per
+// compute mode). Beside it: the effective rate, the matrices' FLOPs alone (2 per weight per
 // patch or token) over the time taken, as a share of the same peak. The limits are measured before and after the runs and the better of the two is
 // used (a shared host's figures drift); the memory read is measured in 2 MiB pages like the weights.
 // Decode's bandwidth is also measured right before and after its timing, as a plain read of the
@@ -264,7 +264,7 @@ ShapeSpec shape_spec(const std::string& s) {
     throw Error("--shape must be 2b, 4b or 8b (got '" + s + "')");
 }
 
-// config.json of Qwen3-VL-<shape>-Instruct (spec §1).
+// config.json of Qwen3-VL-<shape>-Instruct.
 nlohmann::json synthetic_config(const ShapeSpec& s) {
     return {{"model_type", "qwen3_vl"},
             {"tie_word_embeddings", s.tie},
@@ -291,7 +291,7 @@ struct TensorSpec {
     }
 };
 
-// Every tensor of a checkpoint with this config (spec §2).
+// Every tensor of a checkpoint with this config.
 std::vector<TensorSpec> synthetic_tensors(const ModelConfig& c) {
     std::vector<TensorSpec> ts;
     const VisionConfig& v = c.vision;

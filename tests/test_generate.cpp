@@ -146,7 +146,7 @@ TEST_CASE("chat prompt: roles, generation prompt and misuse of visual inputs") {
                          doctest::Contains("1 timestamps for 2 temporal patches"), Error);
 }
 
-// Expected ids from Hugging Face (tests/fixtures/tokenizer/qwen3_cases.json and the spec §9 layout):
+// Expected ids from Hugging Face (tests/fixtures/tokenizer/qwen3_cases.json and the chat template's layout):
 // <|im_start|>=151644 user=872 \n=198 system=8948 assistant=77091 <|im_end|>=151645.
 TEST_CASE("Qwen3 tokenizer files for the prompt tests") {
     if (have_qwen3())

@@ -1,4 +1,4 @@
-// deepstack-golden: runs a golden fixture (../shared/fixtures format) end to end - preprocessing
+// deepstack-golden: runs a golden fixture (tests/fixtures format) end to end - preprocessing
 // of its input pictures, vision, prefill, 8 decode steps - and compares every tensor it
 // reproduces with golden.safetensors. Exit 0 when all are within tolerance, 1 otherwise.
 #include <deepstack.hpp>

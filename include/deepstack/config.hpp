@@ -11,7 +11,7 @@
 
 namespace deepstack {
 
-// How visual features enter the decoder (../spec/fusion-schemes.md).
+// How visual features enter the decoder (see fusion.hpp).
 struct FusionConfig {
     enum class Type { Inject, Gated, Stack };
     Type type = Type::Inject;

@@ -1,4 +1,4 @@
-// deepstack/fusion.hpp - how visual features enter the decoder (../spec/fusion-schemes.md):
+// deepstack/fusion.hpp - how visual features enter the decoder:
 //   inject: the final merger's tokens replace the pad embeddings; DeepStack level k is added at
 //           the visual positions after decoder layer k (Qwen3-VL).
 //   gated:  a softmax gate over the levels mixes them into one token per position, then LayerNorm.

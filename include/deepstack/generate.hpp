@@ -1,5 +1,5 @@
-// deepstack/generate.hpp - chat prompts, sampling and streaming generation for Qwen3-VL
-// (spec §8.6, §9): the chat template with images and videos expanded into pad tokens, a seeded
+// deepstack/generate.hpp - chat prompts, sampling and streaming generation for Qwen3-VL:
+// the chat template with images and videos expanded into pad tokens, a seeded
 // sampler (greedy, temperature, top-k, top-p, min-p, repetition and presence penalties), the
 // decode loop with end tokens and a text callback, and a Chat that keeps the KV cache across turns.
 #pragma once
@@ -53,7 +53,7 @@ inline void append_repeated(std::string& s, const std::string& token, int64_t n)
 }
 
 // The Qwen3-VL chat template (chat_template.json) with the processor's placeholder expansion
-// applied (spec §8.6, §9): every message is "<|im_start|>role\n" + content + "<|im_end|>\n"; an image
+// applied: every message is "<|im_start|>role\n" + content + "<|im_end|>\n"; an image
 // becomes <|vision_start|> + <|image_pad|> x t*h*w/merge^2 + <|vision_end|>; a video becomes, per
 // temporal patch, its "<T seconds>" + <|vision_start|> + <|video_pad|> x h*w/merge^2 + <|vision_end|>.
 // No system message is added when none is given.
@@ -114,7 +114,7 @@ inline std::string render_chat(const Tokenizer& tok, const ModelConfig& c, const
 
 }  // namespace detail
 
-// Token ids of a chat (spec §9): the rendered template tokenised as one text, as the Hugging Face
+// Token ids of a chat: the rendered template tokenised as one text, as the Hugging Face
 // processor does. visuals: the prepared images/videos the messages' parts refer to, in order; hand
 // the same list to Session::prefill or generate(). add_generation_prompt appends
 // "<|im_start|>assistant\n" so the model writes the reply next.

@@ -1,5 +1,5 @@
 // deepstack/image.hpp - image decoding (stb_image) and the Qwen3-VL image / video preprocessing:
-// smart_resize, Pillow-exact bicubic resize, normalisation and patchify (spec §3.1, §7, §8).
+// smart_resize, Pillow-exact bicubic resize, normalisation and patchify.
 //
 // Parity target: the Hugging Face slow image processor (Qwen2VLImageProcessor, Pillow resize) for
 // images and Qwen3VLVideoProcessor (torchvision) for videos. Decoding lossless formats (PNG, BMP,
@@ -42,7 +42,7 @@ constexpr int64_t kMaxImagePixels = 2 * int64_t(89478485);
 
 // Patches of one image or video as the vision encoder takes them.
 struct VisualPatches {
-    std::vector<float> pixels;      // [grid_t*grid_h*grid_w, 3*temporal*patch*patch], rows in merge-window order (spec §3.1)
+    std::vector<float> pixels;      // [grid_t*grid_h*grid_w, 3*temporal*patch*patch], rows in merge-window order
     std::array<int, 3> grid_thw{};  // (t, h, w) in patch units
     int height = 0, width = 0;      // resized size in pixels
 };
@@ -196,7 +196,7 @@ inline void check_patch_grid(int height, int width, const PreprocessConfig& cfg,
 
 // frames: grid_t * temporal_patch_size images of one size (multiples of patch * merge).
 // Output rows in (t, block row, block col, row in block, col in block) order; each row is
-// [C=3][T][patch][patch] (spec §3.1).
+// [C=3][T][patch][patch].
 inline VisualPatches patchify(const std::vector<const Image*>& frames, const PreprocessConfig& cfg, bool fused_normalize) {
     const int T = cfg.temporal_patch_size, P = cfg.patch_size, M = cfg.merge_size;
     const int H = frames[0]->height, W = frames[0]->width;
@@ -393,7 +393,7 @@ inline Image load_image(const std::string& path, int64_t max_pixels = kMaxImageP
     return decode_image(f.data(), f.size(), path, max_pixels);
 }
 
-// HF smart_resize (spec §7.2, §13): {height, width} as multiples of `factor` with area in
+// HF smart_resize: {height, width} as multiples of `factor` with area in
 // [min_pixels, max_pixels], in float64 with Python's half-to-even round. Tiny and extreme images
 // are resized (never a zero side); an aspect ratio above 200 is refused.
 inline std::pair<int, int> smart_resize(int height, int width, int factor, int64_t min_pixels, int64_t max_pixels) {
@@ -418,7 +418,7 @@ inline std::pair<int, int> smart_resize(int height, int width, int factor, int64
     return {detail::checked_side(h_bar, "height"), detail::checked_side(w_bar, "width")};
 }
 
-// Video smart_resize (HF Qwen3VLVideoProcessor, spec §8.3): the pixel budget counts all
+// Video smart_resize (HF Qwen3VLVideoProcessor): the pixel budget counts all
 // `num_frames` frames (before padding to a multiple of temporal_factor); frames with a side below
 // `factor` are first scaled up so that side is `factor`. The optional per-frame cap
 // (`cap_pixels_per_frame`, off by default in HF) is not applied.
@@ -479,7 +479,7 @@ inline Image resize_bicubic(const Image& src, int out_width, int out_height) {
 }
 
 // A still image at a given resized size (multiples of patch*merge): bicubic resize, normalise,
-// temporal_patch_size identical frames (spec P14), patchify. Used directly by the DeepStack-L
+// temporal_patch_size identical frames, patchify. Used directly by the DeepStack-L
 // high-resolution stream (the ORIGINAL image resized to exactly r x the processor size).
 inline VisualPatches preprocess_image_at(const Image& img, int height, int width, const PreprocessConfig& cfg) {
     detail::check_image(img, "preprocess_image");
@@ -520,7 +520,7 @@ inline VisualPatches preprocess_video(const std::vector<Image>& frames, const Pr
     return detail::patchify(ptrs, cfg, true);
 }
 
-// Frame sampling in fps mode (HF Qwen3VLVideoProcessor.sample_frames, spec §8.1):
+// Frame sampling in fps mode (HF Qwen3VLVideoProcessor.sample_frames):
 // n = int(total / video_fps * cfg.fps) clamped to [min_frames, max_frames] and to total; indices
 // = round-half-even(linspace(0, total - 1, n)). video_fps <= 0 means unknown and is taken as 24,
 // as HF does.
@@ -539,7 +539,7 @@ inline std::vector<int> sample_frame_indices(int total_frames, double video_fps,
     return idx;
 }
 
-// Seconds of each temporal patch (spec §8.5, HF Qwen3VLProcessor._calculate_timestamps): the
+// Seconds of each temporal patch (HF Qwen3VLProcessor._calculate_timestamps): the
 // index list is padded to a multiple of temporal_patch_size by repeating the last index, each
 // index becomes idx / video_fps, and patch j gets the mean of its first and last frame times.
 inline std::vector<double> temporal_patch_timestamps(const std::vector<int>& frame_indices, double video_fps, int temporal_patch_size) {

@@ -1,5 +1,5 @@
 // deepstack/rope.hpp - rotary position embeddings: the 3D (t, h, w) positions of a prompt
-// (interleaved M-RoPE, spec §6) and the 2D rotary of the vision encoder (spec §3.4).
+// (interleaved M-RoPE) and the 2D rotary of the vision encoder.
 #pragma once
 #include "common.hpp"
 
@@ -82,7 +82,7 @@ inline void mrope_tables(const Positions& p, size_t first, size_t count, int hea
 }
 
 // Calls fn(row, col) for each patch of a t x h x w grid in merge-window order (t, block row,
-// block col, row in block, col in block): the order of the preprocessor's patches (spec §3.1).
+// block col, row in block, col in block): the order of the preprocessor's patches.
 template <typename Fn>
 inline void for_each_window_patch(int t, int h, int w, int merge, Fn&& fn) {
     for (int tt = 0; tt < t; ++tt)

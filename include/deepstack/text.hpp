@@ -1,6 +1,6 @@
-// deepstack/text.hpp - the Qwen3 text decoder (spec §4): RMSNorm, GQA attention with per-head
+// deepstack/text.hpp - the Qwen3 text decoder: RMSNorm, GQA attention with per-head
 // q/k RMSNorm and interleaved M-RoPE, SwiGLU MLP, the KV cache, and the hook that adds
-// visual features to the hidden states at the visual positions (DeepStack, spec §5).
+// visual features to the hidden states at the visual positions (DeepStack).
 #pragma once
 #include "rope.hpp"
 #include "weights.hpp"

@@ -1,6 +1,6 @@
 // deepstack/video.hpp - reading a video for the model: a folder of frames, a list of frame files,
 // or (when built with FFmpeg) a video file; the frames are sampled as the Hugging Face
-// Qwen3VLVideoProcessor samples them (spec §8.1) and only the sampled frames are decoded or kept.
+// Qwen3VLVideoProcessor samples them and only the sampled frames are decoded or kept.
 #pragma once
 #include "image.hpp"
 
@@ -231,7 +231,7 @@ inline VideoClip load_video_file(const std::string& path, double source_fps, con
 
 }  // namespace detail
 
-// Reads a video and samples its frames as Qwen3VLVideoProcessor does (spec §8.1, via
+// Reads a video and samples its frames as Qwen3VLVideoProcessor does (via
 // sample_frame_indices): n = int(total_frames / source_fps * target_fps), clamped to
 // [cfg.min_frames, cfg.max_frames] and to total_frames, at round-half-even(linspace(0, total-1, n)).
 // `path` is

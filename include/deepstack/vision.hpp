@@ -1,4 +1,4 @@
-// deepstack/vision.hpp - the vision encoder (spec §3): patch embedding, interpolated learned
+// deepstack/vision.hpp - the vision encoder: patch embedding, interpolated learned
 // position embedding, 2D rotary, LayerNorm blocks, DeepStack taps and the patch mergers.
 #pragma once
 #include "rope.hpp"

@@ -65,7 +65,7 @@ struct TextWeights {
 // (views into the mapped file), or quantized at load to Q8 / Q4 (kernels_quant.hpp).
 enum class WeightFormat { Stored, Q8, Q4 };
 
-// Gated fusion module (fusion-schemes.md §2).
+// Gated fusion module (see fusion.hpp).
 struct GatedFusionWeights {
     Linear gate_proj;        // [levels, D]
     LayerNormWeights norm;   // [D]
