@@ -94,7 +94,7 @@ inline std::string shape_str(const std::vector<int64_t>& shape) {
 
 // Large buffers in private anonymous memory, 2 MiB aligned and advised for transparent huge
 // pages: one page fault per 2 MiB instead of one per 4 KiB, and fewer TLB misses when the whole
-// buffer streams through the cores (on the project's VM a 4 KiB fault costs ~17 us, so a fresh
+// buffer streams through the cores (on a 2-core AMD EPYC VM a 4 KiB fault costs ~17 us, so a fresh
 // 25 MB activation buffer costs ~100 ms in faults alone). Smaller requests use the heap.
 constexpr size_t kHugePage = size_t(2) << 20;
 inline bool huge_size(size_t bytes) { return bytes >= kHugePage / 2; }
