@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
         inline_file(argv[1], body);
         std::ofstream out(argv[2]);
         out << "// deepstack.hpp - single-header build of the deepstack library (generated; do not edit).\n"
-               "// Needs: Eigen 3, nlohmann/json, stb_image (+ libstb), utf8proc, PCRE2 (8-bit), OpenMP.\n"
+               "// Needs: nlohmann/json, stb_image (+ libstb), utf8proc, PCRE2 (8-bit), OpenMP; FFmpeg for video\n"
+               "// files when DEEPSTACK_WITH_FFMPEG is defined.\n"
                "#pragma once\n"
             << body.str();
         if (!out) throw std::runtime_error(std::string(argv[2]) + ": write failed");
