@@ -33,8 +33,8 @@ if [ "$download" = yes ]; then
   if command -v curl >/dev/null 2>&1; then
     reason=$(curl -sS -o /dev/null --max-time 20 --head --fail "$probe_url" 2>&1) && reachable=yes || reachable=no
   elif command -v wget >/dev/null 2>&1; then
-    reason=$(wget -q --spider --timeout=20 --tries=1 "$probe_url" 2>&1) && reachable=yes || reachable=no
-    [ -n "$reason" ] || reason="wget could not fetch $probe_url"
+    reason=$(wget -nv --spider --timeout=20 --tries=1 "$probe_url" 2>&1) && reachable=yes || reachable=no
+    reason=$(printf '%s\n' "$reason" | tail -n 1)
   else
     reason=$(GIT_TERMINAL_PROMPT=0 timeout 30 git ls-remote "$endpoint/$repo" HEAD 2>&1 >/dev/null) && reachable=yes || reachable=no
   fi
