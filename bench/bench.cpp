@@ -823,7 +823,6 @@ int run(int argc, char** argv) {
     r.load_before = load_average();
 
     LoadOptions opt;
-    opt.threads = a.threads;
     opt.weights = a.weights == "int8" ? WeightFormat::Q8 : a.weights == "q4" ? WeightFormat::Q4 : WeightFormat::Stored;
     opt.bf16_compute = a.compute == "bf16";
     opt.map_weights = a.map_weights;

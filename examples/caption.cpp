@@ -1,31 +1,19 @@
-// example-caption MODEL_DIR IMAGE [PROMPT]: the smallest host program - load a Qwen3-VL model
-// folder, describe one picture, stream the text to stdout.
+// example-caption MODEL_DIR IMAGE: the smallest host program - open a Qwen3-VL model folder,
+// describe one picture greedily, stream the text to stdout.
 #include <deepstack.hpp>
-
 #include <cstdio>
-
 int main(int argc, char** argv) {
-    if (argc < 3) {
-        std::fprintf(stderr, "usage: %s MODEL_DIR IMAGE [PROMPT]\n", argv[0]);
-        return 1;
-    }
-    try {
-        using namespace deepstack;
-        const std::string dir = argv[1];
-        const auto model = Model::load(dir);
-        const Tokenizer tokenizer = Tokenizer::load(dir + "/tokenizer.json");
-        const std::vector<VisualInput> visuals = {prepare_image(*model, load_image(argv[2]))};
-        const std::vector<Message> chat = {{"user", {image_part(0), text_part(argc > 3 ? argv[3] : "Describe this image.")}}};
-        Session session(model);
-        generate(session, tokenizer, build_prompt_ids(tokenizer, model->config, chat, visuals, true), visuals,
-                 load_generation_config(dir), [](const std::string& piece) {
-                     std::fputs(piece.c_str(), stdout);
-                     std::fflush(stdout);
-                     return true;  // false would stop the reply here
-                 });
-        std::puts("");
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "error: %s\n", e.what());
-        return 1;
-    }
+    deepstack::EngineOptions options;
+    options.threads = 2;                          // this engine's threads; the process's OpenMP setting is left alone
+    deepstack::Engine engine = deepstack::Engine::open(argv[1], options);   // throws deepstack::Error
+    deepstack::Request request;
+    request.images = {argv[2]};                   // paths; decoded RGB images and a video are accepted too
+    request.prompt = "Describe this image.";
+    request.sampling.max_new_tokens = 12;
+    request.sampling.temperature = 0;             // greedy
+    deepstack::Reply reply = engine.generate(request, [](std::string_view piece) {
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        return true;                              // false stops generation
+    });
+    std::printf("\n%d prompt tokens, %d generated\n", reply.prompt_tokens, reply.generated_tokens);
 }

@@ -16,3 +16,5 @@
 #include "deepstack/generate.hpp"
 #include "deepstack/video.hpp"
 #include "deepstack/grounding.hpp"
+#include "deepstack/request.hpp"
+#include "deepstack/engine.hpp"

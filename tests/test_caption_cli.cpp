@@ -27,32 +27,8 @@ const std::string kCaption = std::string(DEEPSTACK_BIN_DIR) + "/deepstack-captio
 
 bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json")); }
 
-struct Run {
-    int status = -1;  // exit code
-    std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
-}
-
 // Runs deepstack-caption with `args` (already quoted), capturing stdout and stderr.
-Run caption(const std::string& args) {
-    const std::string err_file = (fs::temp_directory_path() / ("deepstack_caption_err_" + std::to_string(::getpid()))).string();
-    Run r;
-    FILE* p = ::popen((quote(kCaption) + " " + args + " 2>" + quote(err_file)).c_str(), "r");
-    REQUIRE(p);
-    char buf[4096];
-    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.out.append(buf, n);
-    const int st = ::pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    std::ifstream e(err_file);
-    r.err.assign(std::istreambuf_iterator<char>(e), std::istreambuf_iterator<char>());
-    fs::remove(err_file);
-    return r;
-}
+Run caption(const std::string& args) { return run_command(quote(kCaption) + " " + args); }
 
 // A Qwen3-VL model folder with tiny dimensions, the real vocabulary size and token ids, and random
 // BF16 matrices (F32 norms and biases). Removed when the test program ends.

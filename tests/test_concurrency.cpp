@@ -98,10 +98,9 @@ TEST_CASE("one model, 4 threads, with OpenMP nesting enabled and 2 OpenMP thread
     const int saved_threads = omp_get_max_threads();
     const int saved_levels = omp_get_max_active_levels();
     omp_set_max_active_levels(2);
+    omp_set_num_threads(2);
 #endif
-    LoadOptions opt;
-    opt.threads = 2;
-    const auto model = Model::load(kTinyImage + "/model", opt);
+    const auto model = Model::load(kTinyImage + "/model");
     concurrent_runs(model, 4, 4);
 #ifdef _OPENMP
     omp_set_max_active_levels(saved_levels);

@@ -15,39 +15,12 @@
 #include <unistd.h>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 namespace fs = std::filesystem;
 
 namespace {
 
 const std::string kFixtures = std::string(DEEPSTACK_TEST_DATA) + "/fixtures/";
-
-// The fixtures' toy tokenizer as a byte-level BPE tokenizer.json: byte b is id b + 16 (so ASCII
-// character c is ord(c) + 16, as tokenizer_map.json says), no merges, the special tokens at
-// 500..506, and placeholder tokens "[tN]" for every other id below 512.
-std::string toy_tokenizer_json() {
-    nlohmann::json vocab = nlohmann::json::object();
-    std::vector<bool> used(512, false);
-    for (int b = 0; b < 256; ++b) {
-        vocab[detail::byte_level_encode(std::string(1, char(b)))] = b + 16;
-        used[size_t(b + 16)] = true;
-    }
-    const char* specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"};
-    nlohmann::json added = nlohmann::json::array();
-    for (int k = 0; k < 7; ++k) {
-        added.push_back({{"id", 500 + k}, {"content", specials[k]}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                         {"normalized", false}, {"special", true}});
-        used[size_t(500 + k)] = true;
-    }
-    for (int id = 0; id < 512; ++id)
-        if (!used[size_t(id)]) vocab["[t" + std::to_string(id) + "]"] = id;
-    nlohmann::json j = {{"version", "1.0"},
-                        {"added_tokens", added},
-                        {"normalizer", nullptr},
-                        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", true}}},
-                        {"decoder", {{"type", "ByteLevel"}}},
-                        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
-    return j.dump();
-}
 
 const Tokenizer& toy() {
     static const Tokenizer tok = Tokenizer::parse(toy_tokenizer_json(), "toy tokenizer.json");
@@ -70,10 +43,6 @@ std::vector<int> golden_ids(const std::string& fixture, const std::string& name)
     REQUIRE(t->dtype == DType::I64);
     const int64_t* v = reinterpret_cast<const int64_t*>(t->data);
     return std::vector<int>(v, v + t->numel());
-}
-
-std::vector<int> manifest_ids(const std::string& fixture, const char* key) {
-    return detail::read_json_file(kFixtures + fixture + "/manifest.json").at(key).get<std::vector<int>>();
 }
 
 // The tiny-video-4raw fixture's video, prepared for its model.
@@ -338,21 +307,24 @@ TEST_CASE("generate: greedy reproduces the golden continuation; end tokens and t
     const std::vector<VisualInput> visuals = {fixture_video(*model)};
     const std::vector<int> prompt =
         build_prompt_ids(toy(), model->config, {{"user", {video_part(0), text_part("What happens?")}}}, visuals, true);
-    const std::vector<int> golden = manifest_ids("tiny-video-4raw", "generated_ids");  // no end token among them
+    const std::vector<int> golden = manifest_ids(kFixtures + "tiny-video-4raw", "generated_ids");  // no end token among them
     SamplingParams greedy;
     greedy.max_new_tokens = 8;
 
     Session s(model);
     std::string streamed;
-    std::vector<std::string> stages;
-    GenerateResult r = generate(s, toy(), prompt, visuals, greedy, [&](const std::string& piece) { streamed += piece; return true; },
-                                [&](const std::string& stage, double seconds) { stages.push_back(stage); CHECK(seconds >= 0); });
+    std::vector<Stage> stages;
+    GenerateResult r = generate(s, toy(), prompt, visuals, greedy, [&](std::string_view piece) { streamed += piece; return true; },
+                                [&](Stage stage, const GenerateResult& so_far) {
+                                    stages.push_back(stage);
+                                    CHECK(so_far.prompt_tokens == int64_t(prompt.size()));
+                                });
     CHECK(r.tokens == golden);
     CHECK(r.stop == StopReason::MaxTokens);
     CHECK(r.prompt_tokens == int64_t(prompt.size()));
     CHECK(r.text == toy().decode(golden, true));
     CHECK(streamed == r.text);
-    CHECK(stages == std::vector<std::string>{"vision encoding", "prefill"});
+    CHECK(stages == std::vector<Stage>{Stage::Vision, Stage::Prefill});
     CHECK(s.length() == int64_t(prompt.size() + golden.size() - 1));  // the last token is not fed
 
     SamplingParams stop = greedy;
@@ -365,7 +337,7 @@ TEST_CASE("generate: greedy reproduces the golden continuation; end tokens and t
 
     Session s3(model);
     int pieces = 0;
-    r = generate(s3, toy(), prompt, visuals, greedy, [&](const std::string&) { return ++pieces < 2; });
+    r = generate(s3, toy(), prompt, visuals, greedy, [&](std::string_view) { return ++pieces < 2; });
     CHECK(pieces == 2);
     CHECK(r.stop == StopReason::Callback);
     CHECK(r.tokens.size() < golden.size());
@@ -376,7 +348,7 @@ TEST_CASE("generate: greedy reproduces the golden continuation; end tokens and t
     for (int id : r.tokens) CHECK(id != 502);
 }
 
-TEST_CASE("Chat: a later turn prefills only its new tokens and gives the same logits as one prefill") {
+TEST_CASE("Conversation: a later turn prefills only its new tokens and gives the same logits as one prefill") {
     auto model = Model::load(kFixtures + "tiny-video-4raw/model");
     const std::vector<VisualInput> visuals = {fixture_video(*model)};
     SamplingParams p;
@@ -384,7 +356,7 @@ TEST_CASE("Chat: a later turn prefills only its new tokens and gives the same lo
     p.top_k = 50;
     p.seed = 3;
     p.max_new_tokens = 4;
-    Chat chat(model, toy());
+    Conversation chat(model, toy());
     const GenerateResult first = chat.send({{"user", {video_part(0), text_part("What happens?")}}}, visuals, p);
     REQUIRE(first.tokens.size() == 4);
     const size_t after_first = chat.ids().size();

@@ -14,6 +14,10 @@ inline std::string qwen3_dir() {
 #include <doctest/doctest.h>
 #include <deepstack.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -66,4 +70,65 @@ inline std::vector<int> golden_input_ids(const std::string& fixture_dir) {
         ids.push_back(int(v));
     }
     return ids;
+}
+
+// A list of ids (`key`) of a fixture's manifest.json.
+inline std::vector<int> manifest_ids(const std::string& fixture_dir, const char* key) {
+    return deepstack::detail::read_json_file(fixture_dir + "/manifest.json").at(key).get<std::vector<int>>();
+}
+
+// The fixtures' toy tokenizer as a byte-level BPE tokenizer.json: byte b is id b + 16 (so ASCII
+// character c is ord(c) + 16, as tokenizer_map.json says), no merges, the special tokens at
+// 500..506, and placeholder tokens "[tN]" for every other id below 512.
+inline std::string toy_tokenizer_json() {
+    nlohmann::json vocab = nlohmann::json::object();
+    std::vector<bool> used(512, false);
+    for (int b = 0; b < 256; ++b) {
+        vocab[deepstack::detail::byte_level_encode(std::string(1, char(b)))] = b + 16;
+        used[size_t(b + 16)] = true;
+    }
+    const char* specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"};
+    nlohmann::json added = nlohmann::json::array();
+    for (int k = 0; k < 7; ++k) {
+        added.push_back({{"id", 500 + k}, {"content", specials[k]}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                         {"normalized", false}, {"special", true}});
+        used[size_t(500 + k)] = true;
+    }
+    for (int id = 0; id < 512; ++id)
+        if (!used[size_t(id)]) vocab["[t" + std::to_string(id) + "]"] = id;
+    nlohmann::json j = {{"version", "1.0"},
+                        {"added_tokens", added},
+                        {"normalizer", nullptr},
+                        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", true}}},
+                        {"decoder", {{"type", "ByteLevel"}}},
+                        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+    return j.dump();
+}
+
+// `s` quoted for the shell.
+inline std::string quote(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+}
+
+struct Run {
+    int status = -1;  // exit code
+    std::string out, err;
+};
+
+// Runs a shell command (its arguments already quoted), capturing stdout and stderr.
+inline Run run_command(const std::string& command) {
+    const std::string err_file = (std::filesystem::temp_directory_path() / ("deepstack_test_err_" + std::to_string(::getpid()))).string();
+    Run r;
+    FILE* p = ::popen((command + " 2>" + quote(err_file)).c_str(), "r");
+    REQUIRE(p);
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.out.append(buf, n);
+    const int st = ::pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    std::ifstream e(err_file);
+    r.err.assign(std::istreambuf_iterator<char>(e), std::istreambuf_iterator<char>());
+    std::filesystem::remove(err_file);
+    return r;
 }

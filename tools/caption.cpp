@@ -2,17 +2,16 @@
 // streaming the reply to stdout; progress and timings go to stderr. --json prints one JSON object
 // instead. Exit 0 on success, 1 on any error ("error: ..." on stderr).
 #include <deepstack.hpp>
-#include <deepstack/grounding.hpp>
-#include <deepstack/video.hpp>
 
+#include <nlohmann/json.hpp>
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
-#include <optional>
 
 using namespace deepstack;
 
@@ -58,18 +57,16 @@ const char* kGetModel =
     "  git lfs install && git clone https://huggingface.co/Qwen/Qwen3-VL-2B-Instruct models/Qwen3-VL-2B-Instruct\n"
     "and pass --model models/Qwen3-VL-2B-Instruct";
 
+Request default_request() {
+    Request r;
+    r.prompt = "Describe this image.";
+    return r;
+}
+
 struct Args {
-    std::string model_dir, prompt = "Describe this image.", system;
-    std::vector<std::string> images;
-    std::string video, boxes_png;
-    double video_fps = 0;  // 0: the file's own rate, 2 for folders and lists
-    // Sampling flags override generation_config.json only when given.
-    std::optional<float> temperature, top_p, min_p, repetition_penalty, presence_penalty;
-    std::optional<int> top_k, max_new_tokens;
-    std::optional<uint64_t> seed;
-    int threads = 0;
-    LoadOptions load;
-    PixelBudget budget;
+    std::string model_dir, boxes_png;
+    EngineOptions options;
+    Request request = default_request();  // sampling flags override generation_config.json only when given
     bool json = false;
 };
 
@@ -94,6 +91,12 @@ int parse_int(const std::string& flag, const std::string& text) {
     return int(v);
 }
 
+// The request's video, made on first use (--video and --fps may come in either order).
+VideoInput& video(Args& a) {
+    if (!a.request.video) a.request.video = VideoInput{};
+    return *a.request.video;
+}
+
 // Returns false when --help was asked for.
 bool parse_args(int argc, char** argv, Args& a) {
     for (int i = 1; i < argc; ++i) {
@@ -102,42 +105,44 @@ bool parse_args(int argc, char** argv, Args& a) {
             if (i + 1 >= argc) throw Error(flag + " needs a value (see --help)");
             return argv[++i];
         };
+        Sampling& sampling = a.request.sampling;
         if (flag == "-h" || flag == "--help") return false;
         else if (flag == "--model") a.model_dir = value();
-        else if (flag == "--prompt") a.prompt = value();
-        else if (flag == "--system") a.system = value();
-        else if (flag == "--max-new-tokens") a.max_new_tokens = parse_int(flag, value());
-        else if (flag == "--temperature") a.temperature = float(parse_number(flag, value()));
-        else if (flag == "--top-k") a.top_k = parse_int(flag, value());
-        else if (flag == "--top-p") a.top_p = float(parse_number(flag, value()));
-        else if (flag == "--min-p") a.min_p = float(parse_number(flag, value()));
-        else if (flag == "--repetition-penalty") a.repetition_penalty = float(parse_number(flag, value()));
-        else if (flag == "--presence-penalty") a.presence_penalty = float(parse_number(flag, value()));
-        else if (flag == "--seed") a.seed = uint64_t(parse_count(flag, value()));
-        else if (flag == "--threads") a.threads = parse_int(flag, value());
+        else if (flag == "--prompt") a.request.prompt = value();
+        else if (flag == "--system") a.request.system = value();
+        else if (flag == "--max-new-tokens") sampling.max_new_tokens = parse_int(flag, value());
+        else if (flag == "--temperature") sampling.temperature = float(parse_number(flag, value()));
+        else if (flag == "--top-k") sampling.top_k = parse_int(flag, value());
+        else if (flag == "--top-p") sampling.top_p = float(parse_number(flag, value()));
+        else if (flag == "--min-p") sampling.min_p = float(parse_number(flag, value()));
+        else if (flag == "--repetition-penalty") sampling.repetition_penalty = float(parse_number(flag, value()));
+        else if (flag == "--presence-penalty") sampling.presence_penalty = float(parse_number(flag, value()));
+        else if (flag == "--seed") sampling.seed = uint64_t(parse_count(flag, value()));
+        else if (flag == "--threads") a.options.threads = parse_int(flag, value());
         else if (flag == "--weights") {
             const std::string w = value();
             if (w != "bf16" && w != "int8" && w != "q4") throw Error("--weights: '" + w + "' is not one of bf16, int8, q4");
-            a.load.weights = w == "int8" ? WeightFormat::Q8 : w == "q4" ? WeightFormat::Q4 : WeightFormat::Stored;
+            a.options.weights = w == "int8" ? Weights::Int8 : w == "q4" ? Weights::Q4 : Weights::Stored;
         } else if (flag == "--compute") {
             const std::string c = value();
             if (c != "f32" && c != "bf16") throw Error("--compute: '" + c + "' is not one of f32, bf16");
-            a.load.bf16_compute = c == "bf16";
+            a.options.compute = c == "bf16" ? Compute::Fast : Compute::Exact;
         } else if (flag == "--map-weights")
-            a.load.map_weights = true;
-        else if (flag == "--min-pixels") a.budget.min_pixels = parse_count(flag, value());
-        else if (flag == "--max-pixels") a.budget.max_pixels = parse_count(flag, value());
+            a.options.map_weights = true;
+        else if (flag == "--min-pixels") a.options.min_pixels = parse_count(flag, value());
+        else if (flag == "--max-pixels") a.options.max_pixels = parse_count(flag, value());
         else if (flag == "--json") a.json = true;
-        else if (flag == "--video") a.video = value();
-        else if (flag == "--fps") a.video_fps = parse_number(flag, value());
+        else if (flag == "--video") video(a).path = value();
+        else if (flag == "--fps") video(a).fps = parse_number(flag, value());
         else if (flag == "--boxes") a.boxes_png = value();
         else if (flag.size() > 1 && flag[0] == '-') throw Error("unknown flag '" + flag + "' (see --help)");
-        else a.images.push_back(flag);
+        else a.request.images.push_back(flag);
     }
     if (a.model_dir.empty()) throw Error(std::string("--model DIR is required; ") + kGetModel);
-    if (a.images.empty() && a.video.empty()) throw Error("no IMAGE or --video given (see --help)");
-    if (!a.boxes_png.empty() && a.images.empty()) throw Error("--boxes draws on the first IMAGE; give one");
-    if (a.video_fps < 0) throw Error("--fps must be positive");
+    const std::optional<VideoInput>& video = a.request.video;
+    if (a.request.images.empty() && (!video || video->path.empty())) throw Error("no IMAGE or --video given (see --help)");
+    if (!a.boxes_png.empty() && a.request.images.empty()) throw Error("--boxes draws on the first IMAGE; give one");
+    if (video && video->fps < 0) throw Error("--fps must be positive");
     return true;
 }
 
@@ -171,117 +176,87 @@ void progress(const char* fmt, ...) {
 // A float setting as the decimal it was written as (0.7, not 0.699999988), for the JSON report.
 double decimal(float x) { return std::round(double(x) * 1e6) / 1e6; }
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+nlohmann::json input_json(const InputInfo& in) {
+    nlohmann::json j = {{"path", in.path}, {"width", in.width}, {"height", in.height}, {"resized_width", in.resized_width},
+                        {"resized_height", in.resized_height}, {"visual_tokens", in.visual_tokens}};
+    if (in.is_video) j.update({{"fps", in.fps}, {"total_frames", in.total_frames}, {"frame_indices", in.frame_indices}});
+    return j;
+}
+
+const char* stop_text(StopReason r) {
+    return r == StopReason::EndToken ? "end token" : r == StopReason::MaxTokens ? "max new tokens" : "by the caller";
+}
+
 int run(const Args& a) {
     check_model_folder(a.model_dir);
-    auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = std::chrono::steady_clock::now();
     progress("loading %s", a.model_dir.c_str());
-    LoadOptions load_options = a.load;
-    load_options.threads = a.threads;
-    const auto model = Model::load(a.model_dir, load_options);
-    const Tokenizer tokenizer = Tokenizer::load(a.model_dir + "/tokenizer.json");
-    SamplingParams params = load_generation_config(a.model_dir);
-    const double load_seconds = detail::seconds_since(t0);
-    const ModelConfig& c = model->config;
-    progress("loaded in %.2f s (decoder %d layers x %d, vision %d blocks x %d)", load_seconds, c.text.num_hidden_layers,
-             c.text.hidden_size, c.vision.depth, c.vision.hidden_size);
+    const Engine engine = Engine::open(a.model_dir, a.options);
+    const double load_seconds = seconds_since(t0);
+    progress("loaded in %.2f s", load_seconds);
 
-    if (a.temperature) params.temperature = *a.temperature;
-    if (a.top_k) params.top_k = *a.top_k;
-    if (a.top_p) params.top_p = *a.top_p;
-    if (a.min_p) params.min_p = *a.min_p;
-    if (a.repetition_penalty) params.repetition_penalty = *a.repetition_penalty;
-    if (a.presence_penalty) params.presence_penalty = *a.presence_penalty;
-    if (a.seed) params.seed = *a.seed;
-    if (a.max_new_tokens) params.max_new_tokens = *a.max_new_tokens;
-
-    t0 = std::chrono::steady_clock::now();
-    const int merge2 = c.vision.spatial_merge_size * c.vision.spatial_merge_size;
-    std::vector<VisualInput> visuals;
-    std::vector<Message> messages;
-    if (!a.system.empty()) messages.push_back({"system", {text_part(a.system)}});
-    Message request{"user", {}};
-    nlohmann::json images = nlohmann::json::array(), video;
-    Image first_image;  // --boxes draws on it
-    for (const std::string& path : a.images) {
-        const Image img = load_image(path);
-        if (visuals.empty()) first_image = img;
-        visuals.push_back(prepare_image(*model, img, a.budget));
-        const VisualPatches& p = visuals.back().patches;
-        const int tokens = p.grid_thw[0] * p.grid_thw[1] * p.grid_thw[2] / merge2;
-        progress("%s: %dx%d -> %dx%d, %d visual tokens", path.c_str(), img.width, img.height, p.width, p.height, tokens);
-        images.push_back({{"path", path}, {"width", img.width}, {"height", img.height}, {"resized_width", p.width},
-                          {"resized_height", p.height}, {"visual_tokens", tokens}});
-        request.parts.push_back(image_part(int(visuals.size()) - 1));
-    }
-    if (!a.video.empty()) {
-        const VideoClip clip = load_video(a.video, a.video_fps, model->video_config);
-        visuals.push_back(prepare_video(*model, clip.frames, clip.frame_indices, clip.fps));
-        const VisualPatches& p = visuals.back().patches;
-        const int tokens = p.grid_thw[0] * p.grid_thw[1] * p.grid_thw[2] / merge2;
-        progress("%s: %zu of %d frames at %.3g fps, %dx%d -> %dx%d, %d temporal patches, %d visual tokens", a.video.c_str(),
-                 clip.frames.size(), clip.total_frames, clip.fps, clip.frames[0].width, clip.frames[0].height, p.width, p.height,
-                 p.grid_thw[0], tokens);
-        video = {{"path", a.video}, {"fps", clip.fps}, {"total_frames", clip.total_frames}, {"frame_indices", clip.frame_indices},
-                 {"width", clip.frames[0].width}, {"height", clip.frames[0].height}, {"resized_width", p.width},
-                 {"resized_height", p.height}, {"visual_tokens", tokens}};
-        request.parts.push_back(video_part(int(visuals.size()) - 1));
-    }
-    request.parts.push_back(text_part(a.prompt));
-    messages.push_back(std::move(request));
-    const std::vector<int> prompt = build_prompt_ids(tokenizer, c, messages, visuals, true);
-    const VisualCost cost = estimate_visual_cost(c, visuals);
-    const int64_t kv_bytes = int64_t(prompt.size() + size_t(params.max_new_tokens)) * c.text.num_hidden_layers * 2 *
-                             c.text.num_key_value_heads * c.text.head_dim * int64_t(sizeof(float));
-    progress("estimate: %lld visual tokens, %.2f GB for vision encoding, %.2f GB KV cache for %zu + %d tokens",
-             (long long)cost.visual_tokens, cost.vision_bytes / 1e9, kv_bytes / 1e9, prompt.size(), params.max_new_tokens);
-    const double preprocess_seconds = detail::seconds_since(t0);
-    progress("preprocessed %zu input%s in %.2f s; prompt of %zu tokens", visuals.size(), visuals.size() == 1 ? "" : "s",
-             preprocess_seconds, prompt.size());
-
-    Session session(model);
-    auto stream = [&](const std::string& piece) {
+    auto stream = [&](std::string_view piece) {
         if (!a.json) {
             std::fwrite(piece.data(), 1, piece.size(), stdout);
             std::fflush(stdout);
         }
         return true;
     };
-    auto stage_done = [&](const std::string& stage, double seconds) {
-        if (stage == "prefill") progress("prefill: %zu tokens in %.2f s (%.1f tokens/s)", prompt.size(), seconds, prompt.size() / seconds);
-        else progress("%s: %.2f s", stage.c_str(), seconds);
+    auto stage_done = [&](Stage stage, const Reply& r) {
+        const Timings& t = r.timings;
+        if (stage == Stage::Preprocess) {
+            for (const InputInfo& in : r.inputs) {
+                if (in.is_video)
+                    progress("%s: %zu of %d frames at %.3g fps, %dx%d -> %dx%d, %d visual tokens", in.path.c_str(), in.frame_indices.size(),
+                             in.total_frames, in.fps, in.width, in.height, in.resized_width, in.resized_height, in.visual_tokens);
+                else
+                    progress("%s: %dx%d -> %dx%d, %d visual tokens", in.path.c_str(), in.width, in.height, in.resized_width, in.resized_height,
+                             in.visual_tokens);
+            }
+            progress("preprocessed %zu input%s in %.2f s", r.inputs.size(), r.inputs.size() == 1 ? "" : "s", t.preprocess_seconds);
+        } else if (stage == Stage::Vision) {
+            progress("vision encoding: %.2f s", t.vision_seconds);
+        } else if (stage == Stage::Prefill) {
+            progress("prefill: %d tokens in %.2f s (%.1f tokens/s)", r.prompt_tokens, t.prefill_seconds, r.prompt_tokens / t.prefill_seconds);
+        }
     };
-    const GenerateResult r = generate(session, tokenizer, prompt, visuals, params, stream, stage_done);
-    const double tokens_per_second = r.decode_seconds > 0 ? double(r.tokens.size()) / r.decode_seconds : 0.0;
+    const Reply r = engine.generate(a.request, stream, stage_done);
+    const double tokens_per_second = r.timings.decode_seconds > 0 ? r.generated_tokens / r.timings.decode_seconds : 0.0;
     if (!a.json) std::fputc('\n', stdout);
     std::fflush(stdout);
-    progress("generated %zu tokens in %.2f s (%.1f tokens/s); stopped: %s", r.tokens.size(), r.decode_seconds, tokens_per_second,
-             r.stop == StopReason::EndToken ? "end token" : r.stop == StopReason::MaxTokens ? "max new tokens" : "by the caller");
+    progress("generated %d tokens in %.2f s (%.1f tokens/s); stopped: %s", r.generated_tokens, r.timings.decode_seconds, tokens_per_second,
+             stop_text(r.stop));
     nlohmann::json boxes = nlohmann::json::array();
     if (!a.boxes_png.empty()) {
-        const std::vector<Box> found = parse_boxes(r.text, first_image.width, first_image.height);
-        draw_boxes(first_image, found, a.boxes_png);
-        for (const Box& b : found) boxes.push_back({{"label", b.label}, {"box", {b.x1, b.y1, b.x2, b.y2}}});
-        progress("%zu box%s found in the reply, drawn on %s", found.size(), found.size() == 1 ? "" : "es", a.boxes_png.c_str());
+        draw_boxes(load_image(a.request.images.front().path), r.boxes, a.boxes_png);
+        for (const Box& b : r.boxes) boxes.push_back({{"label", b.label}, {"box", {b.x1, b.y1, b.x2, b.y2}}});
+        progress("%zu box%s found in the reply, drawn on %s", r.boxes.size(), r.boxes.size() == 1 ? "" : "es", a.boxes_png.c_str());
     }
 
     if (a.json) {
+        nlohmann::json images = nlohmann::json::array(), video;
+        for (const InputInfo& in : r.inputs) (in.is_video ? video : images.emplace_back()) = input_json(in);
+        const Sampling& s = r.sampling;
         const nlohmann::json out = {
             {"model", a.model_dir},
             {"images", images},
             {"video", video},
             {"boxes", boxes},
-            {"prompt", a.prompt},
+            {"prompt", a.request.prompt},
             {"text", r.text},
             {"prompt_tokens", r.prompt_tokens},
-            {"generated_tokens", r.tokens.size()},
+            {"generated_tokens", r.generated_tokens},
             {"stop_reason", stop_reason_name(r.stop)},
-            {"sampling", {{"temperature", decimal(params.temperature)}, {"top_k", params.top_k}, {"top_p", decimal(params.top_p)},
-                          {"min_p", decimal(params.min_p)}, {"repetition_penalty", decimal(params.repetition_penalty)},
-                          {"presence_penalty", decimal(params.presence_penalty)},
-                          {"seed", params.seed}, {"max_new_tokens", params.max_new_tokens}}},
-            {"timings", {{"load_seconds", load_seconds}, {"preprocess_seconds", preprocess_seconds}, {"vision_seconds", r.vision_seconds},
-                         {"prefill_seconds", r.prefill_seconds}, {"decode_seconds", r.decode_seconds},
-                         {"decode_tokens_per_second", tokens_per_second}}}};
+            {"sampling", {{"temperature", decimal(*s.temperature)}, {"top_k", *s.top_k}, {"top_p", decimal(*s.top_p)},
+                          {"min_p", decimal(*s.min_p)}, {"repetition_penalty", decimal(*s.repetition_penalty)},
+                          {"presence_penalty", decimal(*s.presence_penalty)}, {"seed", *s.seed}, {"max_new_tokens", *s.max_new_tokens}}},
+            {"timings", {{"load_seconds", load_seconds}, {"preprocess_seconds", r.timings.preprocess_seconds},
+                         {"vision_seconds", r.timings.vision_seconds}, {"prefill_seconds", r.timings.prefill_seconds},
+                         {"decode_seconds", r.timings.decode_seconds}, {"decode_tokens_per_second", tokens_per_second}}}};
         std::puts(out.dump(2).c_str());
     }
     return 0;

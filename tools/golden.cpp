@@ -3,6 +3,8 @@
 // reproduces with golden.safetensors. Exit 0 when all are within tolerance, 1 otherwise.
 #include <deepstack.hpp>
 
+#include <omp.h>
+
 #include <cstdio>
 #include <map>
 #include <optional>
@@ -54,7 +56,7 @@ int run(int argc, char** argv) {
         std::string s = argv[a];
         if (s == "--help" || s == "-h") { std::fputs(kUsage, stdout); return 0; }
         if (s == "--dump" && a + 1 < argc) dump = argv[++a];
-        else if (s == "--threads" && a + 1 < argc) load_opt.threads = std::atoi(argv[++a]);
+        else if (s == "--threads" && a + 1 < argc) omp_set_num_threads(std::atoi(argv[++a]));
         else if (s == "--weights" && a + 1 < argc) {
             const std::string w = argv[++a];
             if (w == "stored") load_opt.weights = WeightFormat::Stored;

@@ -1,9 +1,10 @@
 // deepstack/generate.hpp - chat prompts, sampling and streaming generation for Qwen3-VL:
 // the chat template with images and videos expanded into pad tokens, a seeded
 // sampler (greedy, temperature, top-k, top-p, min-p, repetition and presence penalties), the
-// decode loop with end tokens and a text callback, and a Chat that keeps the KV cache across turns.
+// decode loop with end tokens and a text callback, and a Conversation that keeps the KV cache across turns.
 #pragma once
 #include "model.hpp"
+#include "request.hpp"
 #include "tokenizer.hpp"
 
 #include <cmath>
@@ -11,7 +12,7 @@
 #include <random>
 #include <unordered_set>
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // ---- chat messages ---------------------------------------------------------------------------------
 
@@ -33,7 +34,6 @@ struct Message {
     std::vector<ContentPart> parts;
 };
 
-namespace detail {
 
 // The text of a special token the tokenizer must know as a single id.
 inline std::string special_token(const Tokenizer& tok, int id, const char* field) {
@@ -111,8 +111,6 @@ inline std::string render_chat(const Tokenizer& tok, const ModelConfig& c, const
     if (add_generation_prompt) s += "<|im_start|>assistant\n";
     return s;
 }
-
-}  // namespace detail
 
 // Token ids of a chat: the rendered template tokenised as one text, as the Hugging Face
 // processor does. visuals: the prepared images/videos the messages' parts refer to, in order; hand
@@ -240,23 +238,6 @@ private:
 
 // ---- generation ------------------------------------------------------------------------------------
 
-// Receives each decoded piece of the reply as it is produced; return false to stop generating.
-using TextCallback = std::function<bool(const std::string& piece)>;
-// Told when a stage of the work is done and how long it took: "vision encoding" (only with
-// visual inputs), "prefill" (the prompt through the decoder).
-using ProgressCallback = std::function<void(const std::string& stage, double seconds)>;
-
-enum class StopReason { EndToken, MaxTokens, Callback };
-
-inline const char* stop_reason_name(StopReason r) {
-    switch (r) {
-        case StopReason::EndToken: return "end_token";
-        case StopReason::MaxTokens: return "max_tokens";
-        case StopReason::Callback: return "callback";
-    }
-    return "?";
-}
-
 struct GenerateResult {
     std::string text;          // the reply, special tokens left out
     std::vector<int> tokens;   // the reply's ids, without the end token
@@ -268,7 +249,9 @@ struct GenerateResult {
     double decode_seconds = 0;   // picking and decoding the reply's tokens
 };
 
-namespace detail {
+// Told when the vision encoder (Stage::Vision) or the prefill (Stage::Prefill) ends, with the
+// result so far (prompt_tokens and the stage's seconds set).
+using StageCallback = std::function<void(Stage stage, const GenerateResult& so_far)>;
 
 // The model's end tokens: the sampling params', config.json's eos_token_id, <|im_end|>, <|endoftext|>.
 inline std::unordered_set<int> end_tokens(const Tokenizer& tok, const ModelConfig& c, const SamplingParams& p) {
@@ -284,7 +267,7 @@ inline std::unordered_set<int> end_tokens(const Tokenizer& tok, const ModelConfi
 // not fed to the session (nothing needs its logits): the cache ends one token before the reply.
 inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, const std::vector<int>& prompt_ids,
                                      const std::vector<int>& context_ids, const std::vector<VisualInput>& visuals,
-                                     const SamplingParams& params, const TextCallback& on_text, const ProgressCallback& on_progress) {
+                                     const SamplingParams& params, const TextCallback& on_text, const StageCallback& on_stage) {
     Sampler sampler(params);
     sampler.add_context(context_ids);
     const std::unordered_set<int> ends = end_tokens(tok, session.model().config, params);
@@ -297,11 +280,11 @@ inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, con
         vision_done = [&](const std::string& name, const std::vector<int64_t>&, const float*) {
             if (name != "text.inputs_embeds") return;
             r.vision_seconds = seconds_since(t0);
-            if (on_progress) on_progress("vision encoding", r.vision_seconds);
+            if (on_stage) on_stage(Stage::Vision, r);
         };
     std::vector<float> logits = session.prefill(prompt_ids, visuals, false, vision_done);
     r.prefill_seconds = seconds_since(t0) - r.vision_seconds;
-    if (on_progress) on_progress("prefill", r.prefill_seconds);
+    if (on_stage) on_stage(Stage::Prefill, r);
 
     t0 = std::chrono::steady_clock::now();
     // Ids past the tokenizer's vocabulary (the embedding's padding rows) are never picked.
@@ -332,38 +315,36 @@ inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, con
     return r;
 }
 
-}  // namespace detail
-
 // Prefills `prompt_ids` (e.g. from build_prompt_ids) with their visual inputs, then picks and
 // decodes reply tokens until an end token, params.max_new_tokens, or on_text returning false.
 // on_text receives the reply's text piece by piece (whole UTF-8 characters, special tokens left
 // out). The session afterwards holds the prompt and the reply except its last token.
 inline GenerateResult generate(Session& session, const Tokenizer& tok, const std::vector<int>& prompt_ids,
                                const std::vector<VisualInput>& visuals, const SamplingParams& params, const TextCallback& on_text = {},
-                               const ProgressCallback& on_progress = {}) {
-    return detail::generate_reply(session, tok, prompt_ids, prompt_ids, visuals, params, on_text, on_progress);
+                               const StageCallback& on_stage = {}) {
+    return detail::generate_reply(session, tok, prompt_ids, prompt_ids, visuals, params, on_text, on_stage);
 }
 
-// A conversation over one Session: each send() appends messages (a system message first if
+// A chat over one Session: each send() appends messages (a system message first if
 // wanted, then user turns) and generates the assistant's reply. Later turns prefill only their
 // new tokens: the end of the previous reply, "<|im_end|>\n", and the new messages. The tokenizer
-// must outlive the Chat.
-class Chat {
+// must outlive the Conversation.
+class Conversation {
 public:
-    Chat(std::shared_ptr<const Model> model, const Tokenizer& tok, Session::Options options = {})
+    Conversation(std::shared_ptr<const Model> model, const Tokenizer& tok, Session::Options options = {})
         : tok_(&tok), session_(std::move(model), std::move(options)) {}
 
     // visuals: the images/videos the new messages refer to (indices count from 0 in each send).
     GenerateResult send(const std::vector<Message>& messages, const std::vector<VisualInput>& visuals, const SamplingParams& params,
-                        const TextCallback& on_text = {}, const ProgressCallback& on_progress = {}) {
+                        const TextCallback& on_text = {}, const StageCallback& on_stage = {}) {
         if (session_.length() > int64_t(ids_.size()))
-            throw Error("this chat's session holds tokens its conversation does not (an earlier send failed); start a new Chat");
+            throw Error("this chat's session holds tokens its conversation does not (an earlier send failed); start a new chat");
         const std::string turn = (ids_.empty() ? "" : "<|im_end|>\n") +
                                  detail::render_chat(*tok_, session_.model().config, messages, visuals, true);
         std::vector<int> conversation = ids_;
         for (int id : tok_->encode(turn)) conversation.push_back(id);
         const std::vector<int> unfed(conversation.begin() + session_.length(), conversation.end());
-        GenerateResult r = detail::generate_reply(session_, *tok_, unfed, conversation, visuals, params, on_text, on_progress);
+        GenerateResult r = detail::generate_reply(session_, *tok_, unfed, conversation, visuals, params, on_text, on_stage);
         conversation.insert(conversation.end(), r.tokens.begin(), r.tokens.end());
         ids_ = std::move(conversation);
         return r;
@@ -379,4 +360,4 @@ private:
     std::vector<int> ids_;
 };
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

@@ -8,14 +8,9 @@
 #include <optional>
 #include <sys/stat.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace deepstack {
 
 struct LoadOptions {
-    int threads = 0;  // OpenMP threads for all kernels (process-wide); 0 keeps the OpenMP default
     WeightFormat weights = WeightFormat::Stored;  // Q8 / Q4: quantize the large matrices at load
     bool bf16_compute = false;  // fast matmuls: bf16 activations for BF16 weights, int8 for Q8/Q4 prefill,
                                 // and bf16 attention over 8+ queries (vision, prefill; not exact)
@@ -55,9 +50,6 @@ struct Model {
     static std::shared_ptr<const Model> from_store(ModelConfig config, PreprocessConfig image_config, PreprocessConfig video_config,
                                                    WeightStore store, const std::string& name = "(memory)",
                                                    const LoadOptions& opt = {}) {
-#ifdef _OPENMP
-        if (opt.threads > 0) omp_set_num_threads(opt.threads);
-#endif
         auto m = std::make_shared<Model>();
         m->dir = name;
         m->config = std::move(config);

@@ -10,6 +10,7 @@
 #include <deepstack.hpp>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 
 static const std::string kData = DEEPSTACK_TEST_DATA;
 
