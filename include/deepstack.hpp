@@ -9,6 +9,7 @@
 #include "deepstack/rope.hpp"
 #include "deepstack/weights.hpp"
 #include "deepstack/vision.hpp"
+#include "deepstack/vision_stacks.hpp"
 #include "deepstack/text.hpp"
 #include "deepstack/fusion.hpp"
 #include "deepstack/model.hpp"

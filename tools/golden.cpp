@@ -115,7 +115,7 @@ int run(int argc, char** argv) {
         for (auto& im : manifest_images) images.push_back(prepare_image(*model, load_image(dir + "/" + im.at("path").get<std::string>())));
         for (auto& v : images) items.push_back(&v.patches), highres.push_back(&v.highres);
         add_patches("pixel_values", "image_grid_thw", items);
-        if (c.vision.fusion.type == FusionConfig::Type::Stack) add_patches("pixel_values_highres", "image_grid_thw_highres", highres);
+        if (c.vision.fusion.has_highres_stream()) add_patches("pixel_values_highres", "image_grid_thw_highres", highres);
     }
     if (manifest.contains("video") && !manifest["video"].is_null()) {
         const auto& v = manifest["video"];

@@ -11,14 +11,19 @@
 
 namespace deepstack {
 
-// How visual features enter the decoder (see fusion.hpp).
+// How visual features enter the decoder (see fusion.hpp), and for StackVit also the vision
+// encoder (see vision_stacks.hpp).
 struct FusionConfig {
-    enum class Type { Inject, Gated, Stack };
+    enum class Type { Inject, Gated, Stack, StackVit };
     Type type = Type::Inject;
     float eps = 1e-6f;      // gated: LayerNorm eps
-    int layer_start = 0;    // stack: first decoder layer whose input gets a stack
-    int layer_interval = 1; // stack: layers between stacks
-    int scale = 2;          // stack: high-resolution factor r (r*r stacks)
+    int layer_start = 0;    // stack / stack_vit: first decoder layer / vision block whose input gets a stack
+    int layer_interval = 1; // stack / stack_vit: layers / blocks between stacks
+    int scale = 2;          // stack / stack_vit: high-resolution factor r (r*r stacks)
+
+    bool has_highres_stream() const { return type == Type::Stack || type == Type::StackVit; }
+    // The layer / block whose input gets stack q (q < scale*scale).
+    int stack_target(int q) const { return layer_start + q * layer_interval; }
 };
 
 struct VisionConfig {
@@ -148,7 +153,7 @@ inline FusionConfig parse_fusion(const JsonReader& vision) {
     if (!v->is_object()) throw Error(where + ": must be an object");
     JsonReader r{*v, where};
     const auto* type = r.find("type");
-    if (!type) throw Error(where + ": missing field 'type' (one of inject, gated, stack)");
+    if (!type) throw Error(where + ": missing field 'type' (one of inject, gated, stack, stack_vit)");
     if (!type->is_string()) throw Error(where + ": field 'type' must be a string");
     const std::string t = type->get<std::string>();
     if (t == "inject") {
@@ -157,13 +162,13 @@ inline FusionConfig parse_fusion(const JsonReader& vision) {
         f.type = FusionConfig::Type::Gated;
         f.eps = float(r.number("eps", 1e-6));
         if (!(f.eps > 0)) throw Error(where + ": field 'eps' must be positive");
-    } else if (t == "stack") {
-        f.type = FusionConfig::Type::Stack;
+    } else if (t == "stack" || t == "stack_vit") {
+        f.type = t == "stack" ? FusionConfig::Type::Stack : FusionConfig::Type::StackVit;
         f.layer_start = r.nonneg_int("layer_start", 0);
         f.layer_interval = r.positive_int("layer_interval", 1);
         f.scale = r.positive_int("scale", 2);
     } else {
-        throw Error(where + ": unknown type '" + t + "' (expected inject, gated or stack)");
+        throw Error(where + ": unknown type '" + t + "' (expected inject, gated, stack or stack_vit)");
     }
     return f;
 }
@@ -263,7 +268,8 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
     if (v.out_hidden_size != t.hidden_size)
         throw Error(file + ": vision_config.out_hidden_size (" + std::to_string(v.out_hidden_size) +
                     ") must equal text_config.hidden_size (" + std::to_string(t.hidden_size) + ")");
-    if (v.fusion.type == FusionConfig::Type::Inject && int(v.deepstack_visual_indexes.size()) > t.num_hidden_layers)
+    if ((v.fusion.type == FusionConfig::Type::Inject || v.fusion.type == FusionConfig::Type::StackVit) &&
+        int(v.deepstack_visual_indexes.size()) > t.num_hidden_layers)
         throw Error(file + ": more deepstack_visual_indexes than decoder layers");
     if (v.fusion.type == FusionConfig::Type::Stack) {
         const int64_t stacks = int64_t(v.fusion.scale) * v.fusion.scale;
@@ -272,6 +278,15 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
             throw Error(file + ": vision_config.deepstack_fusion: " + std::to_string(stacks) + " stacks from layer_start " +
                         std::to_string(v.fusion.layer_start) + " every " + std::to_string(v.fusion.layer_interval) +
                         " layers run past the last decoder layer (" + std::to_string(t.num_hidden_layers - 1) + ")");
+    }
+    if (v.fusion.type == FusionConfig::Type::StackVit) {
+        const int64_t stacks = int64_t(v.fusion.scale) * v.fusion.scale;
+        const int64_t last_block = int64_t(v.fusion.layer_start) + (stacks - 1) * v.fusion.layer_interval;
+        if (last_block >= v.depth)
+            throw Error(file + ": vision_config.deepstack_fusion: " + std::to_string(stacks) + " stacks from layer_start " +
+                        std::to_string(v.fusion.layer_start) + " every " + std::to_string(v.fusion.layer_interval) +
+                        " blocks (scale " + std::to_string(v.fusion.scale) + ") run past the last vision block (" +
+                        std::to_string(v.depth - 1) + ", vision_config.depth " + std::to_string(v.depth) + ")");
     }
 
     c.tie_word_embeddings = top.boolean("tie_word_embeddings", tc.boolean("tie_word_embeddings", false));

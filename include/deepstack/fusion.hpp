@@ -4,6 +4,8 @@
 //   gated:  a softmax gate over the levels mixes them into one token per position, then LayerNorm.
 //   stack:  DeepStack-L: the high-resolution stream's tokens, grouped by 2-D neighbours into r*r
 //           stacks, are added to the input of layers layer_start + q*layer_interval.
+//   stack_vit: DeepStack-V stacks inside the vision encoder (vision_stacks.hpp); its features
+//           then enter the decoder as inject's do.
 #pragma once
 #include "text.hpp"
 #include "vision.hpp"

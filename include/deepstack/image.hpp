@@ -479,8 +479,8 @@ inline Image resize_bicubic(const Image& src, int out_width, int out_height) {
 }
 
 // A still image at a given resized size (multiples of patch*merge): bicubic resize, normalise,
-// temporal_patch_size identical frames, patchify. Used directly by the DeepStack-L
-// high-resolution stream (the ORIGINAL image resized to exactly r x the processor size).
+// temporal_patch_size identical frames, patchify. Used directly by the high-resolution stream of
+// the stack schemes (the ORIGINAL image resized to exactly r x the processor size).
 inline VisualPatches preprocess_image_at(const Image& img, int height, int width, const PreprocessConfig& cfg) {
     detail::check_image(img, "preprocess_image");
     detail::check_patch_grid(height, width, cfg, "preprocess_image");
@@ -496,12 +496,11 @@ inline VisualPatches preprocess_image(const Image& img, const PreprocessConfig& 
     return preprocess_image_at(img, h, w, cfg);
 }
 
-// A video from its already sampled frames (all the same size): video smart_resize over all
-// frames, bicubic resize of each, pad to a multiple of temporal_patch_size by repeating the last
-// frame, normalise (video processor arithmetic), patchify; consecutive frames form a temporal patch.
-// HF resizes video frames with torchvision's antialiased bicubic, which is close to but not
-// bit-exact with the Pillow resize used here; frames that need no resize match exactly.
-inline VisualPatches preprocess_video(const std::vector<Image>& frames, const PreprocessConfig& cfg) {
+// Already sampled video frames (all the same size) at a given resized size (multiples of
+// patch*merge): bicubic resize of each, pad to a multiple of temporal_patch_size by repeating the
+// last frame, normalise (video processor arithmetic), patchify; consecutive frames form a temporal
+// patch. Used directly by the high-resolution stream of the stack schemes.
+inline VisualPatches preprocess_video_at(const std::vector<Image>& frames, int height, int width, const PreprocessConfig& cfg) {
     if (frames.empty()) throw Error("preprocess_video: no frames");
     for (size_t i = 0; i < frames.size(); ++i) {
         detail::check_image(frames[i], "preprocess_video");
@@ -509,15 +508,25 @@ inline VisualPatches preprocess_video(const std::vector<Image>& frames, const Pr
             throw Error("preprocess_video: frame " + std::to_string(i) + " is " + detail::dims_str(frames[i].width, frames[i].height) +
                         " but frame 0 is " + detail::dims_str(frames[0].width, frames[0].height) + "; all frames must have one size");
     }
-    const auto [h, w] = smart_resize_video(int(frames.size()), frames[0].height, frames[0].width, cfg.patch_size * cfg.merge_size,
-                                           cfg.min_pixels, cfg.max_pixels, cfg.temporal_patch_size);
-    detail::check_patch_grid(h, w, cfg, "preprocess_video");
+    detail::check_patch_grid(height, width, cfg, "preprocess_video");
     std::vector<Image> resized(frames.size());
-    for (size_t i = 0; i < frames.size(); ++i) resized[i] = resize_bicubic(frames[i], w, h);
+    for (size_t i = 0; i < frames.size(); ++i) resized[i] = resize_bicubic(frames[i], width, height);
     std::vector<const Image*> ptrs;
     for (const Image& f : resized) ptrs.push_back(&f);
     while (ptrs.size() % size_t(cfg.temporal_patch_size)) ptrs.push_back(ptrs.back());
     return detail::patchify(ptrs, cfg, true);
+}
+
+// A video from its already sampled frames as the HF processor prepares it: video smart_resize
+// over all frames, then preprocess_video_at.
+// HF resizes video frames with torchvision's antialiased bicubic, which is close to but not
+// bit-exact with the Pillow resize used here; frames that need no resize match exactly.
+inline VisualPatches preprocess_video(const std::vector<Image>& frames, const PreprocessConfig& cfg) {
+    if (frames.empty()) throw Error("preprocess_video: no frames");
+    detail::check_image(frames[0], "preprocess_video");
+    const auto [h, w] = smart_resize_video(int(frames.size()), frames[0].height, frames[0].width, cfg.patch_size * cfg.merge_size,
+                                           cfg.min_pixels, cfg.max_pixels, cfg.temporal_patch_size);
+    return preprocess_video_at(frames, h, w, cfg);
 }
 
 // Frame sampling in fps mode (HF Qwen3VLVideoProcessor.sample_frames):

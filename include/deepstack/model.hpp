@@ -3,6 +3,7 @@
 #pragma once
 #include "fusion.hpp"
 #include "image.hpp"
+#include "vision_stacks.hpp"
 
 #include <memory>
 #include <optional>
@@ -79,7 +80,7 @@ struct Model {
 struct VisualInput {
     bool is_video = false;
     VisualPatches patches;  // the processor-sized stream
-    VisualPatches highres;  // DeepStack-L only: the same input at `scale` times the size
+    VisualPatches highres;  // stack schemes only: the same input at `scale` times the height and width
     std::vector<double> timestamps;  // video: seconds of each temporal patch
 };
 
@@ -101,7 +102,7 @@ inline VisualInput prepare_image(const Model& m, const Image& img, const PixelBu
     VisualInput in;
     const PreprocessConfig cfg = detail::with_budget(m.image_config, budget);
     in.patches = preprocess_image(img, cfg);
-    if (m.config.vision.fusion.type == FusionConfig::Type::Stack) {
+    if (m.config.vision.fusion.has_highres_stream()) {
         const int r = m.config.vision.fusion.scale;
         in.highres = preprocess_image_at(img, in.patches.height * r, in.patches.width * r, cfg);
     }
@@ -115,7 +116,12 @@ inline VisualInput prepare_video(const Model& m, const std::vector<Image>& frame
         throw Error("videos are not supported with the DeepStack-L (stack) fusion scheme");
     VisualInput in;
     in.is_video = true;
-    in.patches = preprocess_video(frames, detail::with_budget(m.video_config, budget));
+    const PreprocessConfig cfg = detail::with_budget(m.video_config, budget);
+    in.patches = preprocess_video(frames, cfg);
+    if (m.config.vision.fusion.type == FusionConfig::Type::StackVit) {
+        const int r = m.config.vision.fusion.scale;
+        in.highres = preprocess_video_at(frames, in.patches.height * r, in.patches.width * r, cfg);
+    }
     in.timestamps = temporal_patch_timestamps(frame_indices, fps, m.config.vision.temporal_patch_size);
     return in;
 }
@@ -153,10 +159,72 @@ inline VisualCost estimate_visual_cost(const ModelConfig& c, const std::vector<V
     }
     // Per patch: pixels, ~11 hidden-width buffers (x, position, qkv, q, k, v, attention, residual),
     // the MLP hidden layer and the rotary tables; per merged token: the final and DeepStack outputs.
+    // The high-resolution stream counts as patches of its own (DeepStack-V: its first layer_start
+    // blocks, then its stacks, held while the processor-sized stream runs).
     cost.vision_bytes = 4 * (patches * (v.patch_dim() + 11 * int64_t(v.hidden_size) + v.intermediate_size + v.head_dim()) +
                              merged * int64_t(v.out_hidden_size) * int64_t(v.deepstack_visual_indexes.size() + 2));
+    if (v.fusion.type == FusionConfig::Type::StackVit)
+        for (const auto& in : visuals)
+            cost.vision_bytes += 4 * int64_t(in.highres.grid_thw[0]) * in.highres.grid_thw[1] * in.highres.grid_thw[2] * v.hidden_size;
     return cost;
 }
+
+namespace detail {
+
+// The visual part of a prompt: the vision encoder on all visuals at once, then the checkpoint's
+// fusion scheme. Traced names start with "image", "video", or "visual" for a mix.
+inline VisualEmbedding encode_visuals(const Model& m, const std::vector<VisualInput>& visuals, const FusionOptions& opt,
+                                      const Trace& trace = {}) {
+    const ModelConfig& c = m.config;
+    const FusionConfig& fusion = c.vision.fusion;
+    const int64_t D = c.text.hidden_size;
+    const int64_t patch_dim = c.vision.patch_dim();
+    auto check_pixels = [&](const VisualPatches& p, size_t i, const char* what) {
+        const auto& g = p.grid_thw;
+        const int64_t need = int64_t(g[0]) * g[1] * g[2] * patch_dim;
+        if (g[0] <= 0 || g[1] <= 0 || g[2] <= 0 || int64_t(p.pixels.size()) != need)
+            throw Error(std::string("visual input ") + std::to_string(i) + what + " holds " + std::to_string(p.pixels.size()) +
+                        " pixel values but its grid (" + std::to_string(g[0]) + ", " + std::to_string(g[1]) + ", " +
+                        std::to_string(g[2]) + ") needs " + std::to_string(need) + " (prepared for another model?)");
+    };
+    std::vector<std::array<int, 3>> grids, hr_grids;
+    std::vector<float> pixels, hr_pixels;
+    bool any_image = false, any_video = false;
+    for (size_t i = 0; i < visuals.size(); ++i) {
+        const VisualInput& v = visuals[i];
+        check_pixels(v.patches, i, "");
+        grids.push_back(v.patches.grid_thw);
+        pixels.insert(pixels.end(), v.patches.pixels.begin(), v.patches.pixels.end());
+        if (fusion.has_highres_stream()) {
+            check_pixels(v.highres, i, " (high-resolution stream)");
+            hr_grids.push_back(v.highres.grid_thw);
+            hr_pixels.insert(hr_pixels.end(), v.highres.pixels.begin(), v.highres.pixels.end());
+        }
+        (v.is_video ? any_video : any_image) = true;
+    }
+    const std::string prefix = any_image && any_video ? "visual" : any_video ? "video" : "image";
+    switch (fusion.type) {
+        case FusionConfig::Type::Inject:
+            return fuse_inject(encode_vision(m.vision, c.vision, pixels.data(), grids, trace, prefix), opt);
+        case FusionConfig::Type::Gated:
+            return fuse_gated(encode_vision(m.vision, c.vision, pixels.data(), grids, trace, prefix), *m.gated, fusion.eps, D, trace,
+                              prefix);
+        case FusionConfig::Type::Stack: {
+            VisionFeatures f = encode_vision(m.vision, c.vision, pixels.data(), grids, trace, prefix);
+            std::vector<std::array<int, 3>> merged;
+            for (const auto& g : grids) merged.push_back({g[0], g[1] / c.vision.spatial_merge_size, g[2] / c.vision.spatial_merge_size});
+            VisionFeatures hr = encode_vision(m.vision, c.vision, hr_pixels.data(), hr_grids);
+            if (trace) trace(prefix + ".highres_embeds", {hr.tokens, D}, hr.embeds.data());
+            return fuse_stack(std::move(f), hr.embeds, merged, fusion, D, opt, trace, prefix);
+        }
+        case FusionConfig::Type::StackVit:
+            return fuse_inject(encode_vision_stacked(m.vision, c.vision, pixels.data(), grids, hr_pixels.data(), hr_grids, trace, prefix),
+                               opt);
+    }
+    throw Error("unknown fusion scheme");
+}
+
+}  // namespace detail
 
 // Per-conversation state: the KV cache and the position counter. Not thread-safe itself; use one
 // Session per thread (they may share one Model).
@@ -201,7 +269,7 @@ public:
 
         VisualEmbedding vis;
         if (!visuals.empty()) {
-            vis = encode_visuals(visuals, trace);
+            vis = detail::encode_visuals(m, visuals, opt_.fusion, trace);
             if (int64_t(visual_rows.size()) != vis.tokens)
                 throw Error("prompt has " + std::to_string(visual_rows.size()) + " image/video pad tokens but the visual inputs make " +
                             std::to_string(vis.tokens) + " tokens");
@@ -229,55 +297,6 @@ public:
     }
 
 private:
-    VisualEmbedding encode_visuals(const std::vector<VisualInput>& visuals, const Trace& trace) const {
-        const Model& m = *model_;
-        const ModelConfig& c = m.config;
-        const int64_t D = c.text.hidden_size;
-        std::vector<std::array<int, 3>> grids;
-        std::vector<float> pixels;
-        bool any_image = false, any_video = false;
-        const int64_t patch_dim = c.vision.patch_dim();
-        auto check_pixels = [&](const VisualPatches& p, size_t i, const char* what) {
-            const auto& g = p.grid_thw;
-            const int64_t need = int64_t(g[0]) * g[1] * g[2] * patch_dim;
-            if (g[0] <= 0 || g[1] <= 0 || g[2] <= 0 || int64_t(p.pixels.size()) != need)
-                throw Error(std::string("visual input ") + std::to_string(i) + what + " holds " + std::to_string(p.pixels.size()) +
-                            " pixel values but its grid (" + std::to_string(g[0]) + ", " + std::to_string(g[1]) + ", " +
-                            std::to_string(g[2]) + ") needs " + std::to_string(need) + " (prepared for another model?)");
-        };
-        for (size_t i = 0; i < visuals.size(); ++i) {
-            check_pixels(visuals[i].patches, i, "");
-            if (c.vision.fusion.type == FusionConfig::Type::Stack) check_pixels(visuals[i].highres, i, " (high-resolution stream)");
-        }
-        for (const auto& v : visuals) {
-            grids.push_back(v.patches.grid_thw);
-            pixels.insert(pixels.end(), v.patches.pixels.begin(), v.patches.pixels.end());
-            (v.is_video ? any_video : any_image) = true;
-        }
-        const std::string prefix = any_image && any_video ? "visual" : any_video ? "video" : "image";
-        VisionFeatures f = encode_vision(m.vision, c.vision, pixels.data(), grids, trace, prefix);
-        switch (c.vision.fusion.type) {
-            case FusionConfig::Type::Inject:
-                return fuse_inject(std::move(f), opt_.fusion);
-            case FusionConfig::Type::Gated:
-                return fuse_gated(f, *m.gated, c.vision.fusion.eps, D, trace, prefix);
-            case FusionConfig::Type::Stack: {
-                std::vector<std::array<int, 3>> hr_grids, merged;
-                std::vector<float> hr_pixels;
-                for (const auto& v : visuals) {
-                    hr_grids.push_back(v.highres.grid_thw);
-                    hr_pixels.insert(hr_pixels.end(), v.highres.pixels.begin(), v.highres.pixels.end());
-                    const auto& g = v.patches.grid_thw;
-                    merged.push_back({g[0], g[1] / c.vision.spatial_merge_size, g[2] / c.vision.spatial_merge_size});
-                }
-                VisionFeatures hr = encode_vision(m.vision, c.vision, hr_pixels.data(), hr_grids);
-                if (trace) trace(prefix + ".highres_embeds", {hr.tokens, D}, hr.embeds.data());
-                return fuse_stack(std::move(f), hr.embeds, merged, c.vision.fusion, D, opt_.fusion, trace, prefix);
-            }
-        }
-        throw Error("unknown fusion scheme");
-    }
-
     std::shared_ptr<const Model> model_;
     Options opt_;
     bool allow_bare_pads_ = false;

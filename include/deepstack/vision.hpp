@@ -109,54 +109,89 @@ inline std::vector<float> merge_patches(const float* x, int64_t S, const MergerW
     return out;
 }
 
+// One stream of patches through the vision tower: its residual stream and what its attention
+// needs. A stream holds one or more items (images, videos), each in merge-window order.
+struct VisionStream {
+    int64_t patches = 0;                                // S
+    std::vector<std::pair<int64_t, int64_t>> segments;  // [begin, end) rows of each (item, temporal patch)
+    std::vector<float> cos_t, sin_t;                    // 2-D rotary of each patch [S, dh/2]
+    big_vector<float> x;                                // the residual stream [S, Dv]
+};
+
+// The tower's input path: x = patch_embed(pixels) + the learned position embedding interpolated
+// to each item's own grid. Traces "<names>patch_embed" and "<names>pos_embed".
+inline VisionStream embed_patches(const VisionWeights& W, const VisionConfig& cfg, const float* pixels,
+                                  const std::vector<std::array<int, 3>>& grids, const Trace& trace, const std::string& names) {
+    const int merge = cfg.spatial_merge_size, dh = cfg.head_dim();
+    const int64_t Dv = cfg.hidden_size;
+    VisionStream st;
+    int64_t& S = st.patches;
+    for (auto& g : grids) {
+        if (g[0] <= 0 || g[1] <= 0 || g[2] <= 0 || g[1] % merge || g[2] % merge)
+            throw Error("vision grid (" + std::to_string(g[0]) + ", " + std::to_string(g[1]) + ", " + std::to_string(g[2]) +
+                        ") must be positive with h and w multiples of " + std::to_string(merge));
+        for (int tt = 0; tt < g[0]; ++tt) {
+            st.segments.emplace_back(S, S + int64_t(g[1]) * g[2]);
+            S += int64_t(g[1]) * g[2];
+        }
+    }
+    st.x = big_vector<float>(size_t(S * Dv));
+    linear_forward(pixels, S, W.patch_embed, st.x.data(), W.compute);
+    if (trace) trace(names + "patch_embed", {S, Dv}, st.x.data());
+
+    big_vector<float> pos(size_t(S * Dv));
+    st.cos_t.resize(size_t(S * dh / 2));
+    st.sin_t.resize(size_t(S * dh / 2));
+    int64_t row = 0;
+    for (auto& g : grids) {
+        position_embedding(W.pos_embed, g[0], g[1], g[2], merge, pos.data() + row * Dv);
+        vision_rope_tables(g[0], g[1], g[2], merge, dh, st.cos_t.data() + row * (dh / 2), st.sin_t.data() + row * (dh / 2));
+        row += int64_t(g[0]) * g[1] * g[2];
+    }
+    if (trace) trace(names + "pos_embed", {S, Dv}, pos.data());
+    add_inplace(st.x.data(), pos.data(), S * Dv);
+    return st;
+}
+
+inline void run_vision_block(VisionStream& st, const VisionWeights& W, const VisionConfig& cfg, int block) {
+    vision_block(st.x.data(), st.patches, W.blocks[size_t(block)], cfg, st.segments, st.cos_t.data(), st.sin_t.data(), W.compute);
+}
+
+// Rows added to the input of vision block `block` (DeepStack-V stacks): [S, Dv], aligned with
+// the patches given to encode_vision.
+struct VisionInjection {
+    int block = 0;
+    const float* rows = nullptr;
+};
+
 }  // namespace detail
 
 // Runs the vision encoder on the patches of one or more items.
 // pixels: [sum_i t_i*h_i*w_i, patch_dim] in merge-window order per item (as the preprocessor
 // makes them); grids: (t, h, w) per item in patch units. `trace_prefix` (e.g. "image") names the
 // traced tensors "<prefix>.vision.block{i}", "<prefix>.embeds", "<prefix>.deepstack{k}".
+// `injections` are added to the inputs of their blocks.
 inline VisionFeatures encode_vision(const VisionWeights& W, const VisionConfig& cfg, const float* pixels,
                                     const std::vector<std::array<int, 3>>& grids, const Trace& trace = {},
-                                    const std::string& trace_prefix = "image") {
+                                    const std::string& trace_prefix = "image", const std::vector<detail::VisionInjection>& injections = {}) {
     using namespace detail;
-    const int merge = cfg.spatial_merge_size, dh = cfg.head_dim();
+    const int merge = cfg.spatial_merge_size;
     const int64_t Dv = cfg.hidden_size;
-    int64_t S = 0;
-    std::vector<std::pair<int64_t, int64_t>> segments;  // one per (item, temporal patch)
-    for (auto& g : grids) {
-        if (g[0] <= 0 || g[1] <= 0 || g[2] <= 0 || g[1] % merge || g[2] % merge)
-            throw Error("vision grid (" + std::to_string(g[0]) + ", " + std::to_string(g[1]) + ", " + std::to_string(g[2]) +
-                        ") must be positive with h and w multiples of " + std::to_string(merge));
-        for (int tt = 0; tt < g[0]; ++tt) {
-            segments.emplace_back(S, S + int64_t(g[1]) * g[2]);
-            S += int64_t(g[1]) * g[2];
-        }
-    }
-    big_vector<float> x(size_t(S * Dv));  // the residual stream [S, Dv]
-    linear_forward(pixels, S, W.patch_embed, x.data(), W.compute);
-    if (trace) trace(trace_prefix + ".vision.patch_embed", {S, Dv}, x.data());
-
-    big_vector<float> pos(size_t(S * Dv));
-    std::vector<float> cos_t(size_t(S * dh / 2)), sin_t(size_t(S * dh / 2));
-    int64_t row = 0;
-    for (auto& g : grids) {
-        position_embedding(W.pos_embed, g[0], g[1], g[2], merge, pos.data() + row * Dv);
-        vision_rope_tables(g[0], g[1], g[2], merge, dh, cos_t.data() + row * (dh / 2), sin_t.data() + row * (dh / 2));
-        row += int64_t(g[0]) * g[1] * g[2];
-    }
-    if (trace) trace(trace_prefix + ".vision.pos_embed", {S, Dv}, pos.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += pos[i];
+    VisionStream st = embed_patches(W, cfg, pixels, grids, trace, trace_prefix + ".vision.");
+    const int64_t S = st.patches;
 
     VisionFeatures out;
     out.deepstack.resize(cfg.deepstack_visual_indexes.size());
     for (int b = 0; b < cfg.depth; ++b) {
-        vision_block(x.data(), S, W.blocks[size_t(b)], cfg, segments, cos_t.data(), sin_t.data(), W.compute);
-        if (trace) trace(trace_prefix + ".vision.block" + std::to_string(b), {S, Dv}, x.data());
+        for (const VisionInjection& inj : injections)
+            if (inj.block == b) add_inplace(st.x.data(), inj.rows, S * Dv);
+        run_vision_block(st, W, cfg, b);
+        if (trace) trace(trace_prefix + ".vision.block" + std::to_string(b), {S, Dv}, st.x.data());
         for (size_t k = 0; k < cfg.deepstack_visual_indexes.size(); ++k)
             if (cfg.deepstack_visual_indexes[k] == b)
-                out.deepstack[k] = merge_patches(x.data(), S, W.deepstack_mergers[k], cfg, W.compute);
+                out.deepstack[k] = merge_patches(st.x.data(), S, W.deepstack_mergers[k], cfg, W.compute);
     }
-    out.embeds = merge_patches(x.data(), S, W.merger, cfg, W.compute);
+    out.embeds = merge_patches(st.x.data(), S, W.merger, cfg, W.compute);
     out.tokens = S / (merge * merge);
     if (trace) {
         trace(trace_prefix + ".embeds", {out.tokens, cfg.out_hidden_size}, out.embeds.data());
