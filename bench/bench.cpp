@@ -431,6 +431,7 @@ int64_t matrix_bytes(const Matrix& m) {
 struct Footprint {
     int64_t params = 0, bytes = 0;  // every weight of the model as held at run time
     int64_t vis_patch_params = 0;   // matrix weights applied once per patch (patch embed, blocks)
+    int64_t vis_embed_params = 0;   // of which the patch embedding
     int64_t vis_token_params = 0;   // applied once per merged token (mergers)
     int64_t text_layer_params = 0, text_layer_bytes = 0;  // decoder matrices, applied once per token
     int64_t lm_head_params = 0, lm_head_bytes = 0;
@@ -455,6 +456,7 @@ Footprint footprint(const Model& m) {
     };
     const VisionWeights& v = m.vision;
     lin(v.patch_embed, &f.vis_patch_params);
+    f.vis_embed_params = f.vis_patch_params;
     mat(v.pos_embed, nullptr, nullptr);
     for (const auto& b : v.blocks) {
         for (const auto* n : {&b.norm1, &b.norm2}) vec(n->w), vec(n->b);
@@ -512,6 +514,11 @@ std::vector<int> random_ids(const ModelConfig& c, int n, uint32_t seed) {
 struct VisionRun {
     double preprocess_s = 0, encode_s = 0, first_encode_s = 0;  // best of two encodes; the first one
     int64_t patches = 0;
+    // The stack schemes' high-resolution stream, encoded with it: its patches, the blocks they run
+    // (DeepStack-L: all, then the mergers; DeepStack-V: the first layer_start).
+    int64_t highres_patches = 0;
+    int highres_blocks = 0;
+    bool highres_merged = false;
 };
 
 VisionRun run_vision(const Model& m, int side) {
@@ -522,13 +529,21 @@ VisionRun run_vision(const Model& m, int side) {
     r.preprocess_s = detail::seconds_since(t0);
     const auto& g = in.patches.grid_thw;
     r.patches = int64_t(g[0]) * g[1] * g[2];
+    const FusionConfig& fusion = m.config.vision.fusion;
+    if (fusion.has_highres_stream()) {
+        const auto& h = in.highres.grid_thw;
+        r.highres_patches = int64_t(h[0]) * h[1] * h[2];
+        r.highres_merged = fusion.type == FusionConfig::Type::Stack;
+        r.highres_blocks = r.highres_merged ? m.config.vision.depth : fusion.layer_start;
+    }
     // Two encodes: the first at a new size also grows the per-thread scratch buffers (page faults);
-    // the better one is the encoder's speed, the first is printed beside it.
+    // the better one is the encoder's speed, the first is printed beside it. The encode is the
+    // prompt's whole visual path (the fusion scheme's extra streams included).
     for (int run = 0; run < 2; ++run) {
         t0 = Clock::now();
-        const VisionFeatures f = encode_vision(m.vision, m.config.vision, in.patches.pixels.data(), {g});
+        const VisualEmbedding e = detail::encode_visuals(m, {in}, {});
         const double s = detail::seconds_since(t0);
-        if (f.embeds.empty()) throw Error("vision encoder returned nothing");
+        if (e.embeds.empty()) throw Error("vision encoder returned nothing");
         r.encode_s = run == 0 ? s : std::min(r.encode_s, s);
         if (run == 0) r.first_encode_s = s;
     }
@@ -666,13 +681,19 @@ struct Report {
     double caption_s = 0;
 };
 
-// Matrix FLOPs of the vision encoder on S patches: the blocks per patch, the mergers per merged token.
-double vision_matrix_flops(const Footprint& f, int64_t S) {
-    return 2.0 * double(S) * double(f.vis_patch_params) + 2.0 * double(S / 4) * double(f.vis_token_params);
+// Matrix FLOPs of a vision run: per patch the patch embedding and the blocks, per merged token the
+// mergers; the same for the high-resolution stream over the blocks it runs.
+double vision_matrix_flops(const Footprint& f, const VisionConfig& v, const VisionRun& run) {
+    const double per_block = double(f.vis_patch_params - f.vis_embed_params) / v.depth;
+    auto stream = [&](int64_t S, int blocks, bool merged) {
+        return 2.0 * double(S) * (double(f.vis_embed_params) + blocks * per_block) + (merged ? 2.0 * double(S / 4) * double(f.vis_token_params) : 0.0);
+    };
+    return stream(run.patches, v.depth, true) + stream(run.highres_patches, run.highres_blocks, run.highres_merged);
 }
-// ... plus attention (QK^T and PV over S keys).
-double vision_flops(const Footprint& f, const VisionConfig& v, int64_t S) {
-    return vision_matrix_flops(f, S) + 4.0 * double(S) * double(S) * v.hidden_size * v.depth;
+// ... plus attention (QK^T and PV over each stream's patches, one image).
+double vision_flops(const Footprint& f, const VisionConfig& v, const VisionRun& run) {
+    auto attention = [&](int64_t S, int blocks) { return 4.0 * double(S) * double(S) * v.hidden_size * blocks; };
+    return vision_matrix_flops(f, v, run) + attention(run.patches, v.depth) + attention(run.highres_patches, run.highres_blocks);
 }
 
 // Matrix FLOPs of a T-token prefill: decoder matrices per token, lm_head for the last token only.
@@ -723,8 +744,9 @@ void print_table(const Report& r, const Args& a) {
     };
     auto vis = [&](const char* name, const VisionRun& v, double bound, double eff) {
         if (v.encode_s <= 0) return;
-        std::printf("%-16s %.2f s (first call %.2f s; %" PRId64 " patches, preprocess %.3f s)", name, v.encode_s, v.first_encode_s, v.patches,
-                    v.preprocess_s);
+        std::printf("%-16s %.2f s (first call %.2f s; %" PRId64 " patches", name, v.encode_s, v.first_encode_s, v.patches);
+        if (v.highres_patches > 0) std::printf(" + %" PRId64 " high-resolution through %d blocks", v.highres_patches, v.highres_blocks);
+        std::printf(", preprocess %.3f s)", v.preprocess_s);
         if (bound > 0) std::printf("   %s bound %.2f s  -> %.0f%% of peak", peak_name, bound, 100 * bound / v.encode_s);
         effective(eff);
         std::printf("\n");
@@ -946,13 +968,13 @@ int run(int argc, char** argv) {
     };
     auto rate_bound = [&](double n, double matrix_flops, double flops) { return r.matrix_peak > 0 ? n / seconds_bound(matrix_flops, flops) : 0.0; };
     if (r.v448.patches > 0)
-        r.vision_448_bound = seconds_bound(vision_matrix_flops(r.fp, r.v448.patches), vision_flops(r.fp, c.vision, r.v448.patches));
+        r.vision_448_bound = seconds_bound(vision_matrix_flops(r.fp, c.vision, r.v448), vision_flops(r.fp, c.vision, r.v448));
     if (r.v896.patches > 0)
-        r.vision_896_bound = seconds_bound(vision_matrix_flops(r.fp, r.v896.patches), vision_flops(r.fp, c.vision, r.v896.patches));
+        r.vision_896_bound = seconds_bound(vision_matrix_flops(r.fp, c.vision, r.v896), vision_flops(r.fp, c.vision, r.v896));
     if (r.prefill_256 > 0) r.prefill_256_bound = rate_bound(256, prefill_matrix_flops(r.fp, 256), prefill_flops(r.fp, c.text, 256));
     if (r.prefill_1024 > 0) r.prefill_1024_bound = rate_bound(1024, prefill_matrix_flops(r.fp, 1024), prefill_flops(r.fp, c.text, 1024));
-    if (r.v448.encode_s > 0) r.vision_448_eff = vision_matrix_flops(r.fp, r.v448.patches) / r.v448.encode_s / 1e9;
-    if (r.v896.encode_s > 0) r.vision_896_eff = vision_matrix_flops(r.fp, r.v896.patches) / r.v896.encode_s / 1e9;
+    if (r.v448.encode_s > 0) r.vision_448_eff = vision_matrix_flops(r.fp, c.vision, r.v448) / r.v448.encode_s / 1e9;
+    if (r.v896.encode_s > 0) r.vision_896_eff = vision_matrix_flops(r.fp, c.vision, r.v896) / r.v896.encode_s / 1e9;
     r.prefill_256_eff = prefill_matrix_flops(r.fp, 256) * r.prefill_256 / 256 / 1e9;
     r.prefill_1024_eff = prefill_matrix_flops(r.fp, 1024) * r.prefill_1024 / 1024 / 1e9;
     // The decode bound takes the best bandwidth seen: the machine's read at the start and the end,

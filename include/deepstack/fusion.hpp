@@ -34,6 +34,7 @@ struct VisualEmbedding {
 // Host control over DeepStack: switch the per-layer additions off, or keep only some levels.
 struct FusionOptions {
     bool deepstack = true;         // false: visual tokens only at the input, no per-layer additions
+                                   // (stack_vit: the stacks inside the vision tower stay)
     std::vector<int> levels;       // inject scheme: keep only these level indexes (empty = all)
 };
 
