@@ -121,23 +121,6 @@ const char* stage_name(Stage s) {
 
 // ---- calls ---------------------------------------------------------------------------------------
 
-// A request from generate()'s keyword arguments.
-Request make_request(const std::string& prompt, const py::object& images, const py::object& video, double fps, const std::string& system,
-                     std::optional<int> max_new_tokens, std::optional<float> temperature, std::optional<float> top_p,
-                     std::optional<int> top_k, std::optional<float> min_p, std::optional<float> repetition_penalty,
-                     std::optional<float> presence_penalty, std::optional<uint64_t> seed, std::vector<int> stop_token_ids) {
-    Request r;
-    r.prompt = prompt;
-    r.system = system;
-    r.images = image_inputs(images);
-    r.video = video_input(video, fps);
-    Sampling& s = r.sampling;
-    s.max_new_tokens = max_new_tokens, s.temperature = temperature, s.top_p = top_p, s.top_k = top_k, s.min_p = min_p;
-    s.repetition_penalty = repetition_penalty, s.presence_penalty = presence_penalty, s.seed = seed;
-    s.stop_token_ids = std::move(stop_token_ids);
-    return r;
-}
-
 // Runs `answer(on_text, on_progress)` without the GIL. The Python callbacks run with the GIL; an
 // exception they raise stops the reply and is raised again here.
 template <typename Answer>
@@ -183,14 +166,35 @@ struct PyChat {
     std::mutex busy;
 };
 
-// generate()'s and send()'s keyword arguments after the prompt.
-template <typename Class, typename Method>
-void def_request_method(Class& cls, const char* name, Method method, const char* doc) {
-    cls.def(name, method, py::arg("prompt") = "", py::kw_only(), py::arg("images") = py::none(), py::arg("video") = py::none(),
-            py::arg("fps") = 0.0, py::arg("system") = "", py::arg("max_new_tokens") = py::none(), py::arg("temperature") = py::none(),
-            py::arg("top_p") = py::none(), py::arg("top_k") = py::none(), py::arg("min_p") = py::none(),
-            py::arg("repetition_penalty") = py::none(), py::arg("presence_penalty") = py::none(), py::arg("seed") = py::none(),
-            py::arg("stop_token_ids") = std::vector<int>(), py::arg("on_text") = py::none(), py::arg("on_progress") = py::none(), doc);
+// Defines cls.name(prompt, *, images, video, ...) (generate() and send()): builds the Request from
+// the keyword arguments, then returns answer(self, request, on_text, on_progress) run by call_engine.
+template <typename Self, typename Class, typename Answer>
+void def_request_method(Class& cls, const char* name, Answer answer, const char* doc) {
+    cls.def(
+        name,
+        [answer](Self& self, const std::string& prompt, const py::object& images, const py::object& video, double fps,
+                 const std::optional<std::string>& system, std::optional<int> max_new_tokens, std::optional<float> temperature,
+                 std::optional<float> top_p, std::optional<int> top_k, std::optional<float> min_p, std::optional<float> repetition_penalty,
+                 std::optional<float> presence_penalty, std::optional<uint64_t> seed, std::vector<int> stop_token_ids,
+                 const py::object& on_text, const py::object& on_progress) {
+            Request r;
+            r.prompt = prompt;
+            r.system = system.value_or("");
+            r.images = image_inputs(images);
+            r.video = video_input(video, fps);
+            Sampling& s = r.sampling;
+            s.max_new_tokens = max_new_tokens, s.temperature = temperature, s.top_p = top_p, s.top_k = top_k, s.min_p = min_p;
+            s.repetition_penalty = repetition_penalty, s.presence_penalty = presence_penalty, s.seed = seed;
+            s.stop_token_ids = std::move(stop_token_ids);
+            return call_engine(on_text, on_progress, [&](const TextCallback& text, const ProgressCallback& progress) {
+                return answer(self, r, text, progress);
+            });
+        },
+        py::arg("prompt") = "", py::kw_only(), py::arg("images") = py::none(), py::arg("video") = py::none(), py::arg("fps") = 0.0,
+        py::arg("system") = py::none(), py::arg("max_new_tokens") = py::none(), py::arg("temperature") = py::none(),
+        py::arg("top_p") = py::none(), py::arg("top_k") = py::none(), py::arg("min_p") = py::none(),
+        py::arg("repetition_penalty") = py::none(), py::arg("presence_penalty") = py::none(), py::arg("seed") = py::none(),
+        py::arg("stop_token_ids") = std::vector<int>(), py::arg("on_text") = py::none(), py::arg("on_progress") = py::none(), doc);
 }
 
 const char* kRequestDoc = R"(Answers one request and returns a Reply.
@@ -199,7 +203,7 @@ prompt: the request after the images and the video.
 images: one image or a list: paths, PIL images or H x W x 3 uint8 numpy arrays.
 video: a video file, a folder of frames, a .txt list of frame files, or a list of frames (as
     images, all of one size); fps: the source's frame rate (0: the file's own, 2 for frames).
-system: a system message before the request.
+system: a system message before the request (None: none).
 max_new_tokens, temperature (0: greedy), top_p, top_k, min_p, repetition_penalty,
     presence_penalty, seed, stop_token_ids: sampling; None takes the model's
     generation_config.json.
@@ -282,24 +286,19 @@ PYBIND11_MODULE(_core, m) {
     py::class_<PyChat> chat(m, "Chat",
                             "A conversation with one Engine: each send() adds a user turn and returns the reply; later turns reuse the "
                             "cache of the earlier ones. One turn at a time.");
-    def_request_method(
+    def_request_method<PyChat>(
         chat, "send",
-        [](PyChat& c, const std::string& prompt, const py::object& images, const py::object& video, double fps, const std::string& system,
-           std::optional<int> max_new_tokens, std::optional<float> temperature, std::optional<float> top_p, std::optional<int> top_k,
-           std::optional<float> min_p, std::optional<float> repetition_penalty, std::optional<float> presence_penalty,
-           std::optional<uint64_t> seed, std::vector<int> stop_token_ids, const py::object& on_text, const py::object& on_progress) {
-            const Request request = make_request(prompt, images, video, fps, system, max_new_tokens, temperature, top_p, top_k, min_p,
-                                                 repetition_penalty, presence_penalty, seed, std::move(stop_token_ids));
+        [](PyChat& c, const Request& request, const TextCallback& text, const ProgressCallback& progress) {
             std::unique_lock<std::mutex> lock(c.busy, std::try_to_lock);
             if (!lock.owns_lock()) throw Error("chat: a turn is already running in another thread; a Chat takes one turn at a time");
-            return call_engine(on_text, on_progress,
-                               [&](const TextCallback& text, const ProgressCallback& progress) { return c.chat.send(request, text, progress); });
+            return c.chat.send(request, text, progress);
         },
         kRequestDoc);
     chat.def_property_readonly("tokens", [](const PyChat& c) { return c.chat.tokens(); }, "Tokens of the conversation so far.");
 
     py::class_<Engine> engine(m, "Engine",
-                              "A loaded model with its tokenizer and sampling defaults; any number of threads may call generate() at once.");
+                              "A loaded model with its tokenizer and sampling defaults; any number of threads may call "
+                              "generate() at once.");
     engine.def(py::init([](const py::object& model_dir, std::optional<int> threads, const std::string& weights, const std::string& compute,
                            bool map_weights, int64_t min_pixels, int64_t max_pixels, int64_t video_min_pixels, int64_t video_max_pixels,
                            int max_context) {
@@ -327,16 +326,10 @@ map_weights: map the weight files instead of reading them into memory.
 min_pixels, max_pixels, video_min_pixels, video_max_pixels: pixel budgets after resizing (0: the
     model's preprocessor configs). max_context: tokens one reply or one chat may hold.
 Raises deepstack.Error naming the folder or file and the problem.)");
-    def_request_method(
+    def_request_method<const Engine>(
         engine, "generate",
-        [](const Engine& e, const std::string& prompt, const py::object& images, const py::object& video, double fps, const std::string& system,
-           std::optional<int> max_new_tokens, std::optional<float> temperature, std::optional<float> top_p, std::optional<int> top_k,
-           std::optional<float> min_p, std::optional<float> repetition_penalty, std::optional<float> presence_penalty,
-           std::optional<uint64_t> seed, std::vector<int> stop_token_ids, const py::object& on_text, const py::object& on_progress) {
-            const Request request = make_request(prompt, images, video, fps, system, max_new_tokens, temperature, top_p, top_k, min_p,
-                                                 repetition_penalty, presence_penalty, seed, std::move(stop_token_ids));
-            return call_engine(on_text, on_progress,
-                               [&](const TextCallback& text, const ProgressCallback& progress) { return e.generate(request, text, progress); });
+        [](const Engine& e, const Request& request, const TextCallback& text, const ProgressCallback& progress) {
+            return e.generate(request, text, progress);
         },
         kRequestDoc);
     engine.def("chat", [](const Engine& e) { return std::make_unique<PyChat>(e.chat()); }, "A new conversation with this engine's model.")

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 import deepstack
-from fixture import IMAGE, MODEL, PROMPT, cli_caption
+from fixture import FRAMES, IMAGE, MODEL, PROMPT, cli_caption
 
 TOKENS = 12
 
@@ -53,6 +53,16 @@ class ModuleTest(unittest.TestCase):
         self.assertEqual(reply.text, self.caption(np.ascontiguousarray(flipped)).text)
         self.assertNotEqual(reply.text, self.expected)  # the pixels matter: a mirrored picture reads differently
         self.assertEqual(self.engine.generate(PROMPT, images=IMAGE, temperature=0, max_new_tokens=TOKENS).text, self.expected)
+
+    def test_video_as_a_folder_and_as_frames_gives_the_cli_text(self):
+        expected = cli_caption(["--video", FRAMES], TOKENS, prompt="What happens?")
+        frames = [Image.open(os.path.join(FRAMES, name)) for name in sorted(os.listdir(FRAMES))]
+        for video in (FRAMES, frames, [np.asarray(f.convert("RGB")) for f in frames]):
+            with self.subTest(video=type(video).__name__):
+                reply = self.engine.generate("What happens?", video=video, system=None, temperature=0, max_new_tokens=TOKENS)
+                self.assertEqual(reply.text, expected)
+                self.assertTrue(reply.inputs[0].is_video)
+                self.assertEqual(reply.inputs[0].frame_indices, [0, 1, 2, 3])
 
     def test_stream_pieces_join_to_the_text(self):
         stream = self.engine.stream(PROMPT, images=[IMAGE], temperature=0, max_new_tokens=TOKENS)
