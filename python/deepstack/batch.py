@@ -25,7 +25,7 @@ import time
 
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".ppm", ".pgm", ".pnm", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".ppm", ".pgm", ".pnm")
 PLUGIN_NAME = "deepstack-engine"
 
 
