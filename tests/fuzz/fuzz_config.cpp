@@ -51,6 +51,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(c.text.mrope_section[0] + c.text.mrope_section[1] + c.text.mrope_section[2] == c.text.head_dim / 2);
     FUZZ_CHECK(c.vision.head_dim() > 0 && c.vision.head_dim() % 4 == 0);
     for (int b : c.vision.deepstack_visual_indexes) FUZZ_CHECK(b >= 0 && b < c.vision.depth);
+    if (c.vision.fusion.type == FusionConfig::Type::StackVit)
+        FUZZ_CHECK(c.vision.fusion.stack_target(c.vision.fusion.scale * c.vision.fusion.scale - 1) < c.vision.depth);
     FUZZ_CHECK(c.image_token_id < c.text.vocab_size && c.video_token_id < c.text.vocab_size);
     try {
         PreprocessConfig pi, pv;

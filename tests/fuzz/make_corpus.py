@@ -40,7 +40,7 @@ end = max(v["data_offsets"][1] for k, v in small.items() if k != "__metadata__")
 out("safetensors", "fixture_prefix", st(small, bytes(end)[:64]))  # offsets past the data: an error seed
 
 # ---- config.json / preprocessor_config.json (first byte: 0 = config.json, 1/3 = image/video preprocessor) ----
-for fx in ("tiny-image", "tiny-gated", "tiny-stack", "tiny-video-4raw"):
+for fx in ("tiny-image", "tiny-gated", "tiny-stack", "tiny-stackv", "tiny-video-4raw"):
     with open(os.path.join(tests, "fixtures", fx, "model", "config.json"), "rb") as f:
         out("config", "config_" + fx, b"\x00" + f.read())
 with open(os.path.join(fixture, "model", "preprocessor_config.json"), "rb") as f:
