@@ -3,6 +3,7 @@
 #pragma once
 #include "common.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <fstream>
@@ -45,6 +46,18 @@ struct TextConfig {
     double rope_theta = 5e6;
     std::array<int, 3> mrope_section{24, 20, 20};  // frequency slots for (t, h, w); sums to head_dim/2
     int64_t max_position_embeddings = 262144;
+
+    // Mixture of experts (model_type qwen3_vl_moe); num_experts 0 = every layer dense. A sparse
+    // layer's MLP is num_experts SwiGLU experts of moe_intermediate_size, num_experts_per_tok of
+    // them chosen per token by a router.
+    int num_experts = 0, num_experts_per_tok = 0, moe_intermediate_size = 0, decoder_sparse_step = 1;
+    std::vector<int> mlp_only_layers;  // layers kept dense
+
+    // Whether decoder layer `layer` has the mixture-of-experts MLP (else the dense one).
+    bool sparse_layer(int layer) const {
+        return num_experts > 0 && (layer + 1) % decoder_sparse_step == 0 &&
+               std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) == mlp_only_layers.end();
+    }
 };
 
 struct ModelConfig {
@@ -173,6 +186,25 @@ inline FusionConfig parse_fusion(const JsonReader& vision) {
     return f;
 }
 
+// The mixture-of-experts fields of text_config (as transformers 4.57 and 5.x save them).
+inline void parse_moe(const JsonReader& tc, TextConfig& t) {
+    t.num_experts = tc.positive_int("num_experts");
+    t.num_experts_per_tok = tc.positive_int("num_experts_per_tok");
+    t.moe_intermediate_size = tc.positive_int("moe_intermediate_size");
+    t.decoder_sparse_step = tc.positive_int("decoder_sparse_step", 1);
+    t.mlp_only_layers = tc.int_list("mlp_only_layers");
+    // Stored by the checkpoints; the chosen experts' weights are renormalised to sum 1 either way
+    // (the released models' code does so whatever it says), so it is only checked for its type.
+    tc.boolean("norm_topk_prob", true);
+    if (t.num_experts_per_tok > t.num_experts)
+        throw Error(tc.where + ": num_experts_per_tok (" + std::to_string(t.num_experts_per_tok) + ") exceeds num_experts (" +
+                    std::to_string(t.num_experts) + ")");
+    for (size_t i = 0; i < t.mlp_only_layers.size(); ++i)
+        if (t.mlp_only_layers[i] < 0 || t.mlp_only_layers[i] >= t.num_hidden_layers)
+            throw Error(tc.where + ": mlp_only_layers[" + std::to_string(i) + "] = " + std::to_string(t.mlp_only_layers[i]) +
+                        " is not a decoder layer (0.." + std::to_string(t.num_hidden_layers - 1) + ")");
+}
+
 }  // namespace detail
 
 // Parses config.json (already read). `file` is used in messages.
@@ -181,8 +213,9 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
     detail::JsonReader top{j, file};
     const auto* mt = top.find("model_type");
     if (!mt || !mt->is_string()) throw Error(file + ": missing field 'model_type'");
-    if (mt->get<std::string>() != "qwen3_vl")
-        throw Error(file + ": model_type '" + mt->get<std::string>() + "' is not supported (expected qwen3_vl)");
+    const std::string model_type = mt->get<std::string>();
+    if (model_type != "qwen3_vl" && model_type != "qwen3_vl_moe")
+        throw Error(file + ": model_type '" + model_type + "' is not supported (expected qwen3_vl or qwen3_vl_moe)");
 
     ModelConfig c;
     auto tc = top.object("text_config");
@@ -193,7 +226,11 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
     t.num_attention_heads = tc.positive_int("num_attention_heads");
     t.num_key_value_heads = tc.positive_int("num_key_value_heads", t.num_attention_heads);
     t.head_dim = tc.positive_int("head_dim", t.hidden_size / t.num_attention_heads);
-    t.intermediate_size = tc.positive_int("intermediate_size");
+    if (model_type == "qwen3_vl_moe") detail::parse_moe(tc, t);
+    bool any_dense = false;
+    for (int i = 0; i < t.num_hidden_layers; ++i) any_dense = any_dense || !t.sparse_layer(i);
+    // (a model whose every layer is sparse may leave the dense width out)
+    t.intermediate_size = any_dense ? tc.positive_int("intermediate_size") : tc.positive_int("intermediate_size", 0);
     t.vocab_size = tc.positive_int("vocab_size");
     t.rms_norm_eps = float(tc.number("rms_norm_eps", 1e-6));
     t.max_position_embeddings = tc.positive_int("max_position_embeddings", 262144);

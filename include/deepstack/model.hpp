@@ -66,6 +66,8 @@ struct Model {
         quantize_weights(m->vision, m->text, opt.weights, [&](const Matrix& stored, bool still_read) {
             m->store.release(stored.data, size_t(stored.rows * stored.cols) * detail::dtype_size(stored.dtype), still_read);
         });
+        load_experts(m->text, m->store, m->config.text, opt.weights,
+                     [&](const TensorInfo& fused) { m->store.release(fused.data, fused.nbytes); });
         tile_text_weights(m->text, m->store);
 #if defined(DEEPSTACK_HAVE_DPBF16)
         if (opt.bf16_compute || detail::exact_gemm_on_amx()) panel_vision_weights(m->vision, m->store);

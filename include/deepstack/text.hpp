@@ -92,8 +92,9 @@ inline void add_rows(float* h, int64_t D, const std::vector<int64_t>& visual_row
 }
 
 // One decoder layer on h [T, D] (in place); the T tokens are appended to the cache for `layer`.
+// A sparse layer's MLP is the mixture of experts (moe.hpp), traced as "text.layer{i}.moe.*".
 inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const TextConfig& c, KVCache& cache, int layer,
-                          const float* cos_t, const float* sin_t, Compute mode) {
+                          const float* cos_t, const float* sin_t, Compute mode, const Trace& trace = {}) {
     const int64_t D = c.hidden_size, hd = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads,
                   I = c.intermediate_size;
     const int64_t past = cache.length;
@@ -133,11 +134,15 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     }
     matmul(o, T, L.o, y, nullptr, mode);
     add_rmsnorm(h, y, T, D, L.post_norm.data(), c.rms_norm_eps, a);  // h += y; a = RMSNorm(h)
-    const Matrix* gate_up_w[] = {&L.gate, &L.up};
-    float* gate_up_out[] = {gate, up};
-    matmul_shared_input(a, T, gate_up_w, gate_up_out, 2, mode);
-    silu_mul(gate, up, gate, T * I);
-    matmul(gate, T, L.down, y, nullptr, mode);
+    if (L.moe) {
+        moe_block(a, T, *L.moe, c, mode, y, trace, "text.layer" + std::to_string(layer) + ".moe");
+    } else {
+        const Matrix* gate_up_w[] = {&L.gate, &L.up};
+        float* gate_up_out[] = {gate, up};
+        matmul_shared_input(a, T, gate_up_w, gate_up_out, 2, mode);
+        silu_mul(gate, up, gate, T * I);
+        matmul(gate, T, L.down, y, nullptr, mode);
+    }
     add_inplace(h, y, T * D);
 }
 
@@ -158,7 +163,7 @@ inline std::vector<float> embed_tokens(const TextWeights& W, const TextConfig& c
 // through the decoder, appending them to `cache`. pos/pos_first: the 3D positions of these
 // tokens. visual_rows: rows of h holding visual tokens (for `injections`). Returns logits
 // [T, V] when all_logits, else [1, V] for the last token. Traces "text.layer{i}",
-// "text.final_norm".
+// "text.final_norm" (and the mixture-of-experts tensors of sparse layers).
 inline std::vector<float> decode_tokens(const TextWeights& W, const TextConfig& c, KVCache& cache, std::vector<float>& h,
                                         const Positions& pos, size_t pos_first, const std::vector<int64_t>& visual_rows,
                                         const std::vector<Injection>& injections, bool all_logits, const Trace& trace = {}) {
@@ -172,7 +177,7 @@ inline std::vector<float> decode_tokens(const TextWeights& W, const TextConfig& 
     };
     for (int l = 0; l < c.num_hidden_layers; ++l) {
         inject(l, true);
-        detail::decoder_layer(h.data(), T, W.layers[size_t(l)], c, cache, l, cos_t.data(), sin_t.data(), W.compute);
+        detail::decoder_layer(h.data(), T, W.layers[size_t(l)], c, cache, l, cos_t.data(), sin_t.data(), W.compute, trace);
         inject(l, false);
         if (trace) trace("text.layer" + std::to_string(l), {T, D}, h.data());
     }

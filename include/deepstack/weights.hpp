@@ -4,6 +4,7 @@
 #pragma once
 #include "config.hpp"
 #include "kernels.hpp"
+#include "moe.hpp"
 #include "safetensors.hpp"
 
 #include <functional>
@@ -50,7 +51,8 @@ struct TextLayerWeights {
     std::vector<float> input_norm, post_norm;  // [D]
     std::vector<float> q_norm, k_norm;         // [head_dim]
     Matrix q, k, v, o;                         // [Hq*hd, D], [Hkv*hd, D], [Hkv*hd, D], [D, Hq*hd]
-    Matrix gate, up, down;                     // [I, D], [I, D], [D, I]
+    Matrix gate, up, down;                     // [I, D], [I, D], [D, I]: dense layers
+    std::optional<detail::MoeWeights> moe;     // sparse layers (TextConfig::sparse_layer): their experts
 };
 
 struct TextWeights {
@@ -153,9 +155,13 @@ inline TextWeights load_text_weights(const WeightStore& ws, const TextConfig& t,
         L.k = matrix(ws, l + "self_attn.k_proj.weight", kv_out, D);
         L.v = matrix(ws, l + "self_attn.v_proj.weight", kv_out, D);
         L.o = matrix(ws, l + "self_attn.o_proj.weight", D, q_out);
-        L.gate = matrix(ws, l + "mlp.gate_proj.weight", I, D);
-        L.up = matrix(ws, l + "mlp.up_proj.weight", I, D);
-        L.down = matrix(ws, l + "mlp.down_proj.weight", D, I);
+        if (t.sparse_layer(i)) {
+            L.moe = moe_weights(ws, l + "mlp.", t);
+        } else {
+            L.gate = matrix(ws, l + "mlp.gate_proj.weight", I, D);
+            L.up = matrix(ws, l + "mlp.up_proj.weight", I, D);
+            L.down = matrix(ws, l + "mlp.down_proj.weight", D, I);
+        }
         w.layers.push_back(std::move(L));
     }
     w.norm = vec(ws, p + "norm.weight", D);
@@ -180,6 +186,7 @@ inline void quantize_weights(VisionWeights& v, TextWeights& t, WeightFormat form
     if (format == WeightFormat::Stored) return;
     const DType target = format == WeightFormat::Q8 ? DType::Q8 : DType::Q4;
     auto q = [&](Matrix& m) {
+        if (!m.data) return;  // a sparse layer's dense MLP
         const Matrix stored = m;
         m = quantize(stored, target);
         if (replaced) replaced(stored, stored.data == t.embed.data);
@@ -192,6 +199,18 @@ inline void quantize_weights(VisionWeights& v, TextWeights& t, WeightFormat form
     for (auto& L : t.layers)
         for (Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) q(*m);
     q(t.lm_head);
+}
+
+// Lays out the experts of every sparse decoder layer (detail::lay_out_experts) in `format`,
+// layer by layer: each layer's fused expert tensors are read, re-laid or quantized, and handed to
+// `release`, so a quantized load holds one layer's stored experts at a time. The router stays as
+// stored.
+inline void load_experts(TextWeights& t, const WeightStore& ws, const TextConfig& c, WeightFormat format,
+                         const std::function<void(const TensorInfo&)>& release = {}) {
+    std::optional<DType> target;
+    if (format != WeightFormat::Stored) target = format == WeightFormat::Q8 ? DType::Q8 : DType::Q4;
+    for (auto& L : t.layers)
+        if (L.moe) detail::lay_out_experts(*L.moe, ws, c, target, release);
 }
 
 namespace detail {
