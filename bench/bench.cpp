@@ -1,10 +1,11 @@
 // deepstack-bench: speed and memory of a Qwen3-VL model on this machine, every figure printed
 // beside the machine limit that bounds it. The model is either a real folder (--model DIR) or a
-// synthetic one with the exact shapes of a released checkpoint (--shape 2b|4b|8b, random bf16
-// weights made in memory, nothing downloaded).
+// synthetic one with the exact shapes of a released checkpoint (--shape 2b|4b|8b|30b-a3b, random
+// bf16 weights made in memory, nothing downloaded; a model larger than half the memory is made
+// tensor by tensor as the load asks for it, each quantized and released before the next).
 //
-// Limits: decode reads every decoder and lm_head weight once per token, so its bound is
-// memory bandwidth / bytes read per token; vision and prefill do 2 FLOPs per weight per patch or
+// Limits: decode reads every decoder and lm_head weight once per token (of a mixture-of-experts
+// layer: the router and the chosen experts), so its bound is memory bandwidth / bytes read per token; vision and prefill do 2 FLOPs per weight per patch or
 // token (plus attention), so their bound is FLOPs / peak (fp32 FMA, or bf16 dot products in bf16
 // compute mode). Beside it: the effective rate, the matrices' FLOPs alone (2 per weight per
 // patch or token) over the time taken, as a share of the same peak. The limits are measured before and after the runs and the better of the two is
@@ -14,12 +15,14 @@
 #include <deepstack.hpp>
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <random>
 
 using namespace deepstack;
@@ -27,8 +30,9 @@ using namespace deepstack;
 namespace {
 
 const char* kUsage =
-    "usage: deepstack-bench (--shape 2b|4b|8b | --model DIR) [options]\n"
-    "  --shape S            synthetic model with the shapes of Qwen3-VL-S-Instruct (random bf16 weights)\n"
+    "usage: deepstack-bench (--shape 2b|4b|8b|30b-a3b | --model DIR) [options]\n"
+    "  --shape S            synthetic model with the shapes of Qwen3-VL-S-Instruct (random bf16 weights;\n"
+    "                       30b-a3b is the mixture of experts, made tensor by tensor: needs --weights int8|q4)\n"
     "  --model DIR          a model folder (config.json + safetensors), read into memory in 2 MiB pages\n"
     "  --map-weights        with --model: map the safetensors files instead (LoadOptions::map_weights)\n"
     "  --write DIR          with --shape: write the synthetic model to DIR (config.json, model.safetensors) and exit\n"
@@ -252,25 +256,27 @@ double amx_peak_gflops() {
 // ---- synthetic model ----
 
 struct ShapeSpec {
-    int D, layers, heads, I, vdepth, Dv, Iv;
+    int D, layers, heads, kv_heads, I, vdepth, Dv, Iv;
     std::vector<int> deepstack;
     bool tie;
+    int experts = 0, experts_per_tok = 0, moe_I = 0;  // mixture of experts: every layer sparse
 };
 
 ShapeSpec shape_spec(const std::string& s) {
-    if (s == "2b") return {2048, 28, 16, 6144, 24, 1024, 4096, {5, 11, 17}, true};
-    if (s == "4b") return {2560, 36, 32, 9728, 24, 1024, 4096, {5, 11, 17}, true};
-    if (s == "8b") return {4096, 36, 32, 12288, 27, 1152, 4304, {8, 16, 24}, false};
-    throw Error("--shape must be 2b, 4b or 8b (got '" + s + "')");
+    if (s == "2b") return {2048, 28, 16, 8, 6144, 24, 1024, 4096, {5, 11, 17}, true};
+    if (s == "4b") return {2560, 36, 32, 8, 9728, 24, 1024, 4096, {5, 11, 17}, true};
+    if (s == "8b") return {4096, 36, 32, 8, 12288, 27, 1152, 4304, {8, 16, 24}, false};
+    if (s == "30b-a3b") return {2048, 48, 32, 4, 6144, 27, 1152, 4304, {8, 16, 24}, false, 128, 8, 768};
+    throw Error("--shape must be 2b, 4b, 8b or 30b-a3b (got '" + s + "')");
 }
 
 // config.json of Qwen3-VL-<shape>-Instruct.
 nlohmann::json synthetic_config(const ShapeSpec& s) {
-    return {{"model_type", "qwen3_vl"},
+    nlohmann::json j = {{"model_type", s.experts ? "qwen3_vl_moe" : "qwen3_vl"},
             {"tie_word_embeddings", s.tie},
             {"text_config",
              {{"hidden_size", s.D}, {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
-              {"num_key_value_heads", 8}, {"head_dim", 128}, {"intermediate_size", s.I}, {"vocab_size", 151936},
+              {"num_key_value_heads", s.kv_heads}, {"head_dim", 128}, {"intermediate_size", s.I}, {"vocab_size", 151936},
               {"rms_norm_eps", 1e-6}, {"rope_theta", 5000000.0}, {"max_position_embeddings", 262144},
               {"eos_token_id", 151645},
               {"rope_scaling", {{"rope_type", "default"}, {"mrope_interleaved", true}, {"mrope_section", {24, 20, 20}}}}}},
@@ -278,6 +284,12 @@ nlohmann::json synthetic_config(const ShapeSpec& s) {
              {{"depth", s.vdepth}, {"hidden_size", s.Dv}, {"num_heads", 16}, {"intermediate_size", s.Iv},
               {"patch_size", 16}, {"temporal_patch_size", 2}, {"spatial_merge_size", 2}, {"in_channels", 3},
               {"num_position_embeddings", 2304}, {"out_hidden_size", s.D}, {"deepstack_visual_indexes", s.deepstack}}}};
+    if (s.experts) {
+        auto& t = j["text_config"];
+        t["num_experts"] = s.experts, t["num_experts_per_tok"] = s.experts_per_tok, t["moe_intermediate_size"] = s.moe_I;
+        t["decoder_sparse_step"] = 1, t["mlp_only_layers"] = nlohmann::json::array(), t["norm_topk_prob"] = true;
+    }
+    return j;
 }
 
 struct TensorSpec {
@@ -337,9 +349,16 @@ std::vector<TensorSpec> synthetic_tensors(const ModelConfig& c) {
         lin(l + "self_attn.k_proj", t.num_key_value_heads * hd, D, false);
         lin(l + "self_attn.v_proj", t.num_key_value_heads * hd, D, false);
         lin(l + "self_attn.o_proj", D, t.num_attention_heads * hd, false);
-        lin(l + "mlp.gate_proj", t.intermediate_size, D, false);
-        lin(l + "mlp.up_proj", t.intermediate_size, D, false);
-        lin(l + "mlp.down_proj", D, t.intermediate_size, false);
+        if (t.sparse_layer(i)) {  // router and fused input-major experts
+            const int64_t E = t.num_experts, I = t.moe_intermediate_size;
+            lin(l + "mlp.gate", E, D, false);
+            ts.push_back({l + "mlp.experts.gate_up_proj", {E, D, 2 * I}});
+            ts.push_back({l + "mlp.experts.down_proj", {E, I, D}});
+        } else {
+            lin(l + "mlp.gate_proj", t.intermediate_size, D, false);
+            lin(l + "mlp.up_proj", t.intermediate_size, D, false);
+            lin(l + "mlp.down_proj", D, t.intermediate_size, false);
+        }
     }
     norm(tp + "norm", D, false);
     if (!c.tie_word_embeddings) lin("lm_head", t.vocab_size, D, false);
@@ -384,16 +403,36 @@ std::string safetensors_header(const std::vector<TensorSpec>& ts) {
     return out + s;
 }
 
+int64_t synthetic_bytes(const std::vector<TensorSpec>& ts) {
+    int64_t total = 0;
+    for (const auto& t : ts) total += t.numel() * 2;
+    return total;
+}
+
+// Whether a synthetic model is made tensor by tensor during the load (more than half the memory).
+bool made_on_demand(const std::vector<TensorSpec>& ts) {
+    return double(synthetic_bytes(ts)) > 0.5 * double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE));
+}
+
 // The synthetic checkpoint as one safetensors image made in the store's memory, held as a file
 // read in (the default load) is: the model re-orders its matrices there as it would for --model.
+// A model larger than half the memory is made on demand instead: each tensor when the load first
+// asks for it (the same values), so a quantized load holds one stored tensor at a time.
 void add_synthetic(WeightStore& ws, const std::vector<TensorSpec>& ts, const std::string& name) {
-    int64_t total = 0;
-    for (const auto& t : ts) total += t.numel();
-    ws.add_generated(name, safetensors_header(ts), size_t(total) * 2, [&](uint8_t* data) {
+    std::map<std::string, std::pair<const TensorSpec*, uint32_t>> seeds;  // the fill of each tensor
+    uint32_t seed = 0;
+    for (const auto& t : ts) seeds[t.name] = {&t, seed += 0x9E3779B9u};
+    if (made_on_demand(ts)) {
+        ws.add_generated_on_demand(name, safetensors_header(ts), size_t(synthetic_bytes(ts)), [seeds](const TensorInfo& info, uint8_t* data) {
+            const auto& [t, s] = seeds.at(info.name);
+            fill_bf16(reinterpret_cast<uint16_t*>(data), t->numel(), t->fill, s);
+        });
+        return;
+    }
+    ws.add_generated(name, safetensors_header(ts), size_t(synthetic_bytes(ts)), [&](uint8_t* data) {
         auto* p = reinterpret_cast<uint16_t*>(data);  // the data area starts on a 64-byte line
-        uint32_t seed = 0;
         for (const auto& t : ts) {
-            fill_bf16(p, t.numel(), t.fill, seed += 0x9E3779B9u);
+            fill_bf16(p, t.numel(), t.fill, seeds.at(t.name).second);
             p += t.numel();
         }
     });
@@ -433,7 +472,9 @@ struct Footprint {
     int64_t vis_patch_params = 0;   // matrix weights applied once per patch (patch embed, blocks)
     int64_t vis_embed_params = 0;   // of which the patch embedding
     int64_t vis_token_params = 0;   // applied once per merged token (mergers)
-    int64_t text_layer_params = 0, text_layer_bytes = 0;  // decoder matrices, applied once per token
+    // decoder matrices applied to each token: of a mixture-of-experts layer the router and the
+    // average share of its experts a token chooses (num_experts_per_tok of num_experts)
+    int64_t text_layer_params = 0, text_layer_bytes = 0;
     int64_t lm_head_params = 0, lm_head_bytes = 0;
 };
 
@@ -474,6 +515,14 @@ Footprint footprint(const Model& m) {
     for (const auto& L : t.layers) {
         for (const auto* n : {&L.input_norm, &L.post_norm, &L.q_norm, &L.k_norm}) vec(*n);
         for (const auto* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) mat(*w, &f.text_layer_params, &f.text_layer_bytes);
+        if (!L.moe) continue;
+        mat(L.moe->router, &f.text_layer_params, &f.text_layer_bytes);
+        int64_t expert_params = 0, expert_bytes = 0;
+        for (const auto& e : L.moe->experts)
+            for (const auto* w : {&e.gate, &e.up, &e.down}) mat(*w, &expert_params, &expert_bytes);
+        const double chosen = double(m.config.text.num_experts_per_tok) / double(m.config.text.num_experts);
+        f.text_layer_params += int64_t(double(expert_params) * chosen);
+        f.text_layer_bytes += int64_t(double(expert_bytes) * chosen);
     }
     vec(t.norm);
     f.lm_head_params = t.lm_head.rows * t.lm_head.cols;
@@ -570,7 +619,7 @@ PrefillRun run_prefill(const std::shared_ptr<const Model>& m, int n) {
 }
 
 // Plain read of the bytes a decode step streams - the decoder matrices and lm_head as held at run
-// time (quantized: values and scales) - split evenly over the threads, best of 3 passes, GB/s.
+// time (quantized: values and scales; every expert of a mixture-of-experts layer) - split evenly over the threads, best of 3 passes, GB/s.
 // Measured right before and right after the decode timing: the host's bandwidth can change by
 // 40% within a minute, and a bound measured at another moment could flatter the ratio.
 double decode_weights_read_gbps(const Model& m) {
@@ -590,8 +639,13 @@ double decode_weights_read_gbps(const Model& m) {
             add_range(w.data, w.rows * w.cols * int64_t(detail::dtype_size(w.dtype)));
         }
     };
-    for (const auto& L : m.text.layers)
+    for (const auto& L : m.text.layers) {
         for (const Matrix* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) add_matrix(*w);
+        if (!L.moe) continue;
+        add_matrix(L.moe->router);
+        for (const auto& e : L.moe->experts)
+            for (const Matrix* w : {&e.gate, &e.up, &e.down}) add_matrix(*w);
+    }
     add_matrix(m.text.lm_head);
     double best = 0, sink = 0;
     for (int pass = 0; pass < 3; ++pass) {
@@ -728,8 +782,9 @@ void print_table(const Report& r, const Args& a) {
     std::printf("\n");
     if (r.matrix_peak > 0)
         std::printf("bounds           matrices at the %s peak, attention at the %s peak\n", r.matrix_unit.c_str(), r.attention_unit.c_str());
-    std::printf("weights          %.3f B params  %s at run time (%.2f bytes/param)\n", double(r.fp.params) / 1e9,
-                gb(r.fp.bytes).c_str(), double(r.fp.bytes) / double(r.fp.params));
+    std::printf("weights          %.3f B params  %s at run time (%.2f bytes/param); per token %.3f B params, %s\n",
+                double(r.fp.params) / 1e9, gb(r.fp.bytes).c_str(), double(r.fp.bytes) / double(r.fp.params),
+                double(r.fp.text_layer_params + r.fp.lm_head_params) / 1e9, gb(r.fp.text_layer_bytes + r.fp.lm_head_bytes).c_str());
     if (r.gen_s > 0) std::printf("synthetic        generated in %.2f s\n", r.gen_s);
     std::printf("load             %.2f s   RSS after load %s\n", r.load_s, gb(r.rss_after_load).c_str());
     std::printf("peak RSS         %s%s  (at exit: anon %s, file-backed %s)\n", gb(r.peak_rss).c_str(),
@@ -777,6 +832,7 @@ void print_json(const Report& r) {
         {"model", r.model}, {"map_weights", r.map_weights}, {"weights", r.weights}, {"compute", r.compute}, {"simd", r.simd}, {"threads", r.threads},
         {"load_average_before", r.load_before}, {"load_average_after", r.load_after},
         {"params", r.fp.params}, {"weight_bytes", r.fp.bytes},
+        {"active_params_per_token", r.fp.text_layer_params + r.fp.lm_head_params},
         {"weight_bytes_per_param", double(r.fp.bytes) / double(r.fp.params)},
         {"load_s", r.load_s}, {"rss_after_load_bytes", r.rss_after_load}, {"peak_rss_bytes", r.peak_rss},
         {"rss_anon_bytes", r.rss_anon}, {"rss_file_bytes", r.rss_file},
@@ -870,7 +926,12 @@ int run(int argc, char** argv) {
         const nlohmann::json cfg_json = synthetic_config(shape_spec(a.shape));
         const ModelConfig cfg = parse_model_config(cfg_json, "--shape " + a.shape);
         const std::vector<TensorSpec> tensors = synthetic_tensors(cfg);
-        progress("generating synthetic Qwen3-VL-%s weights", a.shape.c_str());
+        const bool on_demand = made_on_demand(tensors);
+        if (on_demand && opt.weights == WeightFormat::Stored)
+            throw Error("--shape " + a.shape + ": " + gb(synthetic_bytes(tensors)) +
+                        " of bf16 weights do not fit in this machine's memory; use --weights int8 or q4");
+        progress(on_demand ? "synthetic Qwen3-VL-%s weights: made tensor by tensor during the load" : "generating synthetic Qwen3-VL-%s weights",
+                 a.shape.c_str());
         auto t0 = Clock::now();
         WeightStore ws;
         add_synthetic(ws, tensors, "synthetic-" + a.shape);
@@ -884,8 +945,11 @@ int run(int argc, char** argv) {
         r.model = "synthetic Qwen3-VL-" + a.shape;
         // The synthetic bf16 image was whole in memory until the load quantized and released it
         // (--weights int8 / q4), which a checkpoint's mapped file is not: the peak counts from here.
-        r.peak_after_load = bool(std::ofstream("/proc/self/clear_refs") << "5");
-        if (!r.peak_after_load) progress("warning: cannot reset VmHWM; peak RSS includes the synthetic bf16 image");
+        // A model made on demand never is, and its peak includes the load.
+        if (!on_demand) {
+            r.peak_after_load = bool(std::ofstream("/proc/self/clear_refs") << "5");
+            if (!r.peak_after_load) progress("warning: cannot reset VmHWM; peak RSS includes the synthetic bf16 image");
+        }
     } else {
         progress("loading %s", a.model_dir.c_str());
         const auto t0 = Clock::now();

@@ -31,16 +31,17 @@ bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json"));
 Run caption(const std::string& args) { return run_command(quote(kCaption) + " " + args); }
 
 // A Qwen3-VL model folder with tiny dimensions, the real vocabulary size and token ids, and random
-// BF16 matrices (F32 norms and biases). Removed when the test program ends.
+// BF16 matrices (F32 norms and biases); with `moe`, a mixture-of-experts model (qwen3_vl_moe: 4
+// experts, top-2, layer 0 sparse, layer 1 dense). Removed when the test program ends.
 struct RandomModel {
     fs::path dir;
 
-    RandomModel() {
-        dir = fs::temp_directory_path() / ("deepstack_random_qwen3vl_" + std::to_string(::getpid()));
+    explicit RandomModel(bool moe = false) {
+        dir = fs::temp_directory_path() / ("deepstack_random_qwen3vl_" + std::string(moe ? "moe_" : "") + std::to_string(::getpid()));
         fs::create_directories(dir);
         const int V = 151936, D = 64, layers = 2, heads = 4, kv_heads = 2, head_dim = 16, I = 128;
-        const int Dv = 32, depth = 2, Iv = 64, P = 16, pos = 256;
-        const nlohmann::json config = {
+        const int Dv = 32, depth = 2, Iv = 64, P = 16, pos = 256, experts = 4, moe_I = 32;
+        nlohmann::json config = {
             {"architectures", {"Qwen3VLForConditionalGeneration"}},
             {"model_type", "qwen3_vl"},
             {"image_token_id", 151655},
@@ -58,6 +59,13 @@ struct RandomModel {
              {{"model_type", "qwen3_vl"}, {"deepstack_visual_indexes", {1}}, {"depth", depth}, {"hidden_size", Dv},
               {"in_channels", 3}, {"intermediate_size", Iv}, {"num_heads", 2}, {"num_position_embeddings", pos},
               {"out_hidden_size", D}, {"patch_size", P}, {"spatial_merge_size", 2}, {"temporal_patch_size", 2}}}};
+        if (moe) {
+            config["model_type"] = "qwen3_vl_moe";
+            config["architectures"] = {"Qwen3VLMoeForConditionalGeneration"};
+            config["text_config"].update({{"model_type", "qwen3_vl_moe_text"}, {"num_experts", experts}, {"num_experts_per_tok", 2},
+                                          {"moe_intermediate_size", moe_I}, {"decoder_sparse_step", 1}, {"mlp_only_layers", {1}},
+                                          {"norm_topk_prob", true}});
+        }
         std::ofstream(dir / "config.json") << config.dump(2);
         std::ofstream(dir / "generation_config.json")
             << R"({"do_sample": true, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "eos_token_id": [151645, 151643]})";
@@ -121,6 +129,12 @@ struct RandomModel {
             matrix(p + "self_attn.k_proj.weight", {kv_heads * head_dim, D});
             matrix(p + "self_attn.v_proj.weight", {kv_heads * head_dim, D});
             matrix(p + "self_attn.o_proj.weight", {D, heads * head_dim});
+            if (moe && l == 0) {  // router and fused input-major experts
+                matrix(p + "mlp.gate.weight", {experts, D});
+                matrix(p + "mlp.experts.gate_up_proj", {experts, D, 2 * moe_I});
+                matrix(p + "mlp.experts.down_proj", {experts, moe_I, D});
+                continue;
+            }
             matrix(p + "mlp.gate_proj.weight", {I, D});
             matrix(p + "mlp.up_proj.weight", {I, D});
             matrix(p + "mlp.down_proj.weight", {D, I});
@@ -133,6 +147,11 @@ struct RandomModel {
 
 const RandomModel& random_model() {
     static const RandomModel m;
+    return m;
+}
+
+const RandomModel& random_moe_model() {
+    static const RandomModel m(true);
     return m;
 }
 
@@ -233,4 +252,16 @@ TEST_CASE("deepstack-caption: streams text from a random model, stops at max tok
     const Run bad = caption(model + " --weights q5 " + image);
     CHECK(bad.status == 1);
     CHECK(bad.err.find("error: --weights: 'q5' is not one of bf16, int8, q4") != std::string::npos);
+}
+
+TEST_CASE("deepstack-caption: a mixture-of-experts model captions like a dense one, in every mode" * doctest::skip(!have_qwen3())) {
+    const std::string model = "--model " + quote(random_moe_model().dir.string());
+    for (const char* mode : {"", "--map-weights", "--weights int8", "--weights q4 --compute bf16", "--compute bf16"}) {
+        const Run r = caption(model + " --max-new-tokens 4 --temperature 0 --json " + mode + " " + quote(kImage));
+        INFO(mode << " stderr: " << r.err);
+        REQUIRE(r.status == 0);
+        const nlohmann::json j = nlohmann::json::parse(r.out);
+        CHECK(j.at("generated_tokens") == 4);
+        CHECK(j.at("images")[0].at("visual_tokens") == 70);
+    }
 }

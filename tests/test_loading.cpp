@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 #include <deepstack.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -254,4 +255,37 @@ TEST_CASE("a file read into memory that is shorter than its header says is refus
     CHECK(f.data()[4999] == 'x');
     CHECK(!f.is_mapping());
     std::remove(path.c_str());
+}
+
+TEST_CASE("a safetensors image made on demand writes each tensor when the load first asks for it") {
+    // the mixture-of-experts fixture, whose fused expert tensors are asked for one layer at a time
+    const std::string dir = kData + "/fixtures/tiny-moe/model";
+    std::ifstream in(dir + "/model.safetensors", std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t header = size_t(8 + detail::safetensors_header_length(reinterpret_cast<const uint8_t*>(bytes.data())));
+    const nlohmann::json offsets = nlohmann::json::parse(bytes.substr(8, header - 8));
+    for (const WeightFormat format : {WeightFormat::Stored, WeightFormat::Q4}) {
+        CAPTURE(int(format));
+        WeightStore ws;
+        std::vector<std::string> made;
+        ws.add_generated_on_demand("on demand", bytes.substr(0, header), bytes.size() - header, [&](const TensorInfo& t, uint8_t* data) {
+            made.push_back(t.name);
+            std::memcpy(data, bytes.data() + header + offsets.at(t.name).at("data_offsets")[0].get<size_t>(), t.nbytes);
+        });
+        const std::string experts = "model.language_model.layers.2.mlp.experts.gate_up_proj";
+        const TensorInfo* t = ws.find(experts);
+        REQUIRE(t);
+        CHECK_FALSE(resident(t->data + t->nbytes / 2));  // nothing written yet
+        LoadOptions opt;
+        opt.weights = format;
+        const auto on_demand = Model::from_store(load_model_config(dir + "/config.json"), load_preprocess_config("", false),
+                                                 load_preprocess_config("", true), std::move(ws), "on demand", opt);
+        CHECK(made.size() == offsets.size() - (offsets.contains("__metadata__") ? 1 : 0));  // every tensor, once
+        CHECK(std::find(made.begin(), made.end(), experts) != made.end());
+        // the experts are re-laid at load: their fused tensors' pages are given back
+        CHECK_FALSE(resident(t->data + t->nbytes / 2));
+        Session a(Model::load(dir, opt)), b(on_demand);
+        const std::vector<int> ids = {3, 120, 260, 400, 480};
+        CHECK(b.prefill(ids) == a.prefill(ids));
+    }
 }

@@ -101,11 +101,13 @@ inline bool huge_size(size_t bytes) { return bytes >= kHugePage / 2; }
 inline size_t huge_round(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
 
 // 64-byte aligned; large sizes are a fresh 2 MiB aligned mapping (zero-filled, each page committed
-// only when first touched). nullptr when out of memory.
-inline void* big_alloc(size_t bytes) {
+// only when first touched). nullptr when out of memory. reserve = false maps large sizes without
+// reserving memory for them (MAP_NORESERVE: a region larger than the RAM, of which only parts are
+// ever written at once).
+inline void* big_alloc(size_t bytes, bool reserve = true) {
     if (!huge_size(bytes)) return std::aligned_alloc(64, (bytes + 63) / 64 * 64 + (bytes == 0 ? 64 : 0));
     const size_t size = huge_round(bytes);
-    void* p = ::mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* p = ::mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | (reserve ? 0 : MAP_NORESERVE), -1, 0);
     if (p == MAP_FAILED) return nullptr;
     // Keep the 2 MiB aligned part only, so that big_free can give back exactly `size` bytes.
     const uintptr_t base = reinterpret_cast<uintptr_t>(p), aligned = (base + kHugePage - 1) & ~uintptr_t(kHugePage - 1);

@@ -100,13 +100,14 @@ public:
     // A safetensors image made in memory (benchmark models), held as a file read in would be: 2 MiB
     // pages, data area on a 64-byte line, owned (owned_data) and read-only outside set_writable.
     // header: the image's first bytes (length prefix and JSON); fill writes its data_bytes after them.
+    // Without fill the data stays unwritten and unreserved (written later, in parts, by the owner).
     MappedFile(const std::string& name, const std::string& header, size_t data_bytes, const std::function<void(uint8_t*)>& fill)
         : path_(name) {
         size_ = header.size() + data_bytes;
-        uint8_t* buf = allocate(header.size() >= 8 ? safetensors_header_length(reinterpret_cast<const uint8_t*>(header.data())) : 0);
+        uint8_t* buf = allocate(header.size() >= 8 ? safetensors_header_length(reinterpret_cast<const uint8_t*>(header.data())) : 0, bool(fill));
         std::memcpy(buf, header.data(), header.size());
         try {
-            fill(buf + header.size());
+            if (fill) fill(buf + header.size());
         } catch (...) {
             free_region();
             throw;
@@ -145,10 +146,10 @@ private:
     // `shift` bytes into it so that the data area (at 8 + the header length, often 8 mod 64) starts
     // on a 64-byte line: a GEMV whose rows straddle lines splits every vector load and ran 25%
     // slower on an AMD EPYC VM.
-    uint8_t* allocate(uint64_t header_len) {
+    uint8_t* allocate(uint64_t header_len, bool reserve = true) {
         const size_t shift = header_len < size_ ? (64 - (8 + header_len) % 64) % 64 : 0;
         region_bytes_ = size_ + shift;
-        uint8_t* region = static_cast<uint8_t*>(big_alloc(region_bytes_));
+        uint8_t* region = static_cast<uint8_t*>(big_alloc(region_bytes_, reserve));
         if (!region) throw Error(path_ + ": cannot allocate " + std::to_string(size_) + " bytes to hold it in memory");
         region_ = region;
         data_ = region + shift;
@@ -305,6 +306,18 @@ public:
         add_source(file->data(), file->size(), name, file);
     }
 
+    // Adds a safetensors image made in place whose tensors are written on demand: make(tensor,
+    // bytes) writes a tensor the first time get() hands it out (benchmark models larger than the
+    // memory: a quantized load then makes, quantizes and releases one tensor after another). The
+    // image is otherwise held as add_generated holds it. Loading is single-threaded, as get() is
+    // then not const in effect.
+    void add_generated_on_demand(const std::string& name, const std::string& header, size_t data_bytes,
+                                 std::function<void(const TensorInfo&, uint8_t*)> make) {
+        auto file = std::make_shared<detail::MappedFile>(name, header, data_bytes, nullptr);
+        read_files_.push_back(file);
+        for (const std::string& tensor : add_source(file->data(), file->size(), name, file)) on_demand_[tensor] = {file.get(), make};
+    }
+
     // Opens a model folder (single file or sharded index).
     static WeightStore open_folder(const std::string& dir, FileAccess access = FileAccess::Map) {
         WeightStore ws;
@@ -343,10 +356,18 @@ public:
         return it == tensors_.end() ? nullptr : &it->second;
     }
 
-    // The tensor `name`, checked for presence, a float dtype and the expected shape.
+    // The tensor `name`, checked for presence, a float dtype and the expected shape (and written
+    // first when it is made on demand).
     const TensorInfo& get(const std::string& name, const std::vector<int64_t>& shape) const {
         const TensorInfo* t = find(name);
         if (!t) throw Error("missing tensor '" + name + "'" + (first_name_.empty() ? "" : " in " + first_name_));
+        if (auto it = on_demand_.find(name); it != on_demand_.end()) {
+            detail::MappedFile& file = *it->second.first;
+            file.set_writable(true);
+            it->second.second(*t, file.owned_data() + (t->data - file.data()));
+            file.set_writable(false);
+            on_demand_.erase(it);
+        }
         if (t->dtype != DType::F32 && t->dtype != DType::BF16 && t->dtype != DType::F16)
             throw Error(t->file + ": tensor '" + name + "' has dtype " + dtype_name(t->dtype) + ", expected F32, BF16 or F16");
         if (t->shape != shape)
@@ -405,7 +426,8 @@ private:
     // Whether [b, b + n) lies within [base, base + size) (base may be null: never).
     static bool spans(const uint8_t* base, size_t size, const uint8_t* b, size_t n) { return base && b >= base && b + n <= base + size; }
 
-    void add_source(const uint8_t* data, size_t size, const std::string& name, std::shared_ptr<const void> owner) {
+    // Adds the tensors of a safetensors image; returns their names.
+    std::vector<std::string> add_source(const uint8_t* data, size_t size, const std::string& name, std::shared_ptr<const void> owner) {
         std::vector<TensorInfo> parsed = detail::parse_safetensors(data, size, name);
         // The format does not force alignment (a header length that is not a multiple of 8, odd
         // offsets): tensors not aligned to their element size are copied to aligned memory, so the
@@ -426,14 +448,17 @@ private:
                 }
             owners_.push_back(std::move(arena));
         }
+        std::vector<std::string> names;
         for (auto& t : parsed) {
             if (tensors_.count(t.name)) throw Error(name + ": tensor '" + t.name + "' also appears in " + tensors_[t.name].file);
+            names.push_back(t.name);
             std::string key = t.name;
             tensors_.emplace(std::move(key), std::move(t));
         }
         if (first_name_.empty()) first_name_ = name;
         owners_.push_back(std::move(owner));
         total_bytes_ += size;
+        return names;
     }
 
     std::vector<std::shared_ptr<const void>> owners_;  // mappings / buffers the views point into
@@ -441,6 +466,8 @@ private:
     std::vector<std::shared_ptr<detail::MappedFile>> read_files_;  // the FileAccess::Read files among them
     std::vector<std::pair<uint8_t*, size_t>> aligned_copies_;    // the arenas of misaligned tensors' copies
     std::unordered_map<std::string, TensorInfo> tensors_;
+    // tensors of add_generated_on_demand images not written yet: their image and maker
+    mutable std::unordered_map<std::string, std::pair<detail::MappedFile*, std::function<void(const TensorInfo&, uint8_t*)>>> on_demand_;
     std::string first_name_;
     size_t total_bytes_ = 0;
 };
