@@ -423,7 +423,7 @@ TEST_CASE("config.json: top level is not an object") {
 TEST_CASE("config.json: another model type") {
     BrokenModel m;
     m.edit_config([](json& c) { c["model_type"] = "llava"; });
-    CHECK_THROWS_WITH_AS(m.load(), doctest::Contains("config.json: model_type 'llava' is not supported (expected qwen3_vl)"), Error);
+    CHECK_THROWS_WITH_AS(m.load(), doctest::Contains("config.json: model_type 'llava' is not supported (expected qwen3_vl or qwen3_vl_moe)"), Error);
 }
 
 TEST_CASE("config.json: model_type missing") {
