@@ -2,7 +2,8 @@
 // its refusals, the MoE block against a straightforward reference computed from the checkpoint's
 // input-major tensors, and MoE checkpoints the golden runner has not seen: dense fixtures
 // rewritten as MoE models whose experts all equal the dense MLP (so the golden data of the dense
-// fixture still holds), with dense layers kept, BF16 weights, an untied head, a video, two images.
+// fixture still holds), with dense layers kept, BF16 weights, an untied head, a video, two images;
+// and the fixture through the Engine face.
 #include "test_util.hpp"
 
 #include <unistd.h>
@@ -454,4 +455,20 @@ TEST_CASE("two images in one prompt: the MoE rewrite of tiny-image gives the den
     const std::vector<float> want = logits(dense), got = logits(moe);
     CHECK(max_abs_diff(got, want) <= 1e-5f * max_abs(want));
     fs::remove_all(tmp);
+}
+
+TEST_CASE("Engine: the MoE fixture answers through the public face with the golden continuation") {
+    const fs::path dir = fs::temp_directory_path() / ("deepstack-moe-engine-" + std::to_string(::getpid()));
+    copy_tree(kData + "/fixtures/tiny-moe/model", dir);
+    write_text(dir / "tokenizer.json", toy_tokenizer_json());
+    const Engine engine = Engine::open(dir.string());
+    Request r;
+    r.images = {kData + "/fixtures/tiny-moe/inputs/image0_80x56.png"};
+    r.prompt = "Describe this image.";
+    r.sampling.max_new_tokens = 8;
+    r.sampling.temperature = 0;
+    const Reply reply = engine.generate(r);
+    CHECK(reply.prompt_tokens == int(golden_input_ids(kData + "/fixtures/tiny-moe").size()));
+    CHECK(reply.tokens == manifest_ids(kData + "/fixtures/tiny-moe", "generated_ids"));
+    fs::remove_all(dir);
 }
