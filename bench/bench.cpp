@@ -106,27 +106,21 @@ int max_threads() {
 // read at ~47 GB/s on a 2-core AMD EPYC VM, against ~75 GB/s in 2 MiB pages, and the bound must be the
 // machine's, not that of a slower page size.
 double memory_bandwidth_gbps() {
-    using namespace detail::simd;
     const int64_t n = int64_t(1) << 28;  // 1 GiB of floats
     detail::big_vector<float> held(static_cast<size_t>(n));
     float* buf = held.data();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) buf[size_t(i)] = 1.f;
+    const auto stream_sum = detail::kernels().stream_sum;
     double best = 0, sink = 0;
     for (int pass = 0; pass < 10; ++pass) {
         const auto t0 = Clock::now();
         double total = 0;
 #pragma omp parallel reduction(+ : total)
         {
-            vf a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n; i += 4 * W) {
-                a0 = add(a0, load(&buf[size_t(i)]));
-                a1 = add(a1, load(&buf[size_t(i + W)]));
-                a2 = add(a2, load(&buf[size_t(i + 2 * W)]));
-                a3 = add(a3, load(&buf[size_t(i + 3 * W)]));
-            }
-            total += hsum(add(add(a0, a1), add(a2, a3)));
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            const int64_t begin = n * t / nt / 64 * 64, end = n * (t + 1) / nt / 64 * 64;
+            total += stream_sum(buf + begin, end - begin);
         }
         best = std::max(best, double(n) * 4 / detail::seconds_since(t0) / 1e9);
         sink += total;
@@ -161,97 +155,17 @@ double peak_gflops(double flops_per_iter, Kernel kernel) {
     return best;
 }
 
-// Independent accumulator chains per thread: enough to hide the FMA latency on two pipes.
-constexpr int kChains = 12;
-
-// fp32 FMA with the widest vectors compiled in.
-double fma_peak_gflops() {
-    using namespace detail::simd;
-    return peak_gflops(2.0 * W * kChains, [](int64_t iters) {
-        const vf a = set1(0.9999999f), b = set1(1e-7f);
-        vf acc[kChains];
-        for (int k = 0; k < kChains; ++k) acc[k] = set1(float(k));
-        for (int64_t i = 0; i < iters; ++i)
-#pragma GCC unroll 16
-            for (int k = 0; k < kChains; ++k) acc[k] = detail::simd::fma(acc[k], a, b);
-        float s = 0;
-        for (const vf& x : acc) s += hsum(x);
-        return double(s);
-    });
-}
-
-// bf16 dot products (vdpbf16ps: 32 bf16 pairs multiplied and added into 16 fp32 lanes, 64 FLOPs);
-// 0 when not compiled with AVX-512 BF16.
+// The register-resident loops of the active SIMD level (kernels_peaks.hpp; their operation counts
+// are the same constants at every level but fp32 FMA's); 0 where the level lacks the
+// instruction (bf16 and int8 dot products, AMX tiles where usable).
+double fma_peak_gflops() { return peak_gflops(detail::kernels().fma_flops_per_iter, detail::kernels().fma_loop); }
 double bf16_peak_gflops() {
-#if defined(__AVX512BF16__)
-    return peak_gflops(64.0 * kChains, [](int64_t iters) {
-        const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
-        const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-4f), _mm512_set1_ps(1e-4f));
-        __m512 acc[kChains];
-        for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_ps(float(k));
-        for (int64_t i = 0; i < iters; ++i)
-#pragma GCC unroll 16
-            for (int k = 0; k < kChains; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], a, b);
-        float s = 0;
-        for (const __m512& x : acc) s += detail::simd::hsum(x);
-        return double(s);
-    });
-#else
-    return 0;
-#endif
+    return detail::has_bf16_dot_products() ? peak_gflops(detail::kern_scalar::peaks::kDpbf16Flops, detail::kernels().dpbf16_loop) : 0;
 }
-
-// int8 dot products (vpdpbusd: 64 u8 x s8 products added in fours into 16 int32 lanes, 128 ops),
-// what fast mode's Q8 / Q4 GEMMs run on; 0 when not compiled with AVX-512 VNNI.
 double int8_peak_gflops() {
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    return peak_gflops(128.0 * kChains, [](int64_t iters) {
-        const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(1);
-        __m512i acc[kChains];
-        for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_epi32(k);
-        for (int64_t i = 0; i < iters; ++i)
-#pragma GCC unroll 16
-            for (int k = 0; k < kChains; ++k) acc[k] = _mm512_dpbusd_epi32(acc[k], a, b);
-        int64_t s = 0;
-        for (const __m512i& x : acc) s += _mm512_reduce_add_epi32(x);
-        return double(s);
-    });
-#else
-    return 0;
-#endif
+    return detail::has_bf16_dot_products() ? peak_gflops(detail::kern_scalar::peaks::kDpbusdOps, detail::kernels().dpbusd_loop) : 0;
 }
-
-// AMX bf16 tiles (TDPBF16PS: a 16 x 16 fp32 tile += 16 x 32 times 32 x 16 bf16, 16384 FLOPs), four
-// independent accumulator tiles per thread; 0 when AMX is not compiled in or not usable here.
-double amx_peak_gflops() {
-#if defined(DEEPSTACK_HAVE_AMX)
-    if (!detail::gemm_amx::amx_usable()) return 0;
-    return peak_gflops(4 * 16384.0 / 64, [](int64_t iters) {  // 64 iterations of the loop below per tile product
-        detail::gemm_amx::configure_tiles();
-        alignas(64) uint16_t a[16 * 32], b[16 * 32];
-        std::fill(a, a + 16 * 32, uint16_t(0x3a83));  // 1e-3
-        std::fill(b, b + 16 * 32, uint16_t(0x38d1));  // 1e-4
-        _tile_loadd(4, a, 64);
-        _tile_loadd(6, b, 64);
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t i = 0; i < iters / 64; ++i) {
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 6);
-            _tile_dpbf16ps(2, 4, 6);
-            _tile_dpbf16ps(3, 4, 6);
-        }
-        alignas(64) float c[16 * 16];
-        _tile_stored(0, c, 64);
-        _tile_release();
-        return double(c[0]);
-    });
-#else
-    return 0;
-#endif
-}
+double amx_peak_gflops() { return detail::exact_gemm_on_amx() ? peak_gflops(detail::kern_scalar::peaks::kAmxFlops, detail::kernels().amx_loop) : 0; }
 
 // ---- synthetic model ----
 
@@ -623,11 +537,10 @@ PrefillRun run_prefill(const std::shared_ptr<const Model>& m, int n) {
 // Measured right before and right after the decode timing: the host's bandwidth can change by
 // 40% within a minute, and a bound measured at another moment could flatter the ratio.
 double decode_weights_read_gbps(const Model& m) {
-    using namespace detail::simd;
-    std::vector<std::pair<const float*, int64_t>> ranges;  // whole 4W-float pieces of each matrix
+    std::vector<std::pair<const float*, int64_t>> ranges;  // whole 64-float pieces of each matrix
     int64_t total = 0;
     auto add_range = [&](const void* p, int64_t bytes) {
-        const int64_t n = bytes / int64_t(sizeof(float)) / (4 * W) * (4 * W);
+        const int64_t n = bytes / int64_t(sizeof(float)) / 64 * 64;
         if (n > 0) ranges.push_back({static_cast<const float*>(p), n}), total += n;
     };
     auto add_matrix = [&](const Matrix& w) {
@@ -647,6 +560,7 @@ double decode_weights_read_gbps(const Model& m) {
             for (const Matrix* w : {&e.gate, &e.up, &e.down}) add_matrix(*w);
     }
     add_matrix(m.text.lm_head);
+    const auto stream_sum = detail::kernels().stream_sum;
     double best = 0, sink = 0;
     for (int pass = 0; pass < 3; ++pass) {
         const auto t0 = Clock::now();
@@ -655,20 +569,13 @@ double decode_weights_read_gbps(const Model& m) {
         {
             // this thread's share [begin, end) of the concatenated ranges, in floats
             const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-            const int64_t begin = total * t / nt / (4 * W) * (4 * W), end = total * (t + 1) / nt / (4 * W) * (4 * W);
-            vf a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+            const int64_t begin = total * t / nt / 64 * 64, end = total * (t + 1) / nt / 64 * 64;
             int64_t at = 0;
             for (const auto& [p, n] : ranges) {
                 const int64_t lo = std::max(begin, at) - at, hi = std::min(end, at + n) - at;
-                for (int64_t i = lo; i < hi; i += 4 * W) {
-                    a0 = add(a0, load(p + i));
-                    a1 = add(a1, load(p + i + W));
-                    a2 = add(a2, load(p + i + 2 * W));
-                    a3 = add(a3, load(p + i + 3 * W));
-                }
+                if (hi > lo) sum += stream_sum(p + lo, hi - lo);
                 at += n;
             }
-            sum += hsum(add(add(a0, a1), add(a2, a3)));
         }
         best = std::max(best, double(total) * 4 / detail::seconds_since(t0) / 1e9);
         sink += sum;
@@ -896,7 +803,7 @@ int run(int argc, char** argv) {
     r.weights = a.weights;
     r.compute = a.compute;
     r.map_weights = a.map_weights;
-    r.simd = detail::simd::kName;
+    r.simd = isa_name(active_isa());
     r.threads = max_threads();
     r.load_before = load_average();
 

@@ -1,5 +1,7 @@
-// Writes include/deepstack.hpp and every module it includes (in include order, each once) as one
-// self-contained header. Local includes ("...") are inlined; system includes stay.
+// Writes include/deepstack.hpp and every module it includes (in include order) as one
+// self-contained header. Local includes ("...") are inlined: a header with #pragma once once, one
+// without (the kernel level bodies, expanded once per SIMD level) at every inclusion; system
+// includes stay.
 // usage: deepstack-amalgamate include/deepstack.hpp OUT.hpp
 #include <fstream>
 #include <iostream>
@@ -16,8 +18,16 @@ std::string dir_of(const std::string& path) {
     return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
+bool has_pragma_once(const std::string& path) {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line))
+        if (line == "#pragma once") return true;
+    return false;
+}
+
 void inline_file(const std::string& path, std::ostream& out) {
-    if (!seen.insert(path).second) return;
+    if (has_pragma_once(path) && !seen.insert(path).second) return;
     std::ifstream in(path);
     if (!in) throw std::runtime_error(path + ": cannot open");
     out << "// ---- " << path.substr(path.rfind("include/") == std::string::npos ? 0 : path.rfind("include/") + 8) << " ----\n";

@@ -1,6 +1,11 @@
-// SIMD kernels against their scalar references, on random data with awkward sizes.
+// SIMD kernels against their scalar references and Eigen's products, on random data with awkward
+// sizes. The kernels run at the level active_isa() names: ctest runs this program once per SIMD
+// level (DEEPSTACK_ISA), and the tests of a level's own kernels (AMX, VNNI, bf16 attention) call
+// them where that level is active.
 #include <doctest/doctest.h>
 #include <deepstack/kernels.hpp>
+
+#include <Eigen/Dense>
 
 #include <algorithm>
 #include <cfloat>
@@ -12,6 +17,14 @@
 
 using namespace deepstack;
 using namespace deepstack::detail;
+
+#if defined(DEEPSTACK_LEVEL_AVX512BF16)
+// The kernels only the avx512bf16 level has, tested directly where it is active.
+namespace top = deepstack::detail::kern_avx512bf16;
+namespace gemm_amx = top::gemm_amx;
+namespace gemm_bf16 = top::gemm_bf16;
+namespace gemm_q = top::gemm_q;
+#endif
 
 namespace {
 
@@ -97,7 +110,7 @@ TEST_CASE("matmul (exact mode): every thread split of the GEMM covers each outpu
 }
 
 TEST_CASE("matmul (exact mode) matches the scalar reference for all dtypes and odd shapes") {
-    INFO("simd: " << simd::kName);
+    INFO("simd: " << std::string(isa_name(active_isa())));
     const int64_t Ms[] = {1, 2, 3, 4, 5, 13, 17, 40};
     const int64_t Ns[] = {1, 7, 33, 100};
     const int64_t Ks[] = {1, 15, 17, 64, 100, 300, 320};  // 64, 320: multiples of 32 (the BF16 pair GEMV)
@@ -120,6 +133,46 @@ TEST_CASE("matmul (exact mode) matches the scalar reference for all dtypes and o
                         CHECK(err < 1e-5);
                     }
             }
+}
+
+// Eigen's product (in double) of the same operands: the weights as every reader sees them
+// (weight_at), so a mistake shared by the kernel and the scalar reference would still show.
+std::vector<float> eigen_product(const std::vector<float>& x, int64_t M, const Matrix& w, const float* bias) {
+    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    RowMajor X(M, w.cols), W(w.rows, w.cols);
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < w.cols; ++k) X(m, k) = x[size_t(m * w.cols + k)];
+    for (int64_t n = 0; n < w.rows; ++n)
+        for (int64_t k = 0; k < w.cols; ++k) W(n, k) = weight_at(w, n, k);
+    RowMajor Y = X * W.transpose();
+    if (bias) Y.rowwise() += Eigen::Map<const Eigen::VectorXf>(bias, w.rows).cast<double>().transpose();
+    std::vector<float> y(size_t(M * w.rows));
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < w.rows; ++n) y[size_t(m * w.rows + n)] = float(Y(m, n));
+    return y;
+}
+
+TEST_CASE("matmul (exact mode) of every weight dtype and layout matches Eigen's product") {
+    INFO("simd: " << std::string(isa_name(active_isa())));
+    uint32_t seed = 7000;
+    for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::Q8, DType::Q4})
+        for (int layout = 0; layout < 3; ++layout)  // row-major, row tiles, pair panels (BF16)
+            for (int64_t K : {17, 64, 600})
+                for (int64_t N : {7, 40, 96}) {
+                    auto w = make_weight(N, K, dt == DType::Q8 || dt == DType::Q4 ? DType::BF16 : dt, seed++);
+                    if ((layout == 1 && (dt != DType::BF16 || !tileable(w.m))) || (layout == 2 && (dt != DType::BF16 || !panelable(w.m)))) continue;
+                    Matrix m = dt == DType::Q8 || dt == DType::Q4 ? quantize(w.m, dt) : w.m;
+                    if (layout == 1) tile_bf16_rows(m, w.u16.data());
+                    if (layout == 2) panel_bf16_rows(m, w.u16.data());
+                    auto bias = randn(size_t(N), seed++);
+                    for (int64_t M : {1, 3, 4, 5, 29}) {
+                        auto x = randn(size_t(M * K), seed++);
+                        std::vector<float> y(size_t(M * N), NAN);
+                        matmul(x.data(), M, m, y.data(), bias.data());
+                        INFO(dtype_name(dt) << " layout=" << layout << " M=" << M << " N=" << N << " K=" << K);
+                        CHECK(max_rel_err(y, eigen_product(x, M, m, bias.data()), dot_scale(x, M, m, bias.data())) < 1e-5);
+                    }
+                }
 }
 
 TEST_CASE("matmul blocks: K, N and M larger than one cache block") {
@@ -242,14 +295,14 @@ TEST_CASE("fast-mode attention (bf16 dot products) stays within bf16 rounding of
         INFO("Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " d=" << c.d << " causal=" << c.causal
                    << " worst " << worst << " mean " << mean);
         CHECK(strided_attention_matches(q, c.Tq, k, v, c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, Compute::Fast, o));
-#if defined(DEEPSTACK_HAVE_DPBF16)
-        if (c.Tq >= 8) {
+#if defined(DEEPSTACK_LEVEL_AVX512BF16)
+        if (c.Tq >= 8 && has_bf16_dot_products()) {
             CHECK(worst < 2e-2);
             CHECK(mean < 2e-3);
             CHECK(worst > 1e-6);  // the bf16 path ran (fp32 would agree to ~1e-6)
             // the vdpbf16ps products also where AMX tiles took them above: the same bounds
             std::vector<float> o512(q.size(), NAN);
-            attention_bf16<simd::F32Src>(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, o512.data(),
+            top::attention_bf16<top::simd::F32Src>(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, o512.data(),
                                          0, 0, false);
             double worst512 = 0;
             for (size_t i = 0; i < o.size(); ++i) worst512 = std::max(worst512, std::isnan(o512[i]) ? 1e9 : std::fabs(double(o512[i]) - r[i]));
@@ -465,6 +518,21 @@ static TestWeight relaid_copy(const TestWeight& rowmajor, void (*relay)(Matrix&,
     return t;
 }
 
+// weight_segment_f32 (the GEMMs' weight conversion) of the active level.
+static void weight_segment_f32(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out) {
+    switch (active_isa()) {
+#if defined(DEEPSTACK_LEVEL_AVX512BF16)
+        case Isa::Avx2: return kern_avx2::weight_segment_f32(w, n, k0, kc, out);
+        case Isa::Avx512: return kern_avx512::weight_segment_f32(w, n, k0, kc, out);
+        case Isa::Avx512Bf16:
+        case Isa::Amx: return top::weight_segment_f32(w, n, k0, kc, out);
+#elif defined(__aarch64__)
+        case Isa::Neon: return kern_neon::weight_segment_f32(w, n, k0, kc, out);
+#endif
+        default: return kern_scalar::weight_segment_f32(w, n, k0, kc, out);
+    }
+}
+
 // A re-laid BF16 matrix (row tiles, pair panels) against its row-major original: weight_at and
 // weight_segment_f32 read the same values; matmul in both modes gives the same bits where both take
 // the same kernel (gemv_bits: also M <= 4), else agrees within summation-order rounding.
@@ -539,9 +607,7 @@ TEST_CASE("pair panels: a BF16 matrix rewritten in place reads the same in every
 }
 
 TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activations, fp32 accumulation") {
-#if defined(DEEPSTACK_HAVE_DPBF16)
-    MESSAGE("fast mode uses AVX-512 BF16 dot products");
-#endif
+    if (has_bf16_dot_products()) MESSAGE("fast mode uses AVX-512 BF16 dot products");
     uint32_t seed = 500;
     for (int64_t K : {1, 2, 15, 31, 33, 100, 600, 1031})
         for (int64_t N : {1, 7, 33, 300}) {
@@ -567,10 +633,10 @@ TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activatio
     CHECK(max_rel_err(y, yr, dot_scale(x, 5, w.m, nullptr)) < 1e-5);
 }
 
-#if defined(DEEPSTACK_HAVE_AMX)
+#if defined(DEEPSTACK_LEVEL_AVX512BF16)
 TEST_CASE("AMX GEMM (fast mode, bf16 tiles): the reference's values and the AVX-512 GEMM's within summation order") {
-    if (!gemm_amx::amx_usable()) {
-        MESSAGE("AMX compiled in but not usable here (CPU or kernel): skipped");
+    if (!amx_active()) {
+        MESSAGE("AMX not active at this level or on this machine: skipped");
         return;
     }
     MESSAGE("fast-mode GEMMs of BF16 weights run on AMX tiles");
@@ -580,8 +646,8 @@ TEST_CASE("AMX GEMM (fast mode, bf16 tiles): the reference's values and the AVX-
 #pragma omp parallel
         {
             const size_t b_floats = size_t(gemm_amx::NC * gemm_amx::KC / 2), a_floats = size_t(1 << 20);
-            std::memset(scratch<5>(b_floats), 0xff, b_floats * 4);
-            std::memset(scratch<6>(a_floats), 0xff, a_floats * 4);
+            std::memset(thread_workspace<GemmWorkspace>().b_panel.get(b_floats), 0xff, b_floats * 4);
+            std::memset(thread_workspace<GemmWorkspace>().a_panels.get(a_floats), 0xff, a_floats * 4);
         }
     };
     uint32_t seed = 1700;
@@ -624,10 +690,10 @@ TEST_CASE("AMX GEMM (fast mode, bf16 tiles): the reference's values and the AVX-
 }
 #endif
 
-#if defined(DEEPSTACK_HAVE_AMX)
+#if defined(DEEPSTACK_LEVEL_AVX512BF16)
 TEST_CASE("AMX GEMM (exact mode): three bf16 pieces hold the fp32 activations exactly, so it is an fp32 GEMM") {
-    if (!gemm_amx::amx_usable()) {
-        MESSAGE("AMX compiled in but not usable here (CPU or kernel): skipped");
+    if (!amx_active()) {
+        MESSAGE("AMX not active at this level or on this machine: skipped");
         return;
     }
     MESSAGE("exact-mode GEMMs of BF16 weights run on AMX tiles (three pieces)");
@@ -675,10 +741,10 @@ TEST_CASE("AMX GEMM (exact mode): three bf16 pieces hold the fp32 activations ex
 }
 #endif
 
-#if defined(DEEPSTACK_HAVE_AMX)
+#if defined(DEEPSTACK_LEVEL_AVX512BF16)
 TEST_CASE("AMX GEMM of Q8 / Q4 weights: bf16 activations times the weights dequantized and rounded to bf16") {
-    if (!gemm_amx::amx_usable()) {
-        MESSAGE("AMX compiled in but not usable here (CPU or kernel): skipped");
+    if (!amx_active()) {
+        MESSAGE("AMX not active at this level or on this machine: skipped");
         return;
     }
     uint32_t seed = 1900;
@@ -693,7 +759,7 @@ TEST_CASE("AMX GEMM of Q8 / Q4 weights: bf16 activations times the weights dequa
                     TestWeight deq = src;
                     std::vector<float> row(static_cast<size_t>(K));
                     for (int64_t n = 0; n < N; ++n) {
-                        dequant_row_segment(q, n, 0, K, row.data());
+                        top::dequant_row_segment(q, n, 0, K, row.data());
                         for (int64_t k = 0; k < K; ++k) deq.u16[size_t(n * K + k)] = f32_to_bf16(row[size_t(k)]);
                     }
                     deq.m.data = deq.u16.data();
@@ -710,8 +776,12 @@ TEST_CASE("AMX GEMM of Q8 / Q4 weights: bf16 activations times the weights dequa
 }
 #endif
 
-#if defined(DEEPSTACK_HAVE_VNNI)
+#if defined(DEEPSTACK_LEVEL_AVX512BF16)
 TEST_CASE("activation quantization: the AVX-512 version gives the scalar one's bytes, scales and group sums") {
+    if (active_isa() < Isa::Avx512Bf16) {
+        MESSAGE("VNNI not active: skipped");
+        return;
+    }
     uint32_t seed = 950;
     for (int64_t K : {1, 31, 32, 33, 64, 100, 2048, 6150}) {
         const int64_t kpad = (K + 31) / 32 * 32, G = kpad / 32;
@@ -738,9 +808,8 @@ TEST_CASE("activation quantization: the AVX-512 version gives the scalar one's b
 #endif
 
 TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference and the error bound") {
-#if defined(DEEPSTACK_HAVE_VNNI)
-    MESSAGE("fast quantized mode uses AVX-512 VNNI");
-#endif
+    const bool vnni = active_isa() >= Isa::Avx512Bf16;
+    if (vnni) MESSAGE("fast quantized mode uses AVX-512 VNNI");
     uint32_t seed = 900;
     for (DType qt : {DType::Q8, DType::Q4})
         // 600, 640, 1030: whole 16-group blocks of the VNNI GEMV and the GEMM's packing, then groups after them
@@ -754,9 +823,7 @@ TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference 
                     std::vector<float> y(size_t(M * N), NAN), yr(size_t(M * N), NAN), ye(size_t(M * N));
                     matmul_quant_fast(x.data(), M, q, y.data(), bias.data());  // (where AMX is usable, fast mode's M > 4 runs the AMX test's kernel)
                     matmul_quant_fast_ref(x.data(), M, q, yr.data(), bias.data());
-#if !defined(DEEPSTACK_HAVE_VNNI)
-                    matmul_ref(x.data(), M, q, yr.data(), bias.data());  // without VNNI: the exact kernels
-#endif
+                    if (!vnni) matmul_ref(x.data(), M, q, yr.data(), bias.data());  // without VNNI: the exact kernels
                     INFO(dtype_name(qt) << " M=" << M << " N=" << N << " K=" << K);
                     CHECK(max_rel_err(y, yr, dot_scale(x, M, q, bias.data())) < 1e-5);
                     // vs the exact mode on the same weights: activation rounding <= max|x_g| / 254 per element

@@ -69,11 +69,7 @@ TEST_CASE("weights read into memory and mapped hold the same bytes and give the 
     CHECK(fb.prefill({7}) == fa.prefill({7}));
     // Read in for fast mode with AVX-512 BF16, the vision tower's BF16 matrices are rewritten as pair
     // panels (Matrix::panel_rows), which its GEMM reads in place: the same features to the bit.
-#if defined(DEEPSTACK_HAVE_DPBF16)
-    const int want_panels = kPanelRows;
-#else
-    const int want_panels = 0;
-#endif
+    const int want_panels = detail::has_bf16_dot_products() || detail::exact_gemm_on_amx() ? kPanelRows : 0;
     for (const auto* m : {&fast_model->vision.patch_embed.w, &fast_model->vision.blocks[0].qkv.w, &fast_model->vision.merger.fc1.w})
         CHECK(m->panel_rows == want_panels);
     CHECK(fast_mapped_model->vision.blocks[0].qkv.w.panel_rows == 0);
@@ -128,9 +124,7 @@ TEST_CASE("a safetensors image made in memory (add_generated) is held and re-ord
     CHECK(b.prefill(ids) == a.prefill(ids));
     LoadOptions fast;
     fast.bf16_compute = true;
-#if defined(DEEPSTACK_HAVE_DPBF16)
-    CHECK(generated_model(dir, fast)->vision.blocks[0].qkv.w.panel_rows == kPanelRows);
-#endif
+    if (detail::has_bf16_dot_products()) CHECK(generated_model(dir, fast)->vision.blocks[0].qkv.w.panel_rows == kPanelRows);
     WeightStore failing;  // a fill that throws: the buffer is freed, the error passes through
     CHECK_THROWS_WITH(failing.add_generated("generated", std::string(8, '\0'), 4096, [](uint8_t*) { throw Error("fill failed"); }),
                       "fill failed");

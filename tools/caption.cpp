@@ -197,7 +197,8 @@ int run(const Args& a) {
     progress("loading %s", a.model_dir.c_str());
     const Engine engine = Engine::open(a.model_dir, a.options);
     const double load_seconds = seconds_since(t0);
-    progress("loaded in %.2f s", load_seconds);
+    const char* simd = isa_name(active_isa());  // the SIMD level the kernels run at
+    progress("loaded in %.2f s (simd %s)", load_seconds, simd);
 
     auto stream = [&](std::string_view piece) {
         if (!a.json) {
@@ -219,16 +220,16 @@ int run(const Args& a) {
             }
             progress("preprocessed %zu input%s in %.2f s", r.inputs.size(), r.inputs.size() == 1 ? "" : "s", t.preprocess_seconds);
         } else if (stage == Stage::Vision) {
-            progress("vision encoding: %.2f s", t.vision_seconds);
+            progress("vision encoding: %.2f s (simd %s)", t.vision_seconds, simd);
         } else if (stage == Stage::Prefill) {
-            progress("prefill: %d tokens in %.2f s (%.1f tokens/s)", r.prompt_tokens, t.prefill_seconds, r.prompt_tokens / t.prefill_seconds);
+            progress("prefill: %d tokens in %.2f s (%.1f tokens/s, simd %s)", r.prompt_tokens, t.prefill_seconds, r.prompt_tokens / t.prefill_seconds, simd);
         }
     };
     const Reply r = engine.generate(a.request, stream, stage_done);
     const double tokens_per_second = r.timings.decode_seconds > 0 ? r.generated_tokens / r.timings.decode_seconds : 0.0;
     if (!a.json) std::fputc('\n', stdout);
     std::fflush(stdout);
-    progress("generated %d tokens in %.2f s (%.1f tokens/s); stopped: %s", r.generated_tokens, r.timings.decode_seconds, tokens_per_second,
+    progress("generated %d tokens in %.2f s (%.1f tokens/s, simd %s); stopped: %s", r.generated_tokens, r.timings.decode_seconds, tokens_per_second, simd,
              stop_text(r.stop));
     nlohmann::json boxes = nlohmann::json::array();
     if (!a.boxes_png.empty()) {

@@ -15,46 +15,21 @@
 // Exact mode runs the same GEMM on the fp32 activations split exactly into three bf16 pieces
 // (pack_a<3>, gemm's pieces = 3).
 //
-// Selected at run time by matmul_bf16, the mode-selecting matmul (Q8 / Q4, M > 4), exact mode's
-// matmul (BF16 weights, M > 4: matmul_exact_amx) and attention_bf16 when compiled for AMX
-// (-march=native on such a CPU, or DEEPSTACK_ARCH=avx512) and amx_usable(): CPUID says AMX-BF16 and
-// the kernel granted the tile data; DEEPSTACK_AMX=0 in the environment turns it off (for A/B
-// measurements). Included from kernels_bf16.hpp.
-#pragma once
-#include "kernels_simd.hpp"
-
-#if defined(DEEPSTACK_HAVE_DPBF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
-#define DEEPSTACK_HAVE_AMX 1
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-#include <cstdlib>
-#include <cstring>
-#endif
+// Compiled at the avx512bf16 level and run where amx_active() (kernels_cpu.hpp): CPUID says AMX
+// and Linux granted the tile data; kernels_select.hpp says which products take it.
+//
+// A level body: kernels_levels.hpp compiles it once per SIMD level, inside that level's namespace and
+// target region; included on its own it brings in the whole kernel layer.
+#ifndef DEEPSTACK_KERNEL_LEVEL
+#include "kernels.hpp"
+#else
 
 namespace deepstack {
 namespace detail {
+namespace DEEPSTACK_KERNEL_LEVEL {
 
 #if defined(DEEPSTACK_HAVE_AMX)
 namespace gemm_amx {
-
-// Whether this process may run AMX: CPUID leaf 7 (AMX-TILE, AMX-BF16), then the kernel's permission
-// for the tile data (ARCH_REQ_XCOMP_PERM, process-wide, asked once; refused where the OS has not
-// enabled the tile state or a thread's alternate signal stack is too small for it).
-inline bool amx_usable() {
-    static const bool usable = [] {
-        const char* env = std::getenv("DEEPSTACK_AMX");
-        if (env && std::strcmp(env, "0") == 0) return false;
-        unsigned a = 0, b = 0, c = 0, d = 0;
-        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-        const bool tile = (d >> 24) & 1u, bf16 = (d >> 22) & 1u;
-        if (!tile || !bf16) return false;
-        constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
-        return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
-    }();
-    return usable;
-}
 
 constexpr int TR = 16;                          // rows of a tile (and columns of an fp32 tile)
 constexpr int MR = 2 * TR, NR = gemm_bf16::NR;  // a micro-kernel's output block: 2 x 2 tiles
@@ -192,7 +167,7 @@ inline void block_product(const uint32_t* a, const uint32_t* b, int64_t kp, floa
         _tile_loadd(6, bt, NR * 4);
         _tile_loadd(7, bt + TR, NR * 4);
         // A tiles streamed (TILELOADDT1): read once here, they need not evict the B micro-panel,
-        // which the next row panels read again (one thread ran 10-15% faster, two 0-6%)
+        // which the next row panels read again
         for (int j = 0; j < P; ++j) {
             const uint32_t* at = a + (t * P + j) * MR * 16;
             _tile_stream_loadd(4, at, 64);
@@ -216,8 +191,8 @@ inline void block_product(const uint32_t* a, const uint32_t* b, int64_t kp, floa
 // Rows [n0, n0 + nvalid) of a Q8 / Q4 matrix, cols [k0, k0 + kc), dequantized (q * scale in fp32,
 // rounded to bf16 to nearest even) as pairs [kp][NR]: one micro-panel at a time, never the matrix.
 inline void pack_b_quant(const Matrix& w, int64_t n0, int nvalid, int64_t k0, int64_t kc, uint32_t* dst) {
-    float* row = scratch<31>(size_t(KC));
-    auto* rows = reinterpret_cast<uint16_t*>(scratch<26>(size_t(NR * KC / 2)));  // [nvalid][kc] bf16
+    float* row = thread_workspace<GemmWorkspace>().b_row_f32.get(size_t(KC));
+    auto* rows = reinterpret_cast<uint16_t*>(thread_workspace<GemmWorkspace>().b_rows.get(size_t(NR * KC / 2)));  // [nvalid][kc] bf16
     for (int j = 0; j < nvalid; ++j) {
         dequant_row_segment(w, n0 + j, k0, kc, row);
         round_to_bf16(row, kc, rows + j * kc);
@@ -236,8 +211,8 @@ inline void gemm_block(const uint32_t* apack, int64_t mblocks, const Matrix& w, 
     const int64_t N = w.rows, K = w.cols, mpanels = (m_end - m_begin + MR - 1) / MR;
     const auto* wd = static_cast<const uint16_t*>(w.data);
     const int64_t panel_end = w.panel_rows ? N / kPanelRows * kPanelRows : 0;  // rows [0, panel_end) in pair panels
-    auto* bpanel = reinterpret_cast<uint32_t*>(scratch<5>(size_t(NC * KC / 2)));  // [NC/NR][kp][NR] pairs
-    float* cbuf = scratch<15>(size_t(mpanels * (NC / NR) * MR * NR));         // [row panel][micro-panel][2][2][16][16]
+    auto* bpanel = reinterpret_cast<uint32_t*>(thread_workspace<GemmWorkspace>().b_panel.get(size_t(NC * KC / 2)));  // [NC/NR][kp][NR] pairs
+    float* cbuf = thread_workspace<GemmWorkspace>().c_blocks.get(size_t(mpanels * (NC / NR) * MR * NR));         // [row panel][micro-panel][2][2][16][16]
     const uint32_t* panel[NC / NR];  // the micro-panels [kp][NR] of the current block: packed or in place
     alignas(64) float bias_edge[NR];
     for (int64_t nc0 = n_begin; nc0 < n_end; nc0 += NC) {
@@ -304,7 +279,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
     const int64_t N = w.rows, K = w.cols;
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
     const int64_t mblocks = (M + MR - 1) / MR, kblocks = (K + KC - 1) / KC;
-    auto* apack = reinterpret_cast<uint32_t*>(scratch<6>(size_t(kblocks * mblocks * pieces * MR * (KC / 2))));
+    auto* apack = reinterpret_cast<uint32_t*>(thread_workspace<GemmWorkspace>().a_panels.get(size_t(kblocks * mblocks * pieces * MR * (KC / 2))));
     pack_panels(M, K, KC, MR, nt, [&](int64_t kb, int64_t mb) {
         const int mr = int(std::min<int64_t>(MR, M - mb * MR));
         const int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
@@ -327,26 +302,8 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
 }  // namespace gemm_amx
 #endif  // DEEPSTACK_HAVE_AMX
 
-// Whether exact mode's GEMMs of BF16 weights run on AMX tiles here (matmul_exact_amx).
-inline bool exact_gemm_on_amx() {
-#if defined(DEEPSTACK_HAVE_AMX)
-    return gemm_amx::amx_usable();
-#else
-    return false;
-#endif
-}
-
-// Exact mode's GEMM for BF16 weights on AMX tiles (gemm_amx::gemm with the exact three-piece split
-// of the activations) where usable; false otherwise (the caller runs the fp32 FMA GEMM).
-inline bool matmul_exact_amx(const float* x, int64_t M, const Matrix& W, float* y, const float* bias) {
-    if (W.dtype != DType::BF16 || !exact_gemm_on_amx()) return false;
-#if defined(DEEPSTACK_HAVE_AMX)
-    gemm_amx::gemm(x, M, W, y, bias, 3);
-#else
-    (void)x, (void)M, (void)y, (void)bias;
-#endif
-    return true;
-}
-
+}  // namespace DEEPSTACK_KERNEL_LEVEL
 }  // namespace detail
 }  // namespace deepstack
+
+#endif  // DEEPSTACK_KERNEL_LEVEL

@@ -4,21 +4,17 @@
 // running max / sum are updated and the output rows rescaled, then P*V is accumulated (SIMD over d).
 // Memory per thread is O(BQ*d + BK*d), plus one shared copy of K and V per call, never Tq x Tk.
 // OpenMP over (query blocks x heads).
-// Included from kernels.hpp.
-#pragma once
-#include "kernels_simd.hpp"
-
-#include <algorithm>
-#include <cmath>
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+//
+// A level body: kernels_levels.hpp compiles it once per SIMD level, inside that level's namespace and
+// target region; included on its own it brings in the whole kernel layer.
+#ifndef DEEPSTACK_KERNEL_LEVEL
+#include "kernels.hpp"
+#else
 
 namespace deepstack {
 namespace detail {
+namespace DEEPSTACK_KERNEL_LEVEL {
+
 namespace attn {
 
 constexpr int BQ = 32;             // queries per task
@@ -214,8 +210,8 @@ inline void attention_task(const float* q, int64_t qstride, const float* k, int6
     }
 }
 
-// Decode attention fetches the K / V rows this many keys ahead (prefetch_row): one sequential
-// stream per thread alone left the cache reads at ~45 GB/s where the weights stream at ~80.
+// Decode attention fetches the K / V rows this many keys ahead (prefetch_row): the hardware
+// prefetchers alone keep too few cache lines in flight for one sequential stream per thread.
 constexpr int64_t kPrefetchKeys = 4;
 template <typename T>
 inline void prefetch_row(const T* p, int n) {
@@ -315,8 +311,8 @@ inline void value_rows(const typename KV::T* vr, int64_t kvstride, const float* 
 
 // One query row per head (decode), keys [0, n_keys): the keys are split into chunks, one task
 // each, and a task streams its K rows, then its V rows, for all heads at once - a position's heads
-// are contiguous in the cache, so every task reads two sequential streams (a task per head read
-// 512-byte pieces 4 KB apart and ran at about half the memory's speed). Each chunk keeps its own
+// are contiguous in the cache, so every task reads two sequential streams (a task per head would
+// read small pieces far apart). Each chunk keeps its own
 // softmax (max m, sum l, unnormalised output o per head); the chunks are then merged by their maxima.
 // q [Hq, d], k/v rows of stride kvstride (>= Hkv * d; KV::T values, as key_scores), out [Hq, d].
 template <typename KV>
@@ -327,14 +323,14 @@ inline void attention_one_query(const float* q, const typename KV::T* k, const t
     const int64_t hd = int64_t(Hq) * d;
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n_keys / 64, 4 * nt)), per = (n_keys + chunks - 1) / chunks;
     // per chunk: o [Hq][d], then m [Hq], l [Hq]
-    float* part = scratch<25>(size_t(chunks * (hd + 2 * Hq)));
+    float* part = thread_workspace<AttentionWorkspace>().partials.get(size_t(chunks * (hd + 2 * Hq)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && chunks > 1)
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t j0 = c * per, len = std::max<int64_t>(0, std::min(n_keys, j0 + per) - j0);
         float* o = part + c * (hd + 2 * Hq);
         float* m = o + hd;
         float* l = m + Hq;
-        float* p = scratch<3>(size_t(Hq * per));  // [Hq][per] scores, then probabilities
+        float* p = thread_workspace<AttentionWorkspace>().scores.get(size_t(Hq * per));  // [Hq][per] scores, then probabilities
         const typename KV::T* kc = k + j0 * kvstride;  // the chunk's first key and value rows
         const typename KV::T* vc = v + j0 * kvstride;
         int64_t j = 0;
@@ -398,8 +394,8 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
     const float* vh = v;  // head kvh's value rows: vh + kvh * vhead, stride vstride
     int64_t vhead = d, vstride = kvstride;
     if (Tq >= 8 && Tk > 0) {
-        ktall = scratch<4>(size_t(Hkv) * size_t(nkb) * size_t(d) * attn::BK);
-        float* vall = scratch<27>(size_t(Hkv) * size_t(Tk) * size_t(d));
+        ktall = thread_workspace<AttentionWorkspace>().keys.get(size_t(Hkv) * size_t(nkb) * size_t(d) * attn::BK);
+        float* vall = thread_workspace<AttentionWorkspace>().values.get(size_t(Hkv) * size_t(Tk) * size_t(d));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t blk = 0; blk < Hkv * nkb; ++blk) {
             const int kvh = int(blk / nkb);
@@ -427,15 +423,14 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
         const int kvh = int(task / nqb);
         const int64_t r0 = qb * attn::BQ;
         const int bq = int(std::min<int64_t>(attn::BQ, rows - r0));
-        float* work = scratch<3>(work_floats);
+        float* work = thread_workspace<AttentionWorkspace>().task.get(work_floats);
         attn::attention_task(q, qstride, k, kvstride, vh + kvh * vhead, vstride, Tk, Hq, Hkv, d, scale, causal, q_offset, r0, bq, kvh, out,
                              work, ktall, nkb);
     }
 }
 
+}  // namespace DEEPSTACK_KERNEL_LEVEL
 }  // namespace detail
 }  // namespace deepstack
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#endif  // DEEPSTACK_KERNEL_LEVEL

@@ -7,42 +7,16 @@
 //            converted to fp32 into a private panel [NC/NR][KC][NR] (never the whole matrix), and an
 //            MR x NR micro-kernel (broadcast x, FMA with NR/W weight vectors) accumulates in
 //            registers. OpenMP over output columns (N).
-// Included from kernels.hpp (needs Matrix and weight_at).
-#pragma once
-#include "kernels_simd.hpp"
-
-#include <algorithm>
-#include <atomic>
-#include <cstdlib>
-#include <memory>
-#include <type_traits>
-#include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-// GCC 12's AVX-512 intrinsic headers trip -W(maybe-)uninitialized (_mm512_undefined_* inside the
-// intrinsics) once inlined at -O3; silence that false positive for the kernels only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+//
+// A level body: kernels_levels.hpp compiles it once per SIMD level, inside that level's namespace and
+// target region; included on its own it brings in the whole kernel layer.
+#ifndef DEEPSTACK_KERNEL_LEVEL
+#include "kernels.hpp"
+#else
 
 namespace deepstack {
 namespace detail {
-
-inline int omp_threads() {
-#ifdef _OPENMP
-    return omp_in_parallel() ? 1 : omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-// Threads for a job of `work` multiply-adds: 1 below ~1M (a parallel region costs microseconds, and
-// much more when the cores are oversubscribed), else all of them.
-inline int omp_threads_for(double work) { return work < double(1 << 20) ? 1 : omp_threads(); }
+namespace DEEPSTACK_KERNEL_LEVEL {
 
 // Runs block(m0, m1, n0, n1) over an M x N product on nt threads: column blocks of nc handed out
 // dynamically when there are at least two per thread (tolerates a core shared with other work),
@@ -76,8 +50,7 @@ inline void split_gemm(int64_t M, int64_t N, int nt, int64_t nc, int64_t nr, con
 // guided chunks of whole r-row units: each claim takes the remaining rows / nt (at least 1/64 of
 // the matrix), so a thread starts with a long run (half the rows on two threads) and the runs
 // shrink towards the end. Long runs keep each thread's weight stream sequential - every new run
-// restarts the hardware prefetchers, and 64 KB dynamic blocks decoded int8 / q4 10-17% slower than
-// one half per thread - while the short ones let a core busy with other work fall behind by a
+// restarts the hardware prefetchers - while the short ones let a core busy with other work fall behind by a
 // short run instead of half the matrix.
 template <typename Rows>
 inline void split_gemv(int64_t N, int64_t r, int nt, const Rows& rows) {
@@ -128,41 +101,6 @@ inline void gemm_loops(int64_t K, int64_t kc, int64_t nc, int64_t nr, int64_t mc
     }
 }
 
-inline int omp_tid() {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-// Grow-only 64-byte aligned scratch buffer, one per thread and slot (big_alloc: large ones sit in
-// 2 MiB pages). Contents are undefined on return. Slots 16-21 belong to the layer functions of
-// vision.hpp and text.hpp, every other slot to one kernel.
-template <int Slot>
-inline float* scratch(size_t n_floats) {
-    struct Buf {
-        float* p = nullptr;
-        size_t bytes = 0;
-        ~Buf() { big_free(p, bytes); }
-    };
-    static thread_local Buf b;
-    const size_t bytes = std::max<size_t>(64, (n_floats * sizeof(float) + 63) / 64 * 64);
-    if (b.bytes < bytes) {
-        big_free(b.p, b.bytes);
-        b.p = nullptr;
-        b.bytes = 0;
-        b.p = static_cast<float*>(big_alloc(bytes));
-        if (!b.p) throw Error("out of memory for a " + std::to_string(bytes) + "-byte kernel scratch buffer");
-        b.bytes = bytes;
-    }
-    return b.p;
-}
-
-// Weight row n, columns [k0, k0 + kc), converted to fp32 into out. Implemented per dtype
-// (quantized formats provide their own in kernels_quant.hpp via dequant_row_segment).
-inline void dequant_row_segment(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out);
-
 template <class Src>
 inline void convert_segment(const typename Src::T* p, int64_t kc, float* out) {
     using namespace simd;
@@ -171,6 +109,41 @@ inline void convert_segment(const typename Src::T* p, int64_t kc, float* out) {
     if (k < kc) store_n(out + k, Src::load_n(p + k, int(kc - k)), int(kc - k));
 }
 
+// One group of 32 quantized weights (row n, group g) as 32 / W vectors of q (not yet scaled).
+inline void load_quant_group(const QuantWeights& qw, int64_t n, int64_t g, simd::vf* out) {
+    alignas(64) int8_t bytes[kQuantGroup];
+    group_bytes(qw, n, g, bytes);
+    if (qw.type == DType::Q8) {
+        for (int i = 0; i < kQuantGroup; ++i) bytes[i] = int8_t(bytes[i] ^ 0x80);  // q + 128 -> q
+        simd::load_q8_group(bytes, out);
+    } else {
+        simd::load_q4_group(bytes, out);
+    }
+}
+
+inline void dequant_row_segment(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out) {
+    using namespace simd;
+    if (w.dtype != DType::Q8 && w.dtype != DType::Q4)
+        throw Error(std::string("matmul: unsupported weight dtype ") + dtype_name(w.dtype));
+    const auto& qw = *static_cast<const QuantWeights*>(w.data);
+    constexpr int GV = kQuantGroup / W;
+    alignas(64) float tmp[kQuantGroup];
+    const int64_t k1 = k0 + kc;
+    for (int64_t g = k0 / kQuantGroup; g * kQuantGroup < k1; ++g) {
+        vf q[GV];
+        load_quant_group(qw, n, g, q);
+        const vf s = set1(qw.scale_at(n, g));
+        const int64_t gb = g * kQuantGroup, lo = std::max(k0, gb), hi = std::min(k1, gb + kQuantGroup);
+        if (lo == gb && hi == gb + kQuantGroup) {
+            for (int v = 0; v < GV; ++v) store(out + (gb - k0) + v * W, mul(q[v], s));
+        } else {
+            for (int v = 0; v < GV; ++v) store(tmp + v * W, mul(q[v], s));
+            for (int64_t k = lo; k < hi; ++k) out[k - k0] = tmp[k - gb];
+        }
+    }
+}
+
+// Weight row n, columns [k0, k0 + kc) of any dtype, converted to fp32 into out.
 inline void weight_segment_f32(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out) {
     const int64_t off = n * w.cols + k0;
     switch (w.dtype) {
@@ -291,13 +264,13 @@ inline int64_t apack_offset(int64_t kb, int64_t mb, int64_t mblocks) { return (k
 inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows, K = w.cols, mblocks = (M + MR - 1) / MR;
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
-    float* apack = scratch<1>(size_t(((K + KC - 1) / KC) * mblocks * KC * MR));
+    float* apack = thread_workspace<GemmWorkspace>().a_panels.get(size_t(((K + KC - 1) / KC) * mblocks * KC * MR));
     pack_panels(M, K, KC, MR, nt, [&](int64_t kb, int64_t mb) {
         pack_a(x, K, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * KC, std::min(KC, K - kb * KC), apack + apack_offset(kb, mb, mblocks));
     });
     auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
-        float* bpanel = scratch<0>(size_t(NC * KC));  // [NC/NR][kc][NR] this thread's weight block
-        float* rows_tmp = scratch<2>(size_t(NR * KC));
+        float* bpanel = thread_workspace<GemmWorkspace>().b_panel.get(size_t(NC * KC));  // [NC/NR][kc][NR] this thread's weight block
+        float* rows_tmp = thread_workspace<GemmWorkspace>().b_rows.get(size_t(NR * KC));
         gemm_loops(
             K, KC, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
             [&](int64_t p, int64_t n0, int nvalid, int64_t k0, int64_t kc) { pack_b(w, n0, nvalid, k0, kc, bpanel + p * kc * NR, rows_tmp); },
@@ -439,7 +412,7 @@ inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* b
     const float* xp = nullptr;  // activations in pair order, when the BF16 pair kernel applies
     if constexpr (std::is_same_v<Src, simd::BF16Src>) {
         if (K % (2 * simd::W) == 0) {
-            float* buf = scratch<22>(size_t(MM * K));
+            float* buf = thread_workspace<GemmWorkspace>().x_gemv.get(size_t(MM * K));
             pair_activations(x, MM, K, buf);
             xp = buf;
         }
@@ -469,43 +442,8 @@ inline void gemv(const float* x, int64_t M, const Matrix& w, float* y, const flo
 
 }  // namespace gemm
 
-// Quantized weights (declared here, defined in kernels_quant.hpp).
-inline bool matmul_quant(const float* x, int64_t M, const Matrix& W, float* y, const float* bias);
-// BF16 weights on AMX tiles, exact (declared here, defined in kernels_amx.hpp).
-inline bool matmul_exact_amx(const float* x, int64_t M, const Matrix& W, float* y, const float* bias);
-
-// y[M, W.rows] = x[M, W.cols] * W^T (+ bias[W.rows]), fp32 accumulation ("exact" mode).
-inline void matmul(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
-    if (M <= 0 || W.rows <= 0) return;
-    if (W.cols <= 0) {
-        for (int64_t m = 0; m < M; ++m)
-            for (int64_t n = 0; n < W.rows; ++n) y[m * W.rows + n] = bias ? bias[n] : 0.f;
-        return;
-    }
-    if ((M > 4 || W.panel_rows) && matmul_exact_amx(x, M, W, y, bias)) return;
-    if (M <= 4 && !W.panel_rows) {  // a GEMM reads pair panels (Matrix) faster than a row-wise GEMV
-        switch (W.dtype) {
-            case DType::F32: gemm::gemv<simd::F32Src>(x, M, W, y, bias); return;
-            case DType::BF16: gemm::gemv<simd::BF16Src>(x, M, W, y, bias); return;
-            case DType::F16: gemm::gemv<simd::F16Src>(x, M, W, y, bias); return;
-            default:
-                if (matmul_quant(x, M, W, y, bias)) return;
-                break;
-        }
-    }
-    switch (W.dtype) {
-        case DType::F32:
-        case DType::BF16:
-        case DType::F16:
-        case DType::Q8:
-        case DType::Q4: gemm::gemm(x, M, W, y, bias); return;
-        default: throw Error(std::string("matmul: unsupported weight dtype ") + dtype_name(W.dtype));
-    }
-}
-
+}  // namespace DEEPSTACK_KERNEL_LEVEL
 }  // namespace detail
 }  // namespace deepstack
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#endif  // DEEPSTACK_KERNEL_LEVEL

@@ -4,130 +4,16 @@
 //            per group (fp32 activations, fp32 accumulation);
 //   M >  4 : the packed GEMM of kernels_gemm.hpp, whose per-block packing dequantizes the block
 //            (dequant_row_segment) - never a dequantized copy of the whole matrix.
-// Included from kernels.hpp.
-#pragma once
-#include "kernels_simd.hpp"
-
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <memory>
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+//
+// A level body: kernels_levels.hpp compiles it once per SIMD level, inside that level's namespace and
+// target region; included on its own it brings in the whole kernel layer.
+#ifndef DEEPSTACK_KERNEL_LEVEL
+#include "kernels.hpp"
+#else
 
 namespace deepstack {
-
-// Quantize a weight matrix (any stored dtype) to Q8 or Q4 (symmetric, groups of 32 along the
-// input dim, bf16 scales: max|w| / qmax rounded to bf16 first, then q = w * (1 / scale) rounded to
-// nearest and clamped to [-qmax, qmax], so the scale a kernel reads is the one the values were made
-// with). The result owns its bytes through Matrix::storage.
-inline Matrix quantize(const Matrix& w, DType target) {
-    if (target != DType::Q8 && target != DType::Q4)
-        throw Error(std::string("quantize: target must be Q8 or Q4, got ") + dtype_name(target));
-    auto qw = std::make_shared<QuantWeights>();
-    qw->type = target;
-    qw->rows = w.rows;
-    qw->cols = w.cols;
-    qw->kpad = (w.cols + kQuantGroup - 1) / kQuantGroup * kQuantGroup;
-    const int64_t G = qw->groups(), rb = qw->row_bytes();
-    qw->q.assign(size_t(w.rows * rb), 0);
-    qw->scale.assign(size_t(w.rows * G), 0);
-    const float qmax = target == DType::Q8 ? 127.f : 7.f;
-#pragma omp parallel
-    {
-        std::vector<float> row(size_t(qw->kpad), 0.f);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < w.rows; ++n) {
-            detail::weight_segment_f32(w, n, 0, w.cols, row.data());
-            for (int64_t g = 0; g < G; ++g) {
-                const float* v = row.data() + g * kQuantGroup;
-                float amax = 0.f;
-                for (int j = 0; j < kQuantGroup; ++j) amax = std::max(amax, std::fabs(v[j]));
-                const uint16_t s16 = detail::f32_to_bf16(amax / qmax);
-                const float s = detail::bf16_to_f32(s16), inv = s > 0.f ? 1.f / s : 0.f;
-                qw->scale[size_t(n * G + g)] = s16;
-                int q[kQuantGroup];
-                for (int j = 0; j < kQuantGroup; ++j)
-                    q[j] = int(std::max(-qmax, std::min(qmax, std::nearbyint(v[j] * inv))));
-                int8_t bytes[kQuantGroup];
-                if (target == DType::Q8) {
-                    for (int j = 0; j < kQuantGroup; ++j) bytes[j] = int8_t(uint8_t(q[j] + 128));
-                } else {
-                    for (int j = 0; j < 16; ++j) bytes[j] = int8_t(uint8_t((q[j] + 8) | ((q[j + 16] + 8) << 4)));
-                }
-                for (int64_t quad = 0; quad < qw->group_bytes() / 4; ++quad) std::memcpy(qw->quant_quad(n, g, quad), bytes + 4 * quad, 4);
-            }
-        }
-    }
-    Matrix m;
-    m.dtype = target;
-    m.rows = w.rows;
-    m.cols = w.cols;
-    m.data = qw.get();
-    m.storage = qw;
-    return m;
-}
-
 namespace detail {
-
-// The stored bytes of group g of row n, in order (32 for Q8, 16 for Q4), gathered from its quads.
-inline void group_bytes(const QuantWeights& qw, int64_t n, int64_t g, int8_t* out) {
-    for (int64_t quad = 0; quad < qw.group_bytes() / 4; ++quad) std::memcpy(out + 4 * quad, qw.quant_quad(n, g, quad), 4);
-}
-
-// One group of 32 quantized weights (row n, group g) as 32 / W vectors of q (not yet scaled).
-inline void load_quant_group(const QuantWeights& qw, int64_t n, int64_t g, simd::vf* out) {
-    alignas(64) int8_t bytes[kQuantGroup];
-    group_bytes(qw, n, g, bytes);
-    if (qw.type == DType::Q8) {
-        for (int i = 0; i < kQuantGroup; ++i) bytes[i] = int8_t(bytes[i] ^ 0x80);  // q + 128 -> q
-        simd::load_q8_group(bytes, out);
-    } else {
-        simd::load_q4_group(bytes, out);
-    }
-}
-
-inline void dequant_row_segment(const Matrix& w, int64_t n, int64_t k0, int64_t kc, float* out) {
-    using namespace simd;
-    if (w.dtype != DType::Q8 && w.dtype != DType::Q4)
-        throw Error(std::string("matmul: unsupported weight dtype ") + dtype_name(w.dtype));
-    const auto& qw = *static_cast<const QuantWeights*>(w.data);
-    constexpr int GV = kQuantGroup / W;
-    alignas(64) float tmp[kQuantGroup];
-    const int64_t k1 = k0 + kc;
-    for (int64_t g = k0 / kQuantGroup; g * kQuantGroup < k1; ++g) {
-        vf q[GV];
-        load_quant_group(qw, n, g, q);
-        const vf s = set1(qw.scale_at(n, g));
-        const int64_t gb = g * kQuantGroup, lo = std::max(k0, gb), hi = std::min(k1, gb + kQuantGroup);
-        if (lo == gb && hi == gb + kQuantGroup) {
-            for (int v = 0; v < GV; ++v) store(out + (gb - k0) + v * W, mul(q[v], s));
-        } else {
-            for (int v = 0; v < GV; ++v) store(tmp + v * W, mul(q[v], s));
-            for (int64_t k = lo; k < hi; ++k) out[k - k0] = tmp[k - gb];
-        }
-    }
-}
-
-// One activation row's whole 16-group blocks (x: blocks * 512 values) in the line order of the
-// QuantWeights block layout (dst, as many values): line j (64 values) holds, for each of the 16
-// groups in turn, its 4 elements from[j] .. from[j] + 3 - Q8: 4j; Q4: the low-nibble elements 4(j/2)
-// for even j, the high-nibble ones 16 + 4(j/2) for odd j. The GEMVs that read the layout directly
-// (fp32 for exact mode, int8 for fast mode) take their activations in this order.
-template <typename T>
-inline void activations_in_line_order(const T* x, int64_t blocks, bool q8, T* dst) {
-    for (int64_t b = 0; b < blocks; ++b)
-        for (int lane = 0; lane < kQuantBlock; ++lane)
-            for (int j = 0; j < 8; ++j) {
-                const int from = q8 ? 4 * j : (j % 2 == 0 ? 4 * (j / 2) : 16 + 4 * (j / 2));
-                std::memcpy(dst + b * kQuantBlock * kQuantGroup + j * 64 + lane * 4, x + (b * kQuantBlock + lane) * kQuantGroup + from,
-                            4 * sizeof(T));
-            }
-}
+namespace DEEPSTACK_KERNEL_LEVEL {
 
 namespace gemm {
 
@@ -138,9 +24,7 @@ namespace gemm {
 // i of a group holding elements i and 16 + i), their low nibbles in xl's even lines, the high ones
 // in the odd. Widened to fp32 lanes, 4 consecutive lanes belong to one group; the lanes' products
 // sum over the block and each group's scale multiplies its 4 lanes once per block. The groups after
-// the last whole block are summed one at a time (tail_groups_dot). (Before this GEMV, exact mode
-// gathered every group's quads into a buffer: int8 decode ran at 19% of the bandwidth bound on the
-// Intel Xeon measured, q4 at 11%.)
+// the last whole block are summed one at a time (tail_groups_dot).
 
 // sum over the groups after the last whole block of row n: scale * sum(q * x), x one activation row.
 inline float tail_groups_dot(const QuantWeights& qw, int64_t n, const float* x) {
@@ -160,14 +44,14 @@ inline float tail_groups_dot(const QuantWeights& qw, int64_t n, const float* x) 
 
 #if defined(DEEPSTACK_SIMD_AVX512)
 // AVX-512: 16 bytes at a time widened straight to 16 fp32 lanes (Q8: minus 128; Q4: each nibble
-// through a 16-entry vpermps table of q - an integer subtract and conversion per element held Q4
-// decode at 66% of the bandwidth, the table at 77-80%), the group scales spread over the lanes by
+// through a 16-entry vpermps table of q, cheaper than an integer subtract and conversion per
+// element), the group scales spread over the lanes by
 // vpermps.
 template <int MM>
 inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const float* x, float* y, const float* bias, int64_t n0, int64_t n1) {
     const int64_t N = qw.rows, K = qw.cols, kpad = qw.kpad, G = qw.groups(), blocks = G / kQuantBlock, row_bytes = qw.row_bytes();
     const bool q8 = qw.type == DType::Q8;
-    const simd::WeightPrefetch where = simd::weight_prefetch();
+    const WeightPrefetch where = weight_prefetch();
     __m512i lane_group[4];  // lanes of widened bytes [16i, 16i + 16): groups 4i + lane / 4
     for (int i = 0; i < 4; ++i)
         lane_group[i] = _mm512_add_epi32(_mm512_set1_epi32(4 * i), _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 2));
@@ -276,7 +160,7 @@ template <int MM>
 inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const float* bias) {
     const int64_t K = qw.cols, kpad = qw.kpad, blocks = qw.groups() / kQuantBlock;
     const bool q8 = qw.type == DType::Q8;
-    float* xl = scratch<32>(size_t(MM * kpad));  // [MM][kpad]: each block's activations in line order
+    float* xl = thread_workspace<GemmWorkspace>().x_line_order.get(size_t(MM * kpad));  // [MM][kpad]: each block's activations in line order
     for (int m = 0; m < MM; ++m) activations_in_line_order(x + m * K, blocks, q8, xl + m * kpad);
     split_gemv(qw.rows, 1, omp_threads_for(double(MM) * double(qw.rows) * double(K)),
                [&](int64_t n0, int64_t n1) { gemv_quant_blocks<MM>(qw, xl, x, y, bias, n0, n1); });
@@ -284,66 +168,7 @@ inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const f
 
 }  // namespace gemm
 
-inline bool matmul_quant(const float* x, int64_t M, const Matrix& W, float* y, const float* bias) {
-    if (W.dtype != DType::Q8 && W.dtype != DType::Q4) return false;
-    const auto& qw = *static_cast<const QuantWeights*>(W.data);
-    switch (M) {
-        case 1: gemm::gemv_quant<1>(x, qw, y, bias); return true;
-        case 2: gemm::gemv_quant<2>(x, qw, y, bias); return true;
-        case 3: gemm::gemv_quant<3>(x, qw, y, bias); return true;
-        case 4: gemm::gemv_quant<4>(x, qw, y, bias); return true;
-        default: return false;
-    }
-}
-
-// ---- fast mode for Q8 / Q4: activations quantized to int8 per group of 32 ----
-// x[m, group g] ~ sx[m, g] * xq with xq = round(x / sx) in [-127, 127], sx = max|x| / 127, and
-// y[m, n] = sum_g sx[m, g] * sw[n, g] * sum_{k in g} xq * wq (integer dot products, exact).
-
-// Raw quantized value of weight (n, k).
-inline int quant_q(const QuantWeights& qw, int64_t n, int64_t k) {
-    const int64_t g = k / kQuantGroup, j = k % kQuantGroup;
-    if (qw.type == DType::Q8) return int(uint8_t(qw.group_byte(n, g, j))) - 128;
-    const uint8_t b = uint8_t(qw.group_byte(n, g, j & 15));
-    return int((j < 16) ? (b & 15) : (b >> 4)) - 8;
-}
-
-// One activation row -> int8 groups (zero padded to kpad) and scales [kpad / 32].
-inline void quantize_act_row(const float* x, int64_t K, int64_t kpad, int8_t* q, float* s) {
-    for (int64_t g = 0; g * kQuantGroup < kpad; ++g) {
-        const int64_t k0 = g * kQuantGroup, k1 = std::min(K, k0 + kQuantGroup);
-        float amax = 0.f;
-        for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x[k]));
-        const float inv = amax > 0.f ? 127.f / amax : 0.f;
-        s[g] = amax / 127.f;
-        for (int64_t k = k0; k < k0 + kQuantGroup; ++k)
-            q[k] = k < k1 ? int8_t(std::max(-127.f, std::min(127.f, std::nearbyint(x[k] * inv)))) : int8_t(0);
-    }
-}
-
-// Scalar reference of the fast quantized mode.
-inline void matmul_quant_fast_ref(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
-    if (W.dtype != DType::Q8 && W.dtype != DType::Q4) throw Error("matmul_quant_fast_ref: weights must be Q8 or Q4");
-    const auto& qw = *static_cast<const QuantWeights*>(W.data);
-    const int64_t K = W.cols, N = W.rows, G = qw.groups();
-    std::vector<int8_t> xq(static_cast<size_t>(qw.kpad));
-    std::vector<float> sx(static_cast<size_t>(G));
-    for (int64_t m = 0; m < M; ++m) {
-        quantize_act_row(x + m * K, K, qw.kpad, xq.data(), sx.data());
-        for (int64_t n = 0; n < N; ++n) {
-            float acc = 0.f;
-            for (int64_t g = 0; g < G; ++g) {
-                int32_t d = 0;
-                for (int64_t k = g * kQuantGroup; k < std::min(K, (g + 1) * kQuantGroup); ++k) d += int32_t(xq[size_t(k)]) * quant_q(qw, n, k);
-                acc += float(d) * (sx[size_t(g)] * qw.scale_at(n, g));
-            }
-            y[m * N + n] = acc + (bias ? bias[n] : 0.f);
-        }
-    }
-}
-
-#if defined(DEEPSTACK_SIMD_AVX512) && defined(__AVX512VNNI__)
-#define DEEPSTACK_HAVE_VNNI 1
+#if defined(DEEPSTACK_HAVE_VNNI)
 namespace gemm_q {
 
 constexpr int MR = 6, NV = 2, NR = NV * 16;
@@ -532,22 +357,22 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
     const auto& qw = *static_cast<const QuantWeights*>(W.data);
     const int64_t N = qw.rows, K = qw.cols, G = qw.groups(), kpad = qw.kpad, mblocks = (M + MR - 1) / MR, kblocks = (G + GK - 1) / GK;
     // activations quantized once per call, then packed as panels (shared by the threads)
-    auto* xq = reinterpret_cast<int8_t*>(scratch<13>(size_t(M * kpad / 4 + 16)));
-    float* sx = scratch<14>(size_t(M * G));
+    auto* xq = reinterpret_cast<int8_t*>(thread_workspace<GemmWorkspace>().x_int8.get(size_t(M * kpad / 4 + 16)));
+    float* sx = thread_workspace<GemmWorkspace>().x_int8_scales.get(size_t(M * G));
     const int nt = omp_threads_for(double(M) * double(N) * double(K));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && M * K >= (1 << 15))
     for (int64_t m = 0; m < M; ++m) quantize_act_row_simd(x + m * K, K, kpad, xq + m * kpad, sx + m * G);
-    auto* aq = reinterpret_cast<uint32_t*>(scratch<11>(size_t(kblocks * mblocks * GK * QPG * MR)));
-    float* asx = scratch<12>(size_t(kblocks * mblocks * GK * MR));
+    auto* aq = reinterpret_cast<uint32_t*>(thread_workspace<GemmWorkspace>().a_panels.get(size_t(kblocks * mblocks * GK * QPG * MR)));
+    float* asx = thread_workspace<GemmWorkspace>().a_scales.get(size_t(kblocks * mblocks * GK * MR));
     pack_panels(M, G, GK, MR, nt, [&](int64_t kb, int64_t mb) {
         pack_a(xq, sx, kpad, G, mb * MR, int(std::min<int64_t>(MR, M - mb * MR)), kb * GK, std::min(GK, G - kb * GK),
                aq + aq_offset(kb, mb, mblocks), asx + as_offset(kb, mb, mblocks));
     });
     auto block = [&](int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
         // this thread's weight block: quads [NC/NR][ng][QPG][NR], scales and -128 * sums [NC/NR][ng][NR]
-        auto* bq = reinterpret_cast<int32_t*>(scratch<8>(size_t(NC * GK * QPG)));
-        float* bsc = scratch<9>(size_t(NC * GK));
-        auto* bcor = reinterpret_cast<int32_t*>(scratch<10>(size_t(NC * GK)));
+        auto* bq = reinterpret_cast<int32_t*>(thread_workspace<GemmWorkspace>().b_panel.get(size_t(NC * GK * QPG)));
+        float* bsc = thread_workspace<GemmWorkspace>().b_scales.get(size_t(NC * GK));
+        auto* bcor = reinterpret_cast<int32_t*>(thread_workspace<GemmWorkspace>().b_sums.get(size_t(NC * GK)));
         gemm_loops(
             G, GK, NC, NR, MC, MR, m_begin, m_end, n_begin, n_end,
             [&](int64_t p, int64_t n0, int nvalid, int64_t g0, int64_t ng) {
@@ -569,7 +394,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
 // contiguous). The weights are stored unsigned and the shift is undone by starting each lane from
 // xneg = -(shift * sum of the group's x):
 //   Q8: the stored bytes are q + 128: vpdpbusd(xneg, bytes, x), shift 128 (stored signed, each
-//       64-byte line needed an XOR first, and the GEMV streamed at 75% of a plain read, not 87%).
+//       64-byte line would need an XOR first).
 //   Q4: the stored nibbles are q + 8 (u8): vpdpbusd over the low nibbles (elements 0-15) and the
 //       high nibbles (16-31) against x in the same order, shift 8.
 // xl holds the activations in that order per block: Q8 step j = bytes 4j..4j+3 of each of the 16
@@ -581,7 +406,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
     const int64_t N = qw.rows, kpad = qw.kpad, G = qw.groups(), blocks = G / kQuantBlock, row_bytes = qw.row_bytes();
     const bool q8 = qw.type == DType::Q8;
     const __m512i nib = _mm512_set1_epi8(15);
-    const simd::WeightPrefetch where = simd::weight_prefetch();
+    const WeightPrefetch where = weight_prefetch();
     for (int64_t n = n0; n < n1; ++n) {
         const int8_t* wr = qw.q.data() + n * row_bytes;
         const uint16_t* ws = qw.scale.data() + n * G;  // bf16
@@ -661,10 +486,10 @@ inline void gemv_fast(const float* x, int64_t M, const GemvOut* outs, int count)
         if (outs[i].w->type != qw.type || outs[i].w->cols != K) throw Error("gemv_fast: the matrices of one call need the same format and width");
         N += outs[i].w->rows;
     }
-    auto* xq = reinterpret_cast<int8_t*>(scratch<13>(size_t(M * kpad / 4 + 16)));
-    float* sx = scratch<14>(size_t(M * G));
-    auto* xl = reinterpret_cast<int8_t*>(scratch<23>(size_t(M * kpad / 4 + 16)));     // [M][kpad] in block order
-    auto* xneg = reinterpret_cast<int32_t*>(scratch<24>(size_t(M * G + 16)));          // [M][G] -shift * group sums
+    auto* xq = reinterpret_cast<int8_t*>(thread_workspace<GemmWorkspace>().x_int8.get(size_t(M * kpad / 4 + 16)));
+    float* sx = thread_workspace<GemmWorkspace>().x_int8_scales.get(size_t(M * G));
+    auto* xl = reinterpret_cast<int8_t*>(thread_workspace<GemmWorkspace>().x_line_order.get(size_t(M * kpad / 4 + 16)));     // [M][kpad] in block order
+    auto* xneg = reinterpret_cast<int32_t*>(thread_workspace<GemmWorkspace>().x_neg_sums.get(size_t(M * G + 16)));          // [M][G] -shift * group sums
     for (int64_t m = 0; m < M; ++m) {
         int8_t* q = xq + m * kpad;
         int32_t* neg = xneg + m * G;
@@ -698,24 +523,8 @@ inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* 
 }  // namespace gemm_q
 #endif  // AVX-512 VNNI
 
-// Fast mode for Q8 / Q4 weights: int8 activations per group of 32 and VNNI integer dot products
-// (gemm_q::gemm for M > 4, gemm_q::gemv_fast for M <= 4). Without AVX-512 VNNI: exact mode's
-// kernels (fp32 activations; the int8-activation semantics exist there only as the scalar
-// reference, which took over 100 s for a 448² image's vision on the AVX2 build measured).
-inline void matmul_quant_fast(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
-    if (W.dtype != DType::Q8 && W.dtype != DType::Q4) throw Error("matmul_quant_fast: weights must be Q8 or Q4");
-    if (M <= 0 || W.rows <= 0) return;
-#if defined(DEEPSTACK_HAVE_VNNI)
-    if (M <= 4) return gemm_q::gemv_fast(x, M, *static_cast<const QuantWeights*>(W.data), y, bias);
-    gemm_q::gemm(x, M, W, y, bias);
-#else
-    matmul(x, M, W, y, bias);
-#endif
-}
-
+}  // namespace DEEPSTACK_KERNEL_LEVEL
 }  // namespace detail
 }  // namespace deepstack
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#endif  // DEEPSTACK_KERNEL_LEVEL

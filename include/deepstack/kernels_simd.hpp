@@ -1,71 +1,23 @@
-// deepstack/kernels_simd.hpp - a thin fp32 vector layer for the kernels, chosen at compile time:
+// deepstack/kernels_simd.hpp - a thin fp32 vector layer for the kernels, one per SIMD level:
 // AVX-512 (F+BW+VL), AVX2+FMA (+F16C), NEON (aarch64), or a 4-lane portable struct that the compiler
 // may auto-vectorise. Only what the kernels need: loads (f32, bf16, f16; full and partial), stores,
 // fma, horizontal sum, max, exp.
-#pragma once
-#include "common.hpp"
-
-#include <cmath>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
-#define DEEPSTACK_SIMD_AVX512 1
-#include <immintrin.h>
-#elif defined(__AVX2__) && defined(__FMA__)
-#define DEEPSTACK_SIMD_AVX2 1
-#include <immintrin.h>
-#elif defined(__ARM_NEON) && defined(__aarch64__)
-#define DEEPSTACK_SIMD_NEON 1
-#include <arm_neon.h>
+//
+// A level body: kernels_levels.hpp compiles it once per SIMD level, inside that level's namespace and
+// target region; included on its own it brings in the whole kernel layer.
+#ifndef DEEPSTACK_KERNEL_LEVEL
+#include "kernels.hpp"
 #else
-#define DEEPSTACK_SIMD_SCALAR 1
-#endif
-
-// GCC 12's AVX-512 intrinsic headers trip -W(maybe-)uninitialized (_mm512_undefined_* inside the
-// intrinsics) once inlined at -O3; silence that false positive for the kernels only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 
 namespace deepstack {
 namespace detail {
+namespace DEEPSTACK_KERNEL_LEVEL {
+
 namespace simd {
 
-// Where prefetch_ahead brings the weight lines: the best hint differs by vendor. On the AMD EPYC
-// (Zen 5) VMs the project measured first, non-temporal (prefetchnta; T0 gained little); on an
-// Intel Xeon with AMX, NTA held the Q8 / Q4 / exact BF16 decode GEMVs at 34-42% of the bandwidth
-// bound, and T1 (into L2) gave int8 94%, q4 87% (none: 83% / 75%; T0: 87% / 82%). Chosen once from
-// the CPU vendor; DEEPSTACK_PREFETCH=nta|l2 overrides it (for A/B measurements).
-enum class WeightPrefetch { NonTemporal, L2 };
-
-inline WeightPrefetch weight_prefetch() {
-    static const WeightPrefetch where = [] {
-        if (const char* env = std::getenv("DEEPSTACK_PREFETCH")) {
-            if (std::strcmp(env, "l2") == 0) return WeightPrefetch::L2;
-            if (std::strcmp(env, "nta") == 0) return WeightPrefetch::NonTemporal;
-        }
-#if defined(__x86_64__) || defined(__i386__)
-        unsigned a = 0, b = 0, c = 0, d = 0;
-        // vendor "GenuineIntel" in ebx, edx, ecx
-        if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu) return WeightPrefetch::L2;
-#endif
-        return WeightPrefetch::NonTemporal;
-    }();
-    return where;
-}
-
 // Software prefetch of the line 4 KB past p, for the weight streams of the decode GEMVs whose
-// loops issue several loads per weight line: the hardware prefetchers alone kept too few lines in
-// flight (AMD, NTA, against a plain read of the same bytes: Q8 85-89% -> 95-99%, Q4 +3-7%, exact
-// BF16 88-92% -> 92-97%; the bf16-compute GEMV, one load per line, lost 2-7% with it and goes
-// without). `where` is weight_prefetch(), read once per kernel call: the branch is predicted
+// loops issue several loads per weight line: the hardware prefetchers alone keep too few lines in
+// flight for them (the bf16-compute GEMV, one load per line, goes without). `where` is weight_prefetch(), read once per kernel call: the branch is predicted
 // perfectly. Never faults, so it may point past the end of a matrix.
 inline void prefetch_ahead(const void* p, WeightPrefetch where) {
     const char* line = static_cast<const char*>(p) + 4096;
@@ -253,7 +205,7 @@ inline void load_q4_group(const int8_t* p, vf* out) {
     out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
     out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
 }
-#if defined(__F16C__)
+#if defined(DEEPSTACK_HAVE_F16C)
 inline vf load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 #else
 inline vf load_f16(const uint16_t* p) {
@@ -518,8 +470,8 @@ inline vf gelu_erf(vf x) {
 }
 
 // A vector loaded once and used by several FMAs: GCC otherwise folds the load into every FMA as a
-// memory operand (one load per use), which leaves a small tile load-port bound (attention's score
-// and P*V tiles ran at about half the GEMM's rate that way).
+// memory operand (one load per use), which leaves a small tile (attention's score and P*V tiles)
+// bound by the load ports.
 inline vf in_register(vf v) {
 #if (defined(DEEPSTACK_SIMD_AVX512) || defined(DEEPSTACK_SIMD_AVX2)) && defined(__GNUC__)
     __asm__("" : "+v"(v));
@@ -550,9 +502,9 @@ struct F16Src {
 };
 
 }  // namespace simd
+
+}  // namespace DEEPSTACK_KERNEL_LEVEL
 }  // namespace detail
 }  // namespace deepstack
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#endif  // DEEPSTACK_KERNEL_LEVEL

@@ -69,9 +69,7 @@ struct Model {
         load_experts(m->text, m->store, m->config.text, opt.weights,
                      [&](const TensorInfo& fused) { m->store.release(fused.data, fused.nbytes); });
         tile_text_weights(m->text, m->store);
-#if defined(DEEPSTACK_HAVE_DPBF16)
-        if (opt.bf16_compute || detail::exact_gemm_on_amx()) panel_vision_weights(m->vision, m->store);
-#endif
+        if ((opt.bf16_compute && detail::has_bf16_dot_products()) || detail::exact_gemm_on_amx()) panel_vision_weights(m->vision, m->store);
         m->vision.compute = m->text.compute = opt.bf16_compute ? detail::Compute::Fast : detail::Compute::Exact;
         if (m->config.vision.fusion.type == FusionConfig::Type::Gated) m->gated = load_gated_fusion_weights(m->store, m->config);
         return m;

@@ -91,6 +91,13 @@ inline void add_rows(float* h, int64_t D, const std::vector<int64_t>& visual_row
     }
 }
 
+// A decoder layer's activations, per thread, reused by every layer and call: the [T, D] normed
+// input, queries and attention output [T, Hq*hd], a projection's output [T, D], gate and up [T, I],
+// and with a bf16 cache the chunk's new keys and values [T, Hkv*hd] before rounding.
+struct DecoderLayerWorkspace {
+    Workspace normed, queries, attention, projected, gate, up, new_keys, new_values;
+};
+
 // One decoder layer on h [T, D] (in place); the T tokens are appended to the cache for `layer`.
 // A sparse layer's MLP is the mixture of experts (moe.hpp), traced as "text.layer{i}.moe.*".
 inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const TextConfig& c, KVCache& cache, int layer,
@@ -98,18 +105,17 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     const int64_t D = c.hidden_size, hd = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads,
                   I = c.intermediate_size;
     const int64_t past = cache.length;
-    // Per-thread scratch (kernels_gemm.hpp), reused by every layer and call: a [T, D] normed input,
-    // q and o [T, Hq*hd], y [T, D] a projection's output, gate and up [T, I].
-    float* a = scratch<16>(size_t(T * D));
-    float* q = scratch<17>(size_t(T * Hq * hd));
-    float* o = scratch<18>(size_t(T * Hq * hd));
-    float* y = scratch<19>(size_t(T * D));
-    float* gate = scratch<20>(size_t(T * I));
-    float* up = scratch<21>(size_t(T * I));
-    // this chunk's keys and values: in the fp32 cache, or (bf16 cache) computed in scratch and rounded in
+    auto& ws = thread_workspace<DecoderLayerWorkspace>();
+    float* a = ws.normed.get(size_t(T * D));
+    float* q = ws.queries.get(size_t(T * Hq * hd));
+    float* o = ws.attention.get(size_t(T * Hq * hd));
+    float* y = ws.projected.get(size_t(T * D));
+    float* gate = ws.gate.get(size_t(T * I));
+    float* up = ws.up.get(size_t(T * I));
+    // this chunk's keys and values: in the fp32 cache, or (bf16 cache) computed in the workspace and rounded in
     const int64_t row = Hkv * hd;
-    float* kc = cache.bf16() ? scratch<29>(size_t(T * row)) : cache.k[size_t(layer)].data() + past * row;
-    float* vc = cache.bf16() ? scratch<30>(size_t(T * row)) : cache.v[size_t(layer)].data() + past * row;
+    float* kc = cache.bf16() ? ws.new_keys.get(size_t(T * row)) : cache.k[size_t(layer)].data() + past * row;
+    float* vc = cache.bf16() ? ws.new_values.get(size_t(T * row)) : cache.v[size_t(layer)].data() + past * row;
 
     rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a);
     const Matrix* qkv_w[] = {&L.q, &L.k, &L.v};

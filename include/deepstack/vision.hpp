@@ -59,6 +59,12 @@ inline void linear_forward(const float* x, int64_t M, const Linear& l, float* y,
     matmul(x, M, l.w, y, l.b.empty() ? nullptr : l.b.data(), mode);
 }
 
+// A vision block's activations, per thread, reused by every block and call: y [S, Dv] the normed
+// input or a projection's output, qkv [S, 3*Dv] (later the MLP hidden [S, I]), attn [S, Dv].
+struct VisionBlockWorkspace {
+    Workspace normed, qkv_or_hidden, attention;
+};
+
 // One vision block over all patches S; `segments` are [begin, end) row ranges that attend
 // only within themselves; cos/sin [S, dh/2].
 inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, const VisionConfig& cfg,
@@ -66,11 +72,10 @@ inline void vision_block(float* x, int64_t S, const VisionBlockWeights& blk, con
                          Compute mode) {
     const int64_t Dv = cfg.hidden_size, I = cfg.intermediate_size;
     const int heads = cfg.num_heads, dh = cfg.head_dim();
-    // Per-thread scratch (kernels_gemm.hpp), reused by every block and call: y [S, Dv] normed input
-    // or a projection's output, qkv [S, 3*Dv] (later the MLP hidden [S, I]), attn [S, Dv].
-    float* y = scratch<16>(size_t(S * Dv));
-    float* qkv = scratch<17>(size_t(S * std::max<int64_t>(3 * Dv, I)));
-    float* attn = scratch<21>(size_t(S * Dv));
+    auto& ws = thread_workspace<VisionBlockWorkspace>();
+    float* y = ws.normed.get(size_t(S * Dv));
+    float* qkv = ws.qkv_or_hidden.get(size_t(S * std::max<int64_t>(3 * Dv, I)));
+    float* attn = ws.attention.get(size_t(S * Dv));
     layernorm(x, S, Dv, blk.norm1.w.data(), blk.norm1.b.data(), 1e-6f, y);
     linear_forward(y, S, blk.qkv, qkv, mode);
     // qkv row = [q heads | k heads | v heads]: rotate q and k in place; attention reads the three
