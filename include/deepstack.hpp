@@ -2,6 +2,9 @@
 // The one header a host includes; it pulls in the modules below.
 #pragma once
 #include "deepstack/common.hpp"
+#include "deepstack/files.hpp"
+#include "deepstack/json.hpp"
+#include "deepstack/stb.hpp"
 #include "deepstack/safetensors.hpp"
 #include "deepstack/config.hpp"
 #include "deepstack/kernels.hpp"

@@ -8,11 +8,18 @@
 #include <deepstack.hpp>
 #include <deepstack/tokenizer.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <random>
+#include <thread>
 
 using namespace deepstack;
 namespace fs = std::filesystem;
@@ -184,7 +191,7 @@ TEST_CASE("model folder: model.safetensors is a directory") {
     BrokenModel m;
     fs::remove(m.file("model.safetensors"));
     fs::create_directory(m.file("model.safetensors"));
-    CHECK_THROWS_WITH_AS(m.load(), doctest::Contains("model.safetensors: not a regular file"), Error);
+    CHECK_THROWS_WITH_AS(m.load(), doctest::Contains("model.safetensors: is a directory, not a regular file"), Error);
 }
 
 // ---- safetensors, byte level --------------------------------------------------------------------
@@ -895,6 +902,201 @@ TEST_CASE("text: visual input whose pixels do not match its grid") {
                          Error);
 }
 
+// =================================== files that are not regular files, size caps ===================
+
+namespace {
+
+// A FIFO at `path`. Should a reader block on it (the failure these tests guard against), a
+// watchdog opens the write end after 20 s so the read ends and the test fails instead of hanging.
+struct Fifo {
+    std::string path;
+    std::atomic<bool> done{false};
+    std::thread watchdog;
+    explicit Fifo(std::string p) : path(std::move(p)) {
+        REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+        watchdog = std::thread([this] {
+            for (int i = 0; i < 200 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            while (!done) {
+                const int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK);
+                if (fd >= 0) ::close(fd);
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            }
+        });
+    }
+    ~Fifo() {
+        done = true;
+        watchdog.join();
+    }
+};
+
+}  // namespace
+
+TEST_CASE("inputs: a FIFO anywhere an input file is read is refused at once") {
+    BrokenModel b;
+    const std::string fifo_error = "is a FIFO (named pipe), not a regular file";
+    {
+        Fifo f(b.str("picture.png"));
+        CHECK_THROWS_WITH_AS(load_image(f.path), (f.path + ": " + fifo_error).c_str(), Error);
+        CHECK_THROWS_WITH_AS(load_video(f.path, 0, PreprocessConfig{}), (f.path + ": " + fifo_error).c_str(), Error);
+    }
+    {
+        Fifo f(b.str("clip.txt"));
+        CHECK_THROWS_WITH_AS(load_video(f.path, 0, PreprocessConfig{}), (f.path + ": " + fifo_error).c_str(), Error);
+    }
+    {
+        Fifo f(b.str("frame.png"));
+        write_text(b.str("list.txt"), "frame.png\nframe.png\n");
+        CHECK_THROWS_WITH_AS(load_video(b.str("list.txt"), 0, PreprocessConfig{}), (f.path + ": " + fifo_error).c_str(), Error);
+    }
+    for (const char* name : {"generation_config.json", "preprocessor_config.json", "video_preprocessor_config.json", "config.json"}) {
+        CAPTURE(name);
+        fs::remove(b.file(name));
+        Fifo f(b.file(name));
+        if (std::string(name) == "generation_config.json") {
+            CHECK_THROWS_WITH_AS(load_generation_config(b.model), (f.path + ": " + fifo_error).c_str(), Error);
+        } else {
+            CHECK_THROWS_WITH_AS(b.load(), (f.path + ": " + fifo_error).c_str(), Error);
+        }
+        fs::remove(f.path);
+        fs::copy_file(kTinyImage + "/model/" + name, b.file(name));
+    }
+    {
+        Fifo f(b.str("tokenizer.json"));
+        CHECK_THROWS_WITH_AS(Tokenizer::load(f.path), (f.path + ": " + fifo_error).c_str(), Error);
+    }
+    CHECK_THROWS_WITH_AS(load_image("/dev/zero"), "/dev/zero: is a character device, not a regular file", Error);
+    CHECK_THROWS_WITH_AS(Tokenizer::load(b.str()), (b.str() + ": is a directory, not a regular file").c_str(), Error);
+}
+
+TEST_CASE("inputs: JSON files above their size cap are refused before they are read") {
+    BrokenModel b;
+    fs::resize_file(b.file("config.json"), uintmax_t(2) << 30);  // sparse: 2 GiB that take no disk space
+    CHECK_THROWS_WITH_AS(b.load(), (b.file("config.json") + ": 2147483648 bytes is too large for a JSON file (limit 16777216 bytes)").c_str(), Error);
+    write_text(b.str("tokenizer.json"), "{}");
+    fs::resize_file(b.str("tokenizer.json"), uintmax_t(2) << 30);
+    CHECK_THROWS_WITH_AS(Tokenizer::load(b.str("tokenizer.json")),
+                         (b.str("tokenizer.json") + ": 2147483648 bytes is too large for a tokenizer.json (limit 268435456 bytes)").c_str(), Error);
+}
+
+TEST_CASE("inputs: JSON nested deeper than the limit is refused (configs, safetensors index)") {
+    BrokenModel b;
+    const std::string deep = std::string(20000, '[') + std::string(20000, ']');
+    write_text(b.file("config.json"), "{\"model_type\": \"qwen3_vl\", \"x\": " + deep + "}");
+    CHECK_THROWS_WITH_AS(b.load(), (b.file("config.json") + ": JSON nested deeper than 128 levels").c_str(), Error);
+    fs::rename(b.file("model.safetensors"), b.file("model-00001-of-00001.safetensors"));
+    write_text(b.file("model.safetensors.index.json"), "{\"weight_map\": " + deep + "}");
+    CHECK_THROWS_WITH_AS(WeightStore::open_folder(b.model), (b.file("model.safetensors.index.json") + ": JSON nested deeper than 128 levels").c_str(), Error);
+}
+
+TEST_CASE("safetensors: bytes after the last tensor are refused, before a read-in copy is made") {
+    BrokenModel b;
+    auto [h, data] = b.read_safetensors();
+    const size_t used = data.size();
+    data.resize(used + 5);
+    b.write_safetensors(h.dump(), data);
+    CHECK_THROWS_WITH_AS(b.load(), doctest::Contains("model.safetensors: 5 bytes after the last tensor's data that no tensor uses"), Error);
+    fs::resize_file(b.file("model.safetensors"), fs::file_size(b.file("model.safetensors")) + (uintmax_t(5) << 30));  // 5 GiB sparse
+    CHECK_THROWS_WITH_AS(WeightStore::open_folder(b.model, FileAccess::Read), doctest::Contains("5368709125 bytes after the last tensor's data"), Error);
+}
+
+TEST_CASE("safetensors: a shard name holding a NUL byte") {
+    BrokenModel b;
+    fs::rename(b.file("model.safetensors"), b.file("model-00001-of-00001.safetensors"));
+    json idx = {{"weight_map", {{kNorm, std::string("model\0.safetensors", 18)}}}};
+    b.write_json("model.safetensors.index.json", idx);
+    CHECK_THROWS_WITH_AS(WeightStore::open_folder(b.model),
+                         (b.file("model.safetensors.index.json") + ": a shard name holds a NUL byte (must be a plain file name)").c_str(), Error);
+}
+
+// =================================== numeric fields ==============================================
+
+TEST_CASE("config.json: rms_norm_eps must be finite, positive and at most 1") {
+    for (double eps : {-1.0, 0.0, 1e300}) {
+        CAPTURE(eps);
+        BrokenModel b;
+        b.edit_config([&](json& j) { j["text_config"]["rms_norm_eps"] = eps; });
+        CHECK_THROWS_WITH_AS(b.load(), doctest::Contains("config.json: text_config: field 'rms_norm_eps' = "), Error);
+        CHECK_THROWS_WITH_AS(b.load(), doctest::Contains("must be a finite number in (1e-30, 1]"), Error);
+    }
+}
+
+TEST_CASE("preprocessor_config.json: image_std, image_mean, rescale_factor and fps within bounds") {
+    struct Case {
+        const char* key;
+        json value;
+        const char* message;
+    };
+    const Case cases[] = {
+        {"image_std", {0.5, 1e-45, 0.5}, "field 'image_std'[1] = 1e-45 must be a finite number in [0.001, 1000]"},
+        {"image_mean", {0.5, 0.5, -1e9}, "field 'image_mean'[2] = -1e+09 must be a finite number in [-1000, 1000]"},
+        {"rescale_factor", 1e308, "field 'rescale_factor' = 1e+308 must be a finite number in (0, 1]"},
+        {"rescale_factor", 0, "field 'rescale_factor' = 0 must be a finite number in (0, 1]"},
+        {"fps", 1e308, "field 'fps' = 1e+308 must be a finite number in (0, 1000]"},
+        {"max_frames", 1 << 30, "field 'max_frames' = 1073741824 is above the limit of 100000"},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.key);
+        BrokenModel b;
+        json j = b.read_json("video_preprocessor_config.json");
+        j[c.key] = c.value;
+        b.write_json("video_preprocessor_config.json", j);
+        CHECK_THROWS_WITH_AS(b.load(), doctest::Contains(c.message), Error);
+    }
+}
+
+TEST_CASE("generation_config.json and SamplingParams: settings outside their ranges are refused, naming the field") {
+    const std::pair<json, const char*> cases[] = {
+        {{{"do_sample", true}, {"temperature", -1}}, "field 'temperature' = -1 must be a finite number in [0, 100]"},
+        {{{"do_sample", true}, {"top_p", 0}}, "field 'top_p' = 0 must be a finite number in (0, 1]"},
+        {{{"do_sample", true}, {"top_p", 1.5}}, "field 'top_p' = 1.5 must be a finite number in (0, 1]"},
+        {{{"do_sample", true}, {"min_p", -0.1}}, "field 'min_p' = -0.1 must be a finite number in [0, 1]"},
+        {{{"repetition_penalty", 0}}, "field 'repetition_penalty' = 0 must be a finite number in (0, 100]"},
+        {{{"presence_penalty", 1e300}}, "field 'presence_penalty' = 1e+300 must be a finite number in [-100, 100]"},
+    };
+    for (const auto& [fields, message] : cases) {
+        CAPTURE(fields.dump());
+        BrokenModel b;
+        b.write_json("generation_config.json", fields);
+        CHECK_THROWS_WITH_AS(load_generation_config(b.model), doctest::Contains(message), Error);
+    }
+    SamplingParams p;
+    p.temperature = -1;
+    CHECK_THROWS_WITH_AS(check_sampling_params(p), "sampling: temperature = -1 is outside [0, 100] (0 is greedy)", Error);
+    CHECK_THROWS_WITH_AS(Sampler{p}, "sampling: temperature = -1 is outside [0, 100] (0 is greedy)", Error);
+    p.temperature = std::nanf("");
+    CHECK_THROWS_WITH_AS(check_sampling_params(p), doctest::Contains("sampling: temperature = nan is outside"), Error);
+    p = SamplingParams{};
+    p.top_p = 0;
+    CHECK_THROWS_WITH_AS(check_sampling_params(p), "sampling: top_p = 0 is outside (0, 1]", Error);
+    p = SamplingParams{};
+    p.top_k = -3;
+    CHECK_THROWS_WITH_AS(check_sampling_params(p), "sampling: top_k = -3 must be >= 0 (0 keeps all tokens)", Error);
+}
+
+// =================================== text the library parses =====================================
+
+TEST_CASE("grounding: parse_boxes on JSON nested 20000 deep skips it without recursing") {
+    std::string text;
+    for (int i = 0; i < 20000; ++i) text += "{\"a\":";
+    text += "1";
+    text += std::string(20000, '}');
+    text += R"( [{"bbox_2d": [0, 0, 500, 500], "label": "cat"}])";
+    const std::vector<Box> boxes = parse_boxes(text, 100, 100);
+    REQUIRE(boxes.size() == 1);
+    CHECK(boxes[0].label == "cat");
+    CHECK(boxes[0].x2 == 50);
+    CHECK(parse_boxes(std::string(30000, '['), 100, 100).empty());
+}
+
+TEST_CASE("tokenizer: a 10 MB run of spaces is split with Qwen's pre-tokenizer regex (no match-limit error)") {
+    json j = small_tokenizer_json();
+    j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] =
+        R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+    const Tokenizer tok = Tokenizer::parse(j.dump(), "tokenizer.json");
+    const std::vector<int> ids = tok.encode(std::string(10 << 20, ' '));
+    CHECK(ids.size() == size_t(10) << 20);  // no merges of spaces in this vocabulary: one id per byte
+}
+
 // Last in the file: a stack overflow here would end the test program.
 TEST_CASE("tokenizer.json: deeply nested value in an unsupported field") {
     json j = small_tokenizer_json();
@@ -902,5 +1104,5 @@ TEST_CASE("tokenizer.json: deeply nested value in an unsupported field") {
     nested += std::string(100000, ']');
     std::string text = j.dump();
     text.replace(text.find("\"truncation\":null"), 17, "\"truncation\":" + nested);
-    CHECK_THROWS_WITH_AS(Tokenizer::parse(text, "tokenizer.json"), doctest::Contains("tokenizer.json: field 'truncation'"), Error);
+    CHECK_THROWS_WITH_AS(Tokenizer::parse(text, "tokenizer.json"), "tokenizer.json: JSON nested deeper than 128 levels", Error);
 }

@@ -4,7 +4,7 @@
 #include <deepstack.hpp>
 #include <deepstack/video.hpp>
 
-#include <stb_image_write.h>
+#include <deepstack/stb.hpp>
 
 #include <fstream>
 #include <unistd.h>
@@ -42,7 +42,7 @@ Image colour_frame(int i, int width = 64, int height = 32) {
 }
 
 void write_png(const std::string& path, const Image& img) {
-    REQUIRE(stbi_write_png(path.c_str(), img.width, img.height, 3, img.rgb.data(), img.width * 3));
+    REQUIRE(detail::stb::stbi_write_png(path.c_str(), img.width, img.height, 3, img.rgb.data(), img.width * 3));
 }
 
 // Which synthetic frame an image is (by its first pixel).
@@ -69,7 +69,7 @@ void check_golden(const VideoClip& clip) {
     CHECK(clip.total_frames == 4);
     CHECK(clip.fps == 2.0);
     CHECK(clip.frame_indices == std::vector<int>{0, 1, 2, 3});
-    const VisualInput v = prepare_video(*model, clip.frames, clip.frame_indices, clip.fps);
+    const VisualInput v = prepare_video(*model, clip);
     CHECK(v.patches.grid_thw == std::array<int, 3>{2, 8, 16});
     WeightStore golden;
     golden.add_file(kVideo + "golden.safetensors");
@@ -115,8 +115,12 @@ TEST_CASE("load_video: a folder of frames, sorted by name, only the sampled ones
     CHECK(clip.fps == 4);
     CHECK(clip.frame_indices == std::vector<int>{0, 2, 4, 7, 9});
     CHECK(frame_numbers(clip) == clip.frame_indices);
-    CHECK(clip.frames[0].width == 64);
-    CHECK(clip.frames[0].height == 32);
+    // Kept at the processor size of 5 frames of 64x32 (scaled up to the 65536-pixel minimum).
+    CHECK(clip.source_width == 64);
+    CHECK(clip.source_height == 32);
+    CHECK(clip.frames[0].width == 192);
+    CHECK(clip.frames[0].height == 96);
+    CHECK(video_frame_size(5, 32, 64, cfg) == std::pair{96, 192});
 
     // A lower target rate: n = int(10/4*1) = 2 -> 4 frames at linspace(0, 9, 4) = 0, 3, 6, 9.
     const VideoClip slow = load_video(tmp.path.string(), 4, cfg, 1.0);
@@ -247,7 +251,8 @@ TEST_CASE("load_video (FFmpeg): 30 frames at 30 fps, frame count from the index 
         CHECK(clip.fps == doctest::Approx(30.0));
         CHECK(clip.frame_indices == std::vector<int>{0, 10, 19, 29});
         CHECK(frame_numbers(clip) == clip.frame_indices);
-        for (size_t k = 0; k < clip.frames.size(); ++k) CHECK(clip.frames[k].rgb == frames[size_t(clip.frame_indices[k])].rgb);
+        const auto [h, w] = video_frame_size(4, 32, 64, PreprocessConfig{});
+        for (size_t k = 0; k < clip.frames.size(); ++k) CHECK(clip.frames[k].rgb == resize_bicubic(frames[size_t(clip.frame_indices[k])], w, h).rgb);
         // A given source rate overrides the file's: 30 frames "at 10 fps" -> n = 6.
         CHECK(load_video(tmp / file, 10, PreprocessConfig{}).frame_indices == std::vector<int>{0, 6, 12, 17, 23, 29});
     }

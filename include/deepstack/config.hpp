@@ -2,13 +2,13 @@
 // model folder. Every size comes from the files; every field is checked with an error naming it.
 #pragma once
 #include "common.hpp"
+#include "json.hpp"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <fstream>
+#include <cstdio>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 namespace deepstack {
 
@@ -82,18 +82,6 @@ struct PreprocessConfig {
 
 namespace detail {
 
-inline nlohmann::json read_json_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(path + ": cannot open");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    try {
-        return nlohmann::json::parse(ss.str());
-    } catch (const std::exception& e) {
-        throw Error(path + ": not valid JSON (" + e.what() + ")");
-    }
-}
-
 // Typed field access with errors that name the file and the field.
 struct JsonReader {
     const nlohmann::json& j;
@@ -124,6 +112,19 @@ struct JsonReader {
         if (!v) return fallback;
         if (!v->is_number()) throw Error(where + ": field '" + key + "' must be a number");
         return v->get<double>();
+    }
+    // A finite number in [lo, hi] (in (lo, hi] when `above_lo`), named in the error otherwise.
+    double number_in(const char* key, double fallback, double lo, double hi, bool above_lo = false) const {
+        const double x = number(key, fallback);
+        if (!(std::isfinite(x) && (above_lo ? x > lo : x >= lo) && x <= hi))
+            throw Error(where + ": field '" + key + "' = " + number_text(x) + " must be a finite number in " + (above_lo ? "(" : "[") +
+                        number_text(lo) + ", " + number_text(hi) + "]");
+        return x;
+    }
+    static std::string number_text(double x) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%g", x);
+        return buf;
     }
     bool boolean(const char* key, bool fallback) const {
         const auto* v = find(key);
@@ -173,8 +174,7 @@ inline FusionConfig parse_fusion(const JsonReader& vision) {
         f.type = FusionConfig::Type::Inject;
     } else if (t == "gated") {
         f.type = FusionConfig::Type::Gated;
-        f.eps = float(r.number("eps", 1e-6));
-        if (!(f.eps > 0)) throw Error(where + ": field 'eps' must be positive");
+        f.eps = float(r.number_in("eps", 1e-6, 1e-30, 1, true));
     } else if (t == "stack" || t == "stack_vit") {
         f.type = t == "stack" ? FusionConfig::Type::Stack : FusionConfig::Type::StackVit;
         f.layer_start = r.nonneg_int("layer_start", 0);
@@ -232,7 +232,7 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
     // (a model whose every layer is sparse may leave the dense width out)
     t.intermediate_size = any_dense ? tc.positive_int("intermediate_size") : tc.positive_int("intermediate_size", 0);
     t.vocab_size = tc.positive_int("vocab_size");
-    t.rms_norm_eps = float(tc.number("rms_norm_eps", 1e-6));
+    t.rms_norm_eps = float(tc.number_in("rms_norm_eps", 1e-6, 1e-30, 1, true));
     t.max_position_embeddings = tc.positive_int("max_position_embeddings", 262144);
     if (t.num_attention_heads % t.num_key_value_heads)
         throw Error(file + ": text_config.num_attention_heads (" + std::to_string(t.num_attention_heads) +
@@ -242,12 +242,12 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
                     "; without head_dim it is hidden_size / num_attention_heads)");
 
     // Rope settings: transformers 4.57 (rope_theta + rope_scaling) or 5.x (rope_parameters).
-    t.rope_theta = tc.number("rope_theta", 0);
+    t.rope_theta = tc.number_in("rope_theta", 0, 0, 1e12);
     const char* rope_key = tc.find("rope_parameters") ? "rope_parameters" : tc.find("rope_scaling") ? "rope_scaling" : nullptr;
     std::vector<int> section;
     if (rope_key) {
         auto rp = tc.object(rope_key);
-        if (t.rope_theta == 0) t.rope_theta = rp.number("rope_theta", 0);
+        if (t.rope_theta == 0) t.rope_theta = rp.number_in("rope_theta", 0, 0, 1e12);
         section = rp.int_list("mrope_section");
         if (!rp.boolean("mrope_interleaved", true))
             throw Error(file + ": text_config." + rope_key + ".mrope_interleaved false (chunked M-RoPE) is not supported");
@@ -347,8 +347,7 @@ inline ModelConfig load_model_config(const std::string& path) { return parse_mod
 inline PreprocessConfig load_preprocess_config(const std::string& path, bool video) {
     PreprocessConfig p;
     if (video) { p.min_pixels = 128 * 32 * 32; p.max_pixels = 768 * 32 * 32; }
-    std::ifstream probe(path);
-    if (!probe) return p;
+    if (!detail::path_exists(path)) return p;
     nlohmann::json j = detail::read_json_file(path);
     if (!j.is_object()) throw Error(path + ": top level must be a JSON object");
     detail::JsonReader r{j, path};
@@ -376,17 +375,23 @@ inline PreprocessConfig load_preprocess_config(const std::string& path, bool vid
         if (!v) continue;
         if (!v->is_array() || v->size() != 3) throw Error(path + ": field '" + key + "' must be a list of 3 numbers");
         auto& dst = std::string(key) == "image_mean" ? p.mean : p.std;
+        // Normalised values (level * rescale_factor - mean) / std stay within about +-1e6.
+        const bool mean = std::string(key) == "image_mean";
+        const double lo = mean ? -1e3 : 1e-3, hi = 1e3;
         for (int i = 0; i < 3; ++i) {
             if (!(*v)[i].is_number()) throw Error(path + ": field '" + key + "' must be a list of 3 numbers");
-            dst[i] = (*v)[i].get<float>();
+            const double x = (*v)[i].get<double>();
+            if (!(std::isfinite(x) && x >= lo && x <= hi))
+                throw Error(path + ": field '" + key + "'[" + std::to_string(i) + "] = " + detail::JsonReader::number_text(x) +
+                            " must be a finite number in [" + detail::JsonReader::number_text(lo) + ", " + detail::JsonReader::number_text(hi) + "]");
+            dst[size_t(i)] = float(x);
         }
     }
-    for (float s : p.std) if (!(s > 0)) throw Error(path + ": image_std must be positive");
-    p.rescale_factor = r.number("rescale_factor", p.rescale_factor);
-    p.fps = r.number("fps", p.fps);
+    p.rescale_factor = r.number_in("rescale_factor", p.rescale_factor, 0, 1, true);
+    p.fps = r.number_in("fps", p.fps, 0, 1000, true);
     p.min_frames = r.positive_int("min_frames", p.min_frames);
     p.max_frames = r.positive_int("max_frames", p.max_frames);
-    if (!(p.fps > 0)) throw Error(path + ": fps must be positive");
+    if (p.max_frames > 100000) throw Error(path + ": field 'max_frames' = " + std::to_string(p.max_frames) + " is above the limit of 100000");
     return p;
 }
 

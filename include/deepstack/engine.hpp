@@ -80,9 +80,10 @@ inline Sampling sampling_of(const SamplingParams& p) {
     return s;
 }
 
-// The sampled frames of a request's video.
-inline VideoClip video_clip(const VideoInput& v, const PreprocessConfig& cfg) {
-    if (!v.path.empty()) return load_video(v.path, v.fps, cfg);
+// The sampled frames of a request's video; frames read from a file are resized to the processor
+// size for cfg as they are decoded, unless `resize` is false.
+inline VideoClip video_clip(const VideoInput& v, const PreprocessConfig& cfg, bool resize) {
+    if (!v.path.empty()) return load_video(v.path, v.fps, cfg, 0, resize);
     if (v.frames.empty()) throw Error("request video: no path and no frames given");
     if (v.fps < 0 || !std::isfinite(v.fps)) throw Error("request video: fps must be positive (0: " + std::to_string(kDefaultFolderFps) + ")");
     VideoClip clip;
@@ -90,6 +91,7 @@ inline VideoClip video_clip(const VideoInput& v, const PreprocessConfig& cfg) {
     clip.total_frames = int(std::min(v.frames.size(), size_t(INT_MAX)));
     clip.frame_indices = sample_frame_indices(clip.total_frames, clip.fps, cfg);
     for (int i : clip.frame_indices) clip.frames.push_back(v.frames[size_t(i)]);
+    clip.source_width = clip.frames.front().width, clip.source_height = clip.frames.front().height;
     return clip;
 }
 
@@ -128,13 +130,16 @@ inline PreparedTurn prepare_turn(const EngineState& e, const Request& request, R
         user.parts.push_back(image_part(int(t.visuals.size()) - 1));
     }
     if (request.video) {
-        const VideoClip clip = video_clip(*request.video, m.video_config);
-        t.visuals.push_back(prepare_video(m, clip.frames, clip.frame_indices, clip.fps, {o.video_min_pixels, o.video_max_pixels}));
-        const Image& frame = clip.frames.front();
-        InputInfo info = input_info(t.visuals.back(), request.video->path, frame, m.config);
+        const PixelBudget budget{o.video_min_pixels, o.video_max_pixels};
+        const bool resize = m.config.vision.fusion.type != FusionConfig::Type::StackVit;  // its high-resolution stream needs source frames
+        const VideoClip clip = video_clip(*request.video, with_budget(m.video_config, budget), resize);
+        t.visuals.push_back(prepare_video(m, clip, budget));
+        Image source_size;  // the frames' size in the video (input_info reads width and height)
+        source_size.width = clip.source_width, source_size.height = clip.source_height;
+        InputInfo info = input_info(t.visuals.back(), request.video->path, source_size, m.config);
         info.fps = clip.fps, info.total_frames = clip.total_frames, info.frame_indices = clip.frame_indices;
         reply.inputs.push_back(std::move(info));
-        if (t.visuals.size() == 1) t.box_width = frame.width, t.box_height = frame.height;
+        if (t.visuals.size() == 1) t.box_width = clip.source_width, t.box_height = clip.source_height;
         user.parts.push_back(video_part(int(t.visuals.size()) - 1));
     }
     user.parts.push_back(text_part(request.prompt));

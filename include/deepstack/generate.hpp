@@ -126,7 +126,7 @@ inline std::vector<int> build_prompt_ids(const Tokenizer& tok, const ModelConfig
 // How the next token is chosen, and when the reply ends. The defaults are greedy decoding.
 // Order as in Hugging Face generate: penalties, then temperature, top-k, top-p, min-p.
 struct SamplingParams {
-    float temperature = 0;          // <= 0: greedy (the most likely token after penalties)
+    float temperature = 0;          // 0: greedy (the most likely token after penalties); negative is refused
     int top_k = 0;                  // keep the k most likely tokens; 0 keeps all
     float top_p = 1;                // keep the most likely tokens until their probability reaches top_p; 1 keeps all
     float min_p = 0;                // drop tokens less likely than min_p times the most likely one; 0 keeps all
@@ -137,6 +137,10 @@ struct SamplingParams {
     std::vector<int> stop_token_ids;  // end tokens besides <|im_end|>, <|endoftext|> and config.json's eos_token_id
 };
 
+// Upper bounds of the sampling settings (far above any useful value; they keep the arithmetic finite).
+constexpr float kMaxTemperature = 100;
+constexpr float kMaxPenalty = 100;
+
 // Sampling defaults from `dir`/generation_config.json (Hugging Face GenerationConfig fields
 // do_sample, temperature, top_k, top_p, min_p, repetition_penalty, eos_token_id as an int or a
 // list, max_new_tokens; also presence_penalty when present). With do_sample false (the
@@ -146,22 +150,38 @@ struct SamplingParams {
 inline SamplingParams load_generation_config(const std::string& dir) {
     SamplingParams p;
     const std::string path = dir + "/generation_config.json";
-    std::ifstream probe(path);
-    if (!probe) return p;
+    if (!detail::path_exists(path)) return p;
     const nlohmann::json j = detail::read_json_file(path);
     if (!j.is_object()) throw Error(path + ": top level must be a JSON object");
     detail::JsonReader r{j, path};
     if (r.boolean("do_sample", false)) {
-        p.temperature = float(r.number("temperature", 1.0));
+        p.temperature = float(r.number_in("temperature", 1.0, 0, kMaxTemperature));
         p.top_k = r.nonneg_int("top_k", 50);
-        p.top_p = float(r.number("top_p", 1.0));
-        p.min_p = float(r.number("min_p", 0.0));
+        p.top_p = float(r.number_in("top_p", 1.0, 0, 1, true));
+        p.min_p = float(r.number_in("min_p", 0.0, 0, 1));
     }
-    p.repetition_penalty = float(r.number("repetition_penalty", 1.0));
-    p.presence_penalty = float(r.number("presence_penalty", 0.0));
+    p.repetition_penalty = float(r.number_in("repetition_penalty", 1.0, 0, kMaxPenalty, true));
+    p.presence_penalty = float(r.number_in("presence_penalty", 0.0, -kMaxPenalty, kMaxPenalty));
     p.max_new_tokens = r.nonneg_int("max_new_tokens", p.max_new_tokens);
     p.stop_token_ids = r.int_list("eos_token_id");
     return p;
+}
+
+// Refuses settings outside their ranges, naming the field: temperature in [0, kMaxTemperature],
+// top_k >= 0, top_p in (0, 1], min_p in [0, 1], repetition_penalty in (0, kMaxPenalty],
+// presence_penalty in [-kMaxPenalty, kMaxPenalty], max_new_tokens >= 0 (NaN is outside every range).
+inline void check_sampling_params(const SamplingParams& p) {
+    auto range = [](const char* field, float v, const char* allowed) {
+        return Error(std::string("sampling: ") + field + " = " + detail::JsonReader::number_text(v) + " is outside " + allowed);
+    };
+    if (!(p.temperature >= 0 && p.temperature <= kMaxTemperature)) throw range("temperature", p.temperature, "[0, 100] (0 is greedy)");
+    if (p.top_k < 0) throw Error("sampling: top_k = " + std::to_string(p.top_k) + " must be >= 0 (0 keeps all tokens)");
+    if (!(p.top_p > 0 && p.top_p <= 1)) throw range("top_p", p.top_p, "(0, 1]");
+    if (!(p.min_p >= 0 && p.min_p <= 1)) throw range("min_p", p.min_p, "[0, 1]");
+    if (!(p.repetition_penalty > 0 && p.repetition_penalty <= kMaxPenalty)) throw range("repetition_penalty", p.repetition_penalty, "(0, 100]");
+    if (!(p.presence_penalty >= -kMaxPenalty && p.presence_penalty <= kMaxPenalty))
+        throw range("presence_penalty", p.presence_penalty, "[-100, 100]");
+    if (p.max_new_tokens < 0) throw Error("sampling: max_new_tokens = " + std::to_string(p.max_new_tokens) + " must be >= 0");
 }
 
 // Picks tokens from logits by SamplingParams; deterministic for a given seed. Remembers the
@@ -169,12 +189,7 @@ inline SamplingParams load_generation_config(const std::string& dir) {
 class Sampler {
 public:
     explicit Sampler(const SamplingParams& params) : p_(params), rng_(params.seed) {
-        if (p_.top_k < 0) throw Error("sampling: top_k must be >= 0");
-        if (!(p_.top_p > 0 && p_.top_p <= 1)) throw Error("sampling: top_p must be in (0, 1]");
-        if (!(p_.min_p >= 0 && p_.min_p <= 1)) throw Error("sampling: min_p must be in [0, 1]");
-        if (!(p_.repetition_penalty > 0)) throw Error("sampling: repetition_penalty must be positive");
-        if (!std::isfinite(p_.temperature) || !std::isfinite(p_.presence_penalty)) throw Error("sampling: temperature and presence_penalty must be finite");
-        if (p_.max_new_tokens < 0) throw Error("sampling: max_new_tokens must be >= 0");
+        check_sampling_params(p_);
     }
 
     // Tokens the repetition penalty looks at besides the picked ones (the prompt).

@@ -7,8 +7,9 @@
 #pragma once
 #include "image.hpp"
 
+#include "stb.hpp"
+
 #include <nlohmann/json.hpp>
-#include <stb_image_write.h>
 
 namespace deepstack {
 
@@ -137,7 +138,8 @@ inline void draw_text(Image& img, int x, int y, const std::string& text, int sca
 // sit in a ```json fence or among other text, be one object or a list, be cut off after some
 // complete objects; every object with a 4-number "bbox_2d" (corners in any order) or a 2-number
 // "point_2d" becomes a Box, in order, with its "label" (empty when absent). Coordinates are
-// clamped to [0, width] x [0, height]. Text without boxes gives an empty list.
+// clamped to [0, width] x [0, height]. Text without boxes gives an empty list. An object nested
+// deeper than kMaxJsonDepth is skipped whole.
 inline std::vector<Box> parse_boxes(const std::string& model_text, int image_width, int image_height) {
     if (image_width <= 0 || image_height <= 0)
         throw Error("parse_boxes: image size " + detail::dims_str(image_width, image_height) + " (WxH) must be positive");
@@ -145,6 +147,10 @@ inline std::vector<Box> parse_boxes(const std::string& model_text, int image_wid
     for (size_t i = model_text.find('{'); i != std::string::npos; i = model_text.find('{', i)) {
         const size_t end = detail::json_object_end(model_text, i);
         if (end == std::string::npos) break;  // unclosed: a cut-off answer
+        if (detail::json_nesting_depth(std::string_view(model_text).substr(i, end - i)) > kMaxJsonDepth) {
+            i = end;  // nested too deep to hold boxes (and to walk recursively): skipped whole
+            continue;
+        }
         const nlohmann::json v = nlohmann::json::parse(model_text.begin() + long(i), model_text.begin() + long(end), nullptr, false);
         if (v.is_discarded()) {
             ++i;  // not JSON: look inside it
@@ -189,7 +195,7 @@ inline void draw_boxes(const Image& img, const std::vector<Box>& boxes, const st
         const uint8_t ink[3] = {uint8_t(light ? 0 : 255), uint8_t(light ? 0 : 255), uint8_t(light ? 0 : 255)};
         detail::draw_text(out, tx + 2 * scale, ty + scale, b.label, scale, ink);
     }
-    if (!stbi_write_png(png_path.c_str(), out.width, out.height, 3, out.rgb.data(), out.width * 3))
+    if (!detail::stb::stbi_write_png(png_path.c_str(), out.width, out.height, 3, out.rgb.data(), out.width * 3))
         throw Error(png_path + ": cannot write the PNG");
 }
 

@@ -11,8 +11,7 @@
 #include "common.hpp"
 #include "config.hpp"
 #include "safetensors.hpp"
-
-#include <stb_image.h>
+#include "stb.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -45,6 +44,18 @@ struct VisualPatches {
     std::vector<float> pixels;      // [grid_t*grid_h*grid_w, 3*temporal*patch*patch], rows in merge-window order
     std::array<int, 3> grid_thw{};  // (t, h, w) in patch units
     int height = 0, width = 0;      // resized size in pixels
+};
+
+// The sampled frames of a video and where they came from (load_video); prepare_video(model, clip)
+// turns it into a visual input with its timestamps. The frames are resized as they are decoded, to
+// the processor's size for the sampled frame count (smart_resize_video), so only small frames are
+// ever held; source_width x source_height is their size in the video.
+struct VideoClip {
+    std::vector<Image> frames;       // the sampled frames, in order, all one size
+    std::vector<int> frame_indices;  // index of each sampled frame in the source
+    double fps = 0;                  // source frame rate the timestamps use (index / fps seconds)
+    int total_frames = 0;            // frames in the source
+    int source_width = 0, source_height = 0;  // frame size in the source
 };
 
 namespace detail {
@@ -267,43 +278,106 @@ inline bool parse_pnm_header(const uint8_t* d, size_t size, PnmHeader& h) {
     return true;
 }
 
+// A JPEG Huffman table (DHT segment) with more than 256 codes, or the empty string. stb_image 2.27
+// writes a table's code lengths and values into arrays of 257 and 256 entries without checking the
+// count, so such a table would overwrite the decoder's memory (found by the sanitizers once stb_image
+// was compiled with them). Walks the marker segments, skipping entropy-coded data after each SOS.
+inline std::string jpeg_huffman_problem(const uint8_t* d, size_t size) {
+    size_t i = 2;
+    while (i + 1 < size) {
+        if (d[i] != 0xFF) return {};  // not at a marker: leave the diagnosis to the decoder
+        const uint8_t m = d[i + 1];
+        if (m == 0xFF) { ++i; continue; }  // fill byte
+        i += 2;
+        if (m == 0xD8 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) continue;  // no length field
+        if (m == 0xD9 || i + 2 > size) return {};
+        const size_t len = size_t(d[i]) << 8 | d[i + 1];
+        if (len < 2 || len > size - i) return {};
+        if (m == 0xC4) {
+            for (size_t t = i + 2; t + 17 <= i + len;) {
+                size_t codes = 0;
+                for (size_t k = 1; k <= 16; ++k) codes += d[t + k];
+                if (codes > 256) return "corrupt JPEG (a Huffman table declares " + std::to_string(codes) + " codes, at most 256 exist)";
+                t += 17 + codes;
+            }
+        }
+        i += len;
+        if (m == 0xDA) {  // entropy-coded data up to the next marker that is not a restart or a stuffed 0xFF00
+            while (i + 1 < size && !(d[i] == 0xFF && d[i + 1] != 0 && !(d[i + 1] >= 0xD0 && d[i + 1] <= 0xD7))) ++i;
+        }
+    }
+    return {};
+}
+
 // What a file's own bytes say about its declared width x height, checked before decoding: stb_image
-// reads zeros past the end of its buffer, so a truncated file would otherwise decode to a partly
-// black picture of any declared size (a 66-byte TGA declaring 13648x13088 made 535 MB of pixels).
-// `pnm`: the parsed header when the file is a PGM / PPM, else null.
-// Returns an empty string when the file can hold its pixels, else the problem. Uncompressed TGA,
-// BMP and PNM must hold every pixel byte; a JPEG must end its data (an EOI marker) and codes at
-// least one bit per 8x8 block, so it cannot declare more than 512 pixels per byte.
+// reads zeros past the end of its buffer and allocates (and for GIF clears) the whole picture from
+// the header, so a truncated or tiny file would otherwise cost the memory of any size it declares (a
+// 66-byte TGA declaring 13648x13088 made 535 MB of pixels, a 51-byte GIF with a 13000x13000 screen
+// 1.09 GB). `pnm`: the parsed header when the file is a PGM / PPM, else null.
+// Returns an empty string when the file can hold its pixels, else the problem. Each format's bound
+// holds for every valid file of that format:
+//   uncompressed TGA, BMP, PNM  every pixel byte is in the file;
+//   JPEG   ends its data (an EOI marker) and codes at least one bit per 8x8 block: at most 512
+//          pixels per byte;
+//   PNG    deflate expands at most 1032 times: the filtered rows fit in 1032 x the IDAT bytes;
+//   GIF    an LZW code of at most 12 bits stands for at most 4096 pixels: at most 2731 pixels per
+//          byte of the file;
+//   RLE TGA  a packet of one count byte and at least one pixel value codes at most 128 pixels.
 inline std::string payload_problem(const uint8_t* d, size_t size, int64_t w, int64_t h, const PnmHeader* pnm) {
     auto le16 = [&](size_t i) { return int64_t(d[i]) | int64_t(d[i + 1]) << 8; };
     auto le32 = [&](size_t i) { return le16(i) | le16(i + 2) << 16; };
+    auto be32 = [&](size_t i) { return int64_t(d[i]) << 24 | int64_t(d[i + 1]) << 16 | int64_t(d[i + 2]) << 8 | int64_t(d[i + 3]); };
     auto truncated = [&](int64_t need, const char* format) {
         return int64_t(size) >= need ? std::string()
                                      : std::string("truncated ") + format + " (" + std::to_string(w) + "x" + std::to_string(h) + " needs " +
                                            std::to_string(need) + " bytes, the file has " + std::to_string(size) + ")";
+    };
+    auto too_many = [&](const char* format, int64_t coded_bytes, const char* bytes = "bytes") {
+        return std::string(format) + " declares " + std::to_string(w) + "x" + std::to_string(h) + " pixels, more than its " +
+               std::to_string(coded_bytes) + " " + bytes + " can code";
     };
     const int64_t pixels = w * h;
     if (size >= 2 && d[0] == 0xFF && d[1] == 0xD8) {  // JPEG
         bool has_eoi = false;
         for (size_t i = size; i-- > 2 && !has_eoi;) has_eoi = d[i - 1] == 0xFF && d[i] == 0xD9;
         if (!has_eoi) return "truncated JPEG (no end-of-image marker)";
-        if (pixels > 512 * int64_t(size))
-            return "JPEG declares " + std::to_string(w) + "x" + std::to_string(h) + " pixels, more than its " + std::to_string(size) + " bytes can code";
-        return {};
+        if (pixels > 512 * int64_t(size)) return too_many("JPEG", int64_t(size));
+        return jpeg_huffman_problem(d, size);
     }
     if (size >= 30 && d[0] == 'B' && d[1] == 'M') {  // BMP: BI_RGB or BI_BITFIELDS rows, 4-byte aligned
         const bool os2 = le32(14) == 12;
         const int64_t bits = os2 ? le16(24) : le16(28), compression = os2 ? 0 : (size >= 34 ? le32(30) : 0);
-        if (compression != 0 && compression != 3) return {};
+        if (compression != 0 && compression != 3) return {};  // RLE: stb_image refuses it
         return truncated(le32(10) + (w * bits + 31) / 32 * 4 * h, "BMP");
     }
     if (pnm) return truncated(pnm->data_offset + pixels * pnm->channels * (pnm->maxval > 255 ? 2 : 1), "PNM");
-    static const char* const magics[] = {"\x89PNG", "GIF8", "8BPS", "\x53\x80\xF6\x34", "#?RADIANCE", "#?RGBE"};
-    for (const char* m : magics)
-        if (size >= std::strlen(m) && std::memcmp(d, m, std::strlen(m)) == 0) return {};
+    if (size >= 29 && std::memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0) {
+        static const int channels_of_type[7] = {1, 0, 3, 1, 2, 0, 4};
+        const int type = d[25], channels = type < 7 ? channels_of_type[type] : 0;
+        if (channels == 0) return {};  // stb_image names the bad colour type
+        const int64_t row_bytes = 1 + (w * channels * d[24] + 7) / 8;  // filter byte + samples
+        int64_t idat = 0;
+        for (size_t i = 8; i + 12 <= size;) {
+            const int64_t len = be32(i);
+            if (std::memcmp(d + i + 4, "IDAT", 4) == 0) idat += std::min<int64_t>(len, int64_t(size - i - 12));
+            if (len > int64_t(size - i - 12)) break;
+            i += size_t(len) + 12;
+        }
+        if (row_bytes * h > 1032 * idat) return too_many("PNG", idat, "bytes of image data (IDAT)");
+        return {};
+    }
+    if (size >= 6 && std::memcmp(d, "GIF8", 4) == 0) {
+        if (pixels > 2731 * int64_t(size)) return too_many("GIF", int64_t(size));
+        return {};
+    }
     if (size >= 18 && (d[2] == 1 || d[2] == 2 || d[2] == 3)) {  // uncompressed TGA (no magic: stb tries it last)
         const int64_t colormap = d[1] ? le16(5) * ((d[7] + 7) / 8) : 0;
         return truncated(18 + d[0] + colormap + pixels * ((d[16] + 7) / 8), "TGA");
+    }
+    if (size >= 18 && (d[2] == 9 || d[2] == 10 || d[2] == 11)) {  // run-length coded TGA
+        const int64_t colormap = d[1] ? le16(5) * ((d[7] + 7) / 8) : 0;
+        const int64_t coded = int64_t(size) - 18 - d[0] - colormap, packet = 1 + (d[16] + 7) / 8;
+        if (coded <= 0 || pixels > 128 * (coded / packet + 1)) return too_many("run-length TGA", std::max<int64_t>(coded, 0), "bytes of image data");
     }
     return {};
 }
@@ -340,10 +414,12 @@ inline void check_image(const Image& img, const char* what) {
 
 }  // namespace detail
 
-// Decodes an encoded image (PNG, JPEG, BMP, GIF first frame, TGA, PNM, PSD, HDR) to 8-bit RGB:
+// Decodes an encoded image (JPEG, PNG, BMP, GIF first frame, TGA, binary PGM / PPM) to 8-bit RGB:
 // grey is replicated, alpha dropped (Pillow's convert("RGB")). The header is read first and sizes
-// above kMaxImageSide / `max_pixels` (a host may lower it), and files too short for what they declare
-// (see detail::payload_problem), are refused before any pixel memory is allocated.
+// above kMaxImageSide / `max_pixels` (a host may lower it), and files too small for what they declare
+// (see detail::payload_problem), are refused before any pixel memory is allocated; so decoding costs
+// at most about 10 bytes per allowed pixel whatever the file says. PSD, HDR and Softimage PIC files
+// are refused by name (their cost cannot be bounded from the header).
 // `name` (usually the path) starts every error message.
 inline Image decode_image(const uint8_t* data, size_t size, const std::string& name, int64_t max_pixels = kMaxImagePixels) {
     if (size == 0) throw Error(name + ": empty file, not an image");
@@ -355,9 +431,14 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
                         std::to_string(kMaxImageSide) + ", at most " + std::to_string(max_pixels) + " pixels)");
     };
     auto undecodable = [&] {
-        const char* why = stbi_failure_reason();
+        const char* why = detail::stb::stbi_failure_reason();
         return Error(name + ": not a decodable image (" + (why ? why : "unknown error") + ")");
     };
+    static const std::pair<const char*, const char*> refused[] = {
+        {"8BPS", "PSD"}, {"#?RADIANCE", "Radiance HDR"}, {"#?RGBE", "Radiance HDR"}, {"\x53\x80\xF6\x34", "Softimage PIC"}};
+    for (const auto& [magic, format] : refused)
+        if (size >= std::strlen(magic) && std::memcmp(data, magic, std::strlen(magic)) == 0)
+            throw Error(name + ": " + format + " images are not supported (JPEG, PNG, BMP, GIF, TGA, PGM and PPM are)");
     int64_t png_w = 0, png_h = 0;
     if (detail::png_declared_size(data, size, png_w, png_h)) check_size(png_w, png_h);
     detail::PnmHeader pnm;
@@ -367,7 +448,7 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
         if (pnm.maxval <= 0 || pnm.maxval > 65535) throw Error(name + ": PNM maximum sample value " + std::to_string(pnm.maxval) + " is outside 1..65535");
     }
     int w = 0, h = 0, comp = 0;
-    if (!stbi_info_from_memory(data, int(size), &w, &h, &comp)) throw undecodable();
+    if (!detail::stb::stbi_info_from_memory(data, int(size), &w, &h, &comp)) throw undecodable();
     check_size(w, h);
     const std::string payload = detail::payload_problem(data, size, w, h, is_pnm ? &pnm : nullptr);
     if (!payload.empty()) throw Error(name + ": " + payload);
@@ -377,7 +458,7 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
     const std::vector<uint8_t> cleaned = detail::png_without_empty_idat(data, size);
     if (!cleaned.empty()) data = cleaned.data(), size = cleaned.size();
     int dw = 0, dh = 0;
-    std::unique_ptr<uint8_t, void (*)(void*)> pixels(stbi_load_from_memory(data, int(size), &dw, &dh, &comp, 3), stbi_image_free);
+    std::unique_ptr<uint8_t, void (*)(void*)> pixels(detail::stb::stbi_load_from_memory(data, int(size), &dw, &dh, &comp, 3), detail::stb::stbi_image_free);
     if (!pixels) throw undecodable();
     if (dw != w || dh != h)
         throw Error(name + ": decoded size " + detail::dims_str(dw, dh) + " differs from the header's " + detail::dims_str(w, h));
@@ -454,6 +535,15 @@ inline std::pair<int, int> smart_resize_video(int num_frames, int height, int wi
     return {detail::checked_side(h_bar, "height"), detail::checked_side(w_bar, "width")};
 }
 
+// The processor size {height, width} of `num_frames` sampled frames of height x width (video
+// smart_resize with the config's factor, budget and temporal patch), checked against the patch grid.
+inline std::pair<int, int> video_frame_size(int num_frames, int height, int width, const PreprocessConfig& cfg) {
+    const auto hw = smart_resize_video(num_frames, height, width, cfg.patch_size * cfg.merge_size, cfg.min_pixels, cfg.max_pixels,
+                                       cfg.temporal_patch_size);
+    detail::check_patch_grid(hw.first, hw.second, cfg, "preprocess_video");
+    return hw;
+}
+
 // Pillow Image.resize(..., BICUBIC) on 8-bit RGB, bit-exact: separable, horizontal pass first
 // (only over the rows the vertical pass reads), each pass clipped to uint8; a pass whose size does
 // not change is skipped, and so is the whole resize.
@@ -509,10 +599,11 @@ inline VisualPatches preprocess_video_at(const std::vector<Image>& frames, int h
                         " but frame 0 is " + detail::dims_str(frames[0].width, frames[0].height) + "; all frames must have one size");
     }
     detail::check_patch_grid(height, width, cfg, "preprocess_video");
-    std::vector<Image> resized(frames.size());
-    for (size_t i = 0; i < frames.size(); ++i) resized[i] = resize_bicubic(frames[i], width, height);
+    const bool at_size = frames[0].height == height && frames[0].width == width;  // resized as they were decoded (load_video)
+    std::vector<Image> resized(at_size ? 0 : frames.size());
+    for (size_t i = 0; i < resized.size(); ++i) resized[i] = resize_bicubic(frames[i], width, height);
     std::vector<const Image*> ptrs;
-    for (const Image& f : resized) ptrs.push_back(&f);
+    for (const Image& f : at_size ? frames : resized) ptrs.push_back(&f);
     while (ptrs.size() % size_t(cfg.temporal_patch_size)) ptrs.push_back(ptrs.back());
     return detail::patchify(ptrs, cfg, true);
 }
@@ -521,11 +612,15 @@ inline VisualPatches preprocess_video_at(const std::vector<Image>& frames, int h
 // over all frames, then preprocess_video_at.
 // HF resizes video frames with torchvision's antialiased bicubic, which is close to but not
 // bit-exact with the Pillow resize used here; frames that need no resize match exactly.
-inline VisualPatches preprocess_video(const std::vector<Image>& frames, const PreprocessConfig& cfg) {
+// source_height x source_width: the frames' size in the video when they were resized already as
+// they were decoded (VideoClip); the processor size is computed from it, and frames already at that
+// size are used as they are. 0 (the default) means the frames are at their source size.
+inline VisualPatches preprocess_video(const std::vector<Image>& frames, const PreprocessConfig& cfg, int source_height = 0,
+                                      int source_width = 0) {
     if (frames.empty()) throw Error("preprocess_video: no frames");
     detail::check_image(frames[0], "preprocess_video");
-    const auto [h, w] = smart_resize_video(int(frames.size()), frames[0].height, frames[0].width, cfg.patch_size * cfg.merge_size,
-                                           cfg.min_pixels, cfg.max_pixels, cfg.temporal_patch_size);
+    const auto [h, w] = video_frame_size(int(frames.size()), source_height > 0 ? source_height : frames[0].height,
+                                         source_width > 0 ? source_width : frames[0].width, cfg);
     return preprocess_video_at(frames, h, w, cfg);
 }
 

@@ -89,18 +89,19 @@ struct PixelBudget {
     int64_t min_pixels = 0, max_pixels = 0;
 };
 
-namespace detail {
+// A preprocessor config with a host's budget applied (load_video takes the result for videos).
 inline PreprocessConfig with_budget(PreprocessConfig p, const PixelBudget& b) {
+    if (b.min_pixels < 0 || b.max_pixels < 0 || b.min_pixels > (int64_t(1) << 40) || b.max_pixels > (int64_t(1) << 40))
+        throw Error("pixel budget: min_pixels and max_pixels must be between 0 (the model's default) and 2^40");
     if (b.min_pixels > 0) p.min_pixels = b.min_pixels;
     if (b.max_pixels > 0) p.max_pixels = b.max_pixels;
     if (p.min_pixels > p.max_pixels) throw Error("min_pixels (" + std::to_string(p.min_pixels) + ") exceeds max_pixels (" + std::to_string(p.max_pixels) + ")");
     return p;
 }
-}  // namespace detail
 
 inline VisualInput prepare_image(const Model& m, const Image& img, const PixelBudget& budget = {}) {
     VisualInput in;
-    const PreprocessConfig cfg = detail::with_budget(m.image_config, budget);
+    const PreprocessConfig cfg = with_budget(m.image_config, budget);
     in.patches = preprocess_image(img, cfg);
     if (m.config.vision.fusion.has_highres_stream()) {
         const int r = m.config.vision.fusion.scale;
@@ -110,20 +111,29 @@ inline VisualInput prepare_image(const Model& m, const Image& img, const PixelBu
 }
 
 // frames: the sampled frames in order; frame_indices/fps: where they came from (timestamps).
+// source_height x source_width: see preprocess_video (0: the frames are at their source size).
 inline VisualInput prepare_video(const Model& m, const std::vector<Image>& frames, const std::vector<int>& frame_indices,
-                                 double fps, const PixelBudget& budget = {}) {
+                                 double fps, const PixelBudget& budget = {}, int source_height = 0, int source_width = 0) {
     if (m.config.vision.fusion.type == FusionConfig::Type::Stack)
         throw Error("videos are not supported with the DeepStack-L (stack) fusion scheme");
     VisualInput in;
     in.is_video = true;
-    const PreprocessConfig cfg = detail::with_budget(m.video_config, budget);
-    in.patches = preprocess_video(frames, cfg);
+    const PreprocessConfig cfg = with_budget(m.video_config, budget);
+    in.patches = preprocess_video(frames, cfg, source_height, source_width);
     if (m.config.vision.fusion.type == FusionConfig::Type::StackVit) {
+        if (source_height > 0 && (frames[0].height != source_height || frames[0].width != source_width))
+            throw Error("this model's high-resolution video stream needs the frames at their source size (load_video with resize_frames false)");
         const int r = m.config.vision.fusion.scale;
         in.highres = preprocess_video_at(frames, in.patches.height * r, in.patches.width * r, cfg);
     }
     in.timestamps = temporal_patch_timestamps(frame_indices, fps, m.config.vision.temporal_patch_size);
     return in;
+}
+
+// A clip from load_video. Give load_video with_budget(m.video_config, budget) for the same budget:
+// its frames then arrive at the processor size and are used as they are.
+inline VisualInput prepare_video(const Model& m, const VideoClip& clip, const PixelBudget& budget = {}) {
+    return prepare_video(m, clip.frames, clip.frame_indices, clip.fps, budget, clip.source_height, clip.source_width);
 }
 
 // The pad-token blocks the visuals occupy in a prompt, in order: one per image, one per temporal

@@ -2,6 +2,8 @@
 // validated, and a small writer used for dumps and for test models.
 #pragma once
 #include "common.hpp"
+#include "files.hpp"
+#include "json.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -80,22 +82,10 @@ inline uint64_t safetensors_header_length(const uint8_t* len_bytes) {
 class MappedFile {
 public:
     explicit MappedFile(const std::string& path, FileAccess access = FileAccess::Map) : path_(path) {
-        int fd = ::open(path.c_str(), O_RDONLY);
-        if (fd < 0) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
-        struct stat st {};
-        if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-            ::close(fd);
-            throw Error(path + ": not a regular file");
-        }
-        size_ = size_t(st.st_size);
-        try {
-            if (size_ > 0 && access == FileAccess::Map) map_file(fd);
-            if (size_ > 0 && access == FileAccess::Read) read_file(fd);
-        } catch (...) {
-            ::close(fd);
-            throw;
-        }
-        ::close(fd);
+        const InputFile f(path);
+        size_ = size_t(f.size());
+        if (size_ > 0 && access == FileAccess::Map) map_file(f.fd());
+        if (size_ > 0 && access == FileAccess::Read) read_file(f.fd());
     }
     // A safetensors image made in memory (benchmark models), held as a file read in would be: 2 MiB
     // pages, data area on a 64-byte line, owned (owned_data) and read-only outside set_writable.
@@ -211,12 +201,8 @@ inline std::vector<TensorInfo> parse_safetensors(const uint8_t* buf, size_t size
     if (header_len > size - 8)
         throw Error(file + ": safetensors header length " + std::to_string(header_len) + " runs past the end of the file (" +
                     std::to_string(size) + " bytes)");
-    nlohmann::json header;
-    try {
-        header = nlohmann::json::parse(buf + 8, buf + 8 + header_len);
-    } catch (const std::exception& e) {
-        throw Error(file + ": safetensors header is not valid JSON (" + e.what() + ")");
-    }
+    const nlohmann::json header =
+        parse_json(std::string_view(reinterpret_cast<const char*>(buf + 8), size_t(header_len)), file + ": safetensors header");
     if (!header.is_object()) throw Error(file + ": safetensors header is not a JSON object");
     const uint8_t* data_area = buf + 8 + header_len;
     const size_t data_size = size - 8 - header_len;
@@ -267,6 +253,12 @@ inline std::vector<TensorInfo> parse_safetensors(const uint8_t* buf, size_t size
     for (size_t i = 1; i < by_offset.size(); ++i)
         if (by_offset[i - 1]->data + by_offset[i - 1]->nbytes > by_offset[i]->data)
             throw Error(file + ": tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name + "' overlap");
+    // Bytes after the last tensor are refused (as Hugging Face's safetensors does): they would be
+    // read or mapped for nothing, and a file longer than its header says is not what was written.
+    size_t used = 0;
+    for (const auto& t : tensors) used = std::max(used, size_t(t.data - data_area) + t.nbytes);
+    if (used < data_size)
+        throw Error(file + ": " + std::to_string(data_size - used) + " bytes after the last tensor's data that no tensor uses");
     return tensors;
 }
 
@@ -286,6 +278,10 @@ public:
 
     // Opens one .safetensors file.
     void add_file(const std::string& path, FileAccess access = FileAccess::Map) {
+        if (access == FileAccess::Read) {  // check the header on a mapping before reading the whole file into memory
+            const detail::MappedFile mapped(path, FileAccess::Map);
+            detail::parse_safetensors(mapped.data(), mapped.size(), path);
+        }
         auto file = std::make_shared<detail::MappedFile>(path, access);
         if (file->is_mapping()) mappings_.push_back({file->data(), file->size()});
         else if (file->owned_data()) read_files_.push_back(file);
@@ -326,19 +322,15 @@ public:
         if (::stat(single.c_str(), &st) == 0) {
             ws.add_file(single, access);
         } else if (::stat(index.c_str(), &st) == 0) {
-            std::ifstream in(index);
-            nlohmann::json j;
-            try {
-                in >> j;
-            } catch (const std::exception& e) {
-                throw Error(index + ": not valid JSON (" + e.what() + ")");
-            }
-            if (!j.contains("weight_map") || !j["weight_map"].is_object()) throw Error(index + ": missing object 'weight_map'");
+            const nlohmann::json j = detail::read_json_file(index);
+            if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) throw Error(index + ": missing object 'weight_map'");
             std::vector<std::string> shards;
             for (auto& v : j["weight_map"]) {
                 if (!v.is_string()) throw Error(index + ": weight_map values must be file names");
                 std::string s = v.get<std::string>();
-                if (s.find('/') != std::string::npos) throw Error(index + ": shard name '" + s + "' must be a plain file name");
+                if (s.find('\0') != std::string::npos) throw Error(index + ": a shard name holds a NUL byte (must be a plain file name)");
+                if (s.find('/') != std::string::npos || s.empty() || s == "." || s == "..")
+                    throw Error(index + ": shard name '" + s + "' must be a plain file name");
                 if (std::find(shards.begin(), shards.end(), s) == shards.end()) shards.push_back(s);
             }
             for (auto& s : shards) ws.add_file(dir + "/" + s, access);

@@ -234,10 +234,17 @@ public:
 
     // The first match in s at or after `start` (a character boundary of well-formed UTF-8), as
     // [begin, end); false if there is none.
+    // PCRE2's default match limit (10 million backtracking steps) is too small for patterns such as
+    // \s*[\r\n]+ on a run of millions of spaces, which backtrack once per space: a search that hits
+    // a limit is repeated with limits that grow with the text, so the cost stays linear in it.
     bool find(std::string_view s, size_t start, pcre2_match_data* md, size_t& begin, size_t& end) const {
         int rc = pcre2_match(code_.get(), reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, PCRE2_NO_UTF_CHECK, md, nullptr);
+        if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT || rc == PCRE2_ERROR_JIT_STACKLIMIT)
+            rc = match_with_larger_limits(s, start, md);
         if (rc == PCRE2_ERROR_NOMATCH) return false;
-        if (rc < 0) throw Error(where_ + ": regex failed on the text: " + pcre2_message(rc));
+        if (rc < 0)
+            throw Error("tokenizer: cannot split the text to encode (" + std::to_string(s.size()) + " bytes) at byte " + std::to_string(start) +
+                        ": the pre-tokenizer regex of " + where_ + " failed on it (" + pcre2_message(rc) + ")");
         const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
         begin = ov[0];
         end = ov[1];
@@ -252,6 +259,18 @@ public:
     }
 
 private:
+    int match_with_larger_limits(std::string_view s, size_t start, pcre2_match_data* md) const {
+        std::unique_ptr<pcre2_match_context, void (*)(pcre2_match_context*)> ctx(pcre2_match_context_create(nullptr), pcre2_match_context_free);
+        std::unique_ptr<pcre2_jit_stack, void (*)(pcre2_jit_stack*)> stack(pcre2_jit_stack_create(32 << 10, 64 << 20, nullptr), pcre2_jit_stack_free);
+        if (!ctx || !stack) throw std::bad_alloc();
+        const uint64_t steps = 10000000 + 64 * uint64_t(s.size());
+        pcre2_set_match_limit(ctx.get(), uint32_t(std::min<uint64_t>(steps, UINT32_MAX)));
+        pcre2_set_depth_limit(ctx.get(), uint32_t(std::min<uint64_t>(steps, UINT32_MAX)));
+        pcre2_set_heap_limit(ctx.get(), 1 << 18);  // KiB: 256 MiB for the interpreter's backtracking frames
+        pcre2_jit_stack_assign(ctx.get(), nullptr, stack.get());
+        return pcre2_match(code_.get(), reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, PCRE2_NO_UTF_CHECK, md, ctx.get());
+    }
+
     std::shared_ptr<pcre2_code> code_;
     std::string where_;
 };
@@ -372,21 +391,12 @@ class Tokenizer {
 public:
     // Reads a Hugging Face tokenizer.json.
     static Tokenizer load(const std::string& tokenizer_json_path) {
-        std::ifstream in(tokenizer_json_path, std::ios::binary);
-        if (!in) throw Error(tokenizer_json_path + ": cannot open");
-        std::stringstream ss;
-        ss << in.rdbuf();
-        return parse(ss.str(), tokenizer_json_path);
+        return parse(detail::read_small_file(tokenizer_json_path, kMaxTokenizerFileBytes, "a tokenizer.json"), tokenizer_json_path);
     }
 
     // Builds a tokenizer from the text of a tokenizer.json; `name` stands for the file in messages.
     static Tokenizer parse(const std::string& json_text, const std::string& name) {
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(json_text);
-        } catch (const std::exception& e) {
-            throw Error(name + ": not valid JSON (" + e.what() + ")");
-        }
+        const nlohmann::json j = detail::parse_json(json_text, name);
         if (!j.is_object()) throw Error(name + ": top level must be a JSON object");
         Tokenizer t;
         t.name_ = name;

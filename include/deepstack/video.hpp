@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
-#include <fstream>
+#include <sstream>
 
 #ifdef DEEPSTACK_WITH_FFMPEG
 extern "C" {
@@ -20,15 +20,6 @@ extern "C" {
 
 namespace deepstack {
 
-// The sampled frames of a video and where they came from; prepare_video(model, clip.frames,
-// clip.frame_indices, clip.fps) turns it into a visual input with its timestamps.
-struct VideoClip {
-    std::vector<Image> frames;       // the sampled frames, in order, all one size
-    std::vector<int> frame_indices;  // index of each sampled frame in the source
-    double fps = 0;                  // source frame rate the timestamps use (index / fps seconds)
-    int total_frames = 0;            // frames in the source
-};
-
 // Source frame rate of a folder or list of frames when the caller gives none: such folders are
 // usually extracted at the model's default sampling rate, so 2 frames per second.
 constexpr double kDefaultFolderFps = 2.0;
@@ -38,7 +29,7 @@ namespace detail {
 inline bool has_image_extension(const std::filesystem::path& p) {
     std::string ext = p.extension().string();
     for (char& ch : ext) ch = char(std::tolower(static_cast<unsigned char>(ch)));
-    for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".ppm", ".pgm", ".pnm", ".psd", ".hdr"})
+    for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".ppm", ".pgm", ".pnm"})
         if (ext == e) return true;
     return false;
 }
@@ -56,8 +47,7 @@ inline std::vector<std::string> folder_frames(const std::string& dir) {
 // One frame path per line, relative to the list file's folder; blank lines and lines starting
 // with '#' are skipped, surrounding whitespace (and a CR) is ignored.
 inline std::vector<std::string> listed_frames(const std::string& list_path) {
-    std::ifstream in(list_path);
-    if (!in) throw Error(list_path + ": cannot open the frame list");
+    std::istringstream in(read_small_file(list_path, kMaxConfigFileBytes, "a frame list"));
     const std::filesystem::path base = std::filesystem::path(list_path).parent_path();
     std::vector<std::string> files;
     for (std::string line; std::getline(in, line);) {
@@ -82,24 +72,30 @@ inline PreprocessConfig with_target_fps(PreprocessConfig cfg, double target_fps)
     return cfg;
 }
 
-inline void check_same_size(const VideoClip& clip, const std::string& name, size_t i) {
-    const Image& a = clip.frames.front();
-    const Image& b = clip.frames[i];
-    if (a.width != b.width || a.height != b.height)
-        throw Error(name + ": frame " + std::to_string(clip.frame_indices[i]) + " is " + dims_str(b.width, b.height) + " but frame " +
-                    std::to_string(clip.frame_indices.front()) + " is " + dims_str(a.width, a.height) +
+// Adds the next sampled frame (decoded at its source size) to the clip, resized to the processor
+// size of the clip's sampled frame count when `resize` (only frames of that size are kept). The
+// first frame sets the source size; every later one must have it.
+inline void add_frame(VideoClip& clip, Image frame, const PreprocessConfig& cfg, const std::string& name, bool resize) {
+    const size_t i = clip.frames.size();
+    if (i == 0) {
+        clip.source_width = frame.width;
+        clip.source_height = frame.height;
+    } else if (frame.width != clip.source_width || frame.height != clip.source_height) {
+        throw Error(name + ": frame " + std::to_string(clip.frame_indices[i]) + " is " + dims_str(frame.width, frame.height) + " but frame " +
+                    std::to_string(clip.frame_indices.front()) + " is " + dims_str(clip.source_width, clip.source_height) +
                     "; all frames of a video must have one size");
+    }
+    if (!resize) return clip.frames.push_back(std::move(frame));
+    const auto [h, w] = video_frame_size(int(clip.frame_indices.size()), clip.source_height, clip.source_width, cfg);
+    clip.frames.push_back(resize_bicubic(frame, w, h));
 }
 
-inline VideoClip load_frame_files(const std::vector<std::string>& files, double fps, const PreprocessConfig& cfg) {
+inline VideoClip load_frame_files(const std::vector<std::string>& files, double fps, const PreprocessConfig& cfg, bool resize) {
     VideoClip clip;
     clip.fps = fps;
     clip.total_frames = int(std::min(files.size(), size_t(INT_MAX)));
     clip.frame_indices = sample_frame_indices(clip.total_frames, fps, cfg);
-    for (int idx : clip.frame_indices) {
-        clip.frames.push_back(load_image(files[size_t(idx)]));
-        check_same_size(clip, files[size_t(idx)], clip.frames.size() - 1);
-    }
+    for (int idx : clip.frame_indices) add_frame(clip, load_image(files[size_t(idx)]), cfg, files[size_t(idx)], resize);
     return clip;
 }
 
@@ -128,10 +124,20 @@ struct AvInput {
     }
 };
 
-// Opens `path` and its best video stream; the decoder is set up only when `decode`.
+// Containers FFmpeg may open: single-file video formats. Playlists (hls, dash), concat lists,
+// image sequences and other demuxers that open further files or URLs named inside the input are
+// not among them, and only the "file" protocol is allowed, so a video reads nothing but itself.
+constexpr const char* kVideoDemuxers = "mov,mp4,matroska,webm,avi,flv,mpegts,mpeg,ogg,asf,nut,ivf,yuv4mpegpipe,gif,h264,hevc,m4v,mjpeg";
+
+// Opens `path` (a regular file) and its best video stream; the decoder is set up only when `decode`.
 inline void av_open(AvInput& in, const std::string& path, bool decode) {
     if (!in.packet || !in.frame) throw Error(path + ": out of memory");
-    int err = avformat_open_input(&in.fmt, path.c_str(), nullptr, nullptr);
+    { const InputFile regular(path); }  // a FIFO, device or folder is refused before FFmpeg opens it
+    AVDictionary* options = nullptr;
+    av_dict_set(&options, "protocol_whitelist", "file", 0);
+    av_dict_set(&options, "format_whitelist", kVideoDemuxers, 0);
+    int err = avformat_open_input(&in.fmt, ("file:" + path).c_str(), nullptr, &options);
+    av_dict_free(&options);
     if (err < 0) throw Error(path + ": cannot open as a video (" + av_error(err) + ")");
     if ((err = avformat_find_stream_info(in.fmt, nullptr)) < 0) throw Error(path + ": cannot read stream info (" + av_error(err) + ")");
     const AVCodec* dec = nullptr;
@@ -162,6 +168,10 @@ inline int av_count_frames(const std::string& path) {
 
 inline Image av_to_rgb(AvInput& in, const std::string& path) {
     const AVFrame* f = in.frame;
+    if (f->width <= 0 || f->height <= 0 || f->width > kMaxImageSide || f->height > kMaxImageSide ||
+        int64_t(f->width) * f->height > kMaxImagePixels)
+        throw Error(path + ": video frames of " + dims_str(f->width, f->height) + " are outside the decoder limit (sides up to " +
+                    std::to_string(kMaxImageSide) + ", at most " + std::to_string(kMaxImagePixels) + " pixels)");
     in.sws = sws_getCachedContext(in.sws, f->width, f->height, AVPixelFormat(f->format), f->width, f->height, AV_PIX_FMT_RGB24,
                                   SWS_BICUBIC, nullptr, nullptr, nullptr);
     if (!in.sws) throw Error(path + ": cannot convert frames of pixel format " + std::to_string(f->format) + " to RGB");
@@ -178,7 +188,7 @@ inline Image av_to_rgb(AvInput& in, const std::string& path) {
 // Decodes the stream in presentation order up to the last sampled frame and keeps (as RGB) only
 // the sampled frames. Damaged packets are skipped; a stream that yields fewer frames than its
 // container declared repeats its last decoded frame for the missing samples.
-inline VideoClip load_video_file(const std::string& path, double source_fps, const PreprocessConfig& cfg) {
+inline VideoClip load_video_file(const std::string& path, double source_fps, const PreprocessConfig& cfg, bool resize) {
     VideoClip clip;
     clip.total_frames = av_count_frames(path);
     if (clip.total_frames <= 0) throw Error(path + ": the video stream has no frames");
@@ -197,8 +207,8 @@ inline VideoClip load_video_file(const std::string& path, double source_fps, con
         int err;
         while ((err = avcodec_receive_frame(in.codec, in.frame)) >= 0) {
             if (next < clip.frame_indices.size() && clip.frame_indices[next] == index) {  // sampled indices are distinct
-                clip.frames.push_back(av_to_rgb(in, path));
-                check_same_size(clip, path, next++);
+                add_frame(clip, av_to_rgb(in, path), cfg, path, resize);
+                ++next;
             }
             ++index;
             av_frame_unref(in.frame);
@@ -241,18 +251,25 @@ inline VideoClip load_video_file(const std::string& path, double source_fps, con
 // source_fps: frame rate of the source; 0 takes the video file's average frame rate (24 when it
 // has none, as Hugging Face assumes) and kDefaultFolderFps (2) for folders and lists.
 // target_fps: sampling rate; 0 takes cfg.fps (the model's video_preprocessor_config, usually 2).
-// Only the sampled frames are decoded and kept.
-inline VideoClip load_video(const std::string& path, double source_fps, const PreprocessConfig& cfg, double target_fps = 0) {
+// Only the sampled frames are decoded and kept, each resized as it arrives to the processor size
+// for cfg (video smart_resize over the sampled frames): pass the config the clip will be prepared
+// with (with_budget(model.video_config, budget) for a host's budget); resize_frames false keeps them
+// at their source size (a model with a high-resolution video stream needs them so). Inputs are regular files only
+// (a FIFO, device or socket is refused without being read); a video file is opened with FFmpeg's
+// "file" protocol and single-file containers only (detail::kVideoDemuxers), never playlists.
+inline VideoClip load_video(const std::string& path, double source_fps, const PreprocessConfig& cfg, double target_fps = 0,
+                            bool resize_frames = true) {
     if (source_fps < 0 || !std::isfinite(source_fps)) throw Error("load_video: source fps must be positive (0 = from the file)");
     const PreprocessConfig sampling = detail::with_target_fps(cfg, target_fps);
     std::error_code ec;
     const auto status = std::filesystem::status(path, ec);
     if (ec || !std::filesystem::exists(status)) throw Error(path + ": no such file or folder");
     const double folder_fps = source_fps > 0 ? source_fps : kDefaultFolderFps;
-    if (std::filesystem::is_directory(status)) return detail::load_frame_files(detail::folder_frames(path), folder_fps, sampling);
-    if (detail::is_frame_list(path)) return detail::load_frame_files(detail::listed_frames(path), folder_fps, sampling);
+    if (std::filesystem::is_directory(status)) return detail::load_frame_files(detail::folder_frames(path), folder_fps, sampling, resize_frames);
+    if (!std::filesystem::is_regular_file(status)) detail::InputFile{path};  // throws, naming what it is
+    if (detail::is_frame_list(path)) return detail::load_frame_files(detail::listed_frames(path), folder_fps, sampling, resize_frames);
 #ifdef DEEPSTACK_WITH_FFMPEG
-    return detail::load_video_file(path, source_fps, sampling);
+    return detail::load_video_file(path, source_fps, sampling, resize_frames);
 #else
     throw Error(path + ": reading video files needs FFmpeg and deepstack was built without FFmpeg; pass a folder of frames or install "
                        "libavformat-dev libavcodec-dev libswscale-dev and reconfigure");

@@ -1,13 +1,16 @@
-// libFuzzer target: config.json (parse_model_config) and preprocessor_config.json
-// (load_preprocess_config). The first byte picks the file. A config that parses is then loaded
+// libFuzzer target: config.json (parse_model_config), preprocessor_config.json
+// (load_preprocess_config) and generation_config.json (load_generation_config). The first byte
+// picks the file: odd = a preprocessor config, 2 or 6 (mod 8) = a generation config, else config.json. A config that parses is then loaded
 // against the tiny-image checkpoint (Model::from_store), so configs that disagree with the weights
 // must fail on the shape checks, never allocate what they declare or read out of bounds.
 #include "common.hpp"
 
 #include <deepstack.hpp>
 
-#include <fstream>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <fstream>
 
 using namespace deepstack;
 
@@ -20,6 +23,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     deepstack_fuzz::Reader in{data, size};
     const uint8_t mode = in.byte();
     const std::string text = in.rest();
+    if ((mode & 1) == 0 && (mode & 3) == 2) {
+        // generation_config.json in a folder of its own.
+        static const std::string dir = "/tmp/deepstack-fuzz-generation-" + std::to_string(::getpid());
+        ::mkdir(dir.c_str(), 0700);
+        {
+            std::ofstream out(dir + "/generation_config.json", std::ios::binary | std::ios::trunc);
+            out.write(text.data(), std::streamsize(text.size()));
+        }
+        try {
+            const SamplingParams p = load_generation_config(dir);
+            check_sampling_params(p);  // whatever loads is a valid setting
+            FUZZ_CHECK(p.temperature >= 0 && p.top_p > 0 && p.top_p <= 1 && p.max_new_tokens >= 0);
+        } catch (const Error&) {
+        }
+        return 0;
+    }
     if (mode & 1) {
         // preprocessor_config.json from a file (the API reads paths).
         static const std::string path = "/tmp/deepstack-fuzz-preprocessor-" + std::to_string(::getpid()) + ".json";
@@ -31,16 +50,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             PreprocessConfig p = load_preprocess_config(path, mode & 2);
             FUZZ_CHECK(p.min_pixels > 0 && p.max_pixels >= p.min_pixels);
             FUZZ_CHECK(p.patch_size > 0 && p.merge_size > 0 && p.temporal_patch_size > 0);
-            FUZZ_CHECK(p.fps > 0 && p.min_frames > 0 && p.max_frames > 0);
+            FUZZ_CHECK(p.fps > 0 && p.fps <= 1000 && p.min_frames > 0 && p.max_frames > 0);
+            FUZZ_CHECK(p.rescale_factor > 0 && p.rescale_factor <= 1);
+            for (int i = 0; i < 3; ++i) FUZZ_CHECK(p.std[size_t(i)] >= 1e-3f && std::isfinite(p.mean[size_t(i)]));
         } catch (const Error&) {
         }
         return 0;
     }
-    nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) return 0;
     ModelConfig c;
     try {
-        c = parse_model_config(j, "config.json");
+        c = parse_model_config(detail::parse_json(text, "config.json"), "config.json");
     } catch (const Error&) {
         return 0;
     }
@@ -48,6 +67,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(c.text.hidden_size > 0 && c.text.num_hidden_layers > 0 && c.text.vocab_size > 0);
     FUZZ_CHECK(c.text.head_dim > 0 && c.text.head_dim % 2 == 0);
     FUZZ_CHECK(c.text.num_attention_heads % c.text.num_key_value_heads == 0);
+    FUZZ_CHECK(std::isfinite(c.text.rms_norm_eps) && c.text.rms_norm_eps > 0 && c.text.rms_norm_eps <= 1);
     FUZZ_CHECK(c.text.mrope_section[0] + c.text.mrope_section[1] + c.text.mrope_section[2] == c.text.head_dim / 2);
     FUZZ_CHECK(c.vision.head_dim() > 0 && c.vision.head_dim() % 4 == 0);
     for (int b : c.vision.deepstack_visual_indexes) FUZZ_CHECK(b >= 0 && b < c.vision.depth);

@@ -5,13 +5,6 @@
 // limit is lowered to 16 M (as a host taking uploads would) so that a legitimately compressible
 // image stays within libFuzzer's time per input under ASan.
 #include "common.hpp"
-
-// The stb_image implementation compiled here, instrumented, instead of the system libstb: the fuzzer
-// then sees coverage inside the decoders (this definition wins over the shared library's).
-#define STB_IMAGE_IMPLEMENTATION
-#include <stb_image.h>
-#undef STB_IMAGE_IMPLEMENTATION
-
 #include <deepstack/image.hpp>
 
 using namespace deepstack;

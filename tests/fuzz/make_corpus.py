@@ -39,7 +39,8 @@ small = {k: v for k, v in list(header.items())[:6]}
 end = max(v["data_offsets"][1] for k, v in small.items() if k != "__metadata__")
 out("safetensors", "fixture_prefix", st(small, bytes(end)[:64]))  # offsets past the data: an error seed
 
-# ---- config.json / preprocessor_config.json (first byte: 0 = config.json, 1/3 = image/video preprocessor) ----
+# ---- config.json / preprocessor / generation config (first byte: 0 = config.json, 1/3 = image/video
+# preprocessor, 2 = generation_config.json) ----
 for fx in ("tiny-image", "tiny-gated", "tiny-stack", "tiny-stackv", "tiny-video-4raw"):
     with open(os.path.join(tests, "fixtures", fx, "model", "config.json"), "rb") as f:
         out("config", "config_" + fx, b"\x00" + f.read())
@@ -47,6 +48,10 @@ with open(os.path.join(fixture, "model", "preprocessor_config.json"), "rb") as f
     out("config", "preprocessor", b"\x01" + f.read())
 with open(os.path.join(fixture, "model", "video_preprocessor_config.json"), "rb") as f:
     out("config", "video_preprocessor", b"\x03" + f.read())
+out("config", "generation_sampling", b"\x02" + json.dumps({"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8,
+    "repetition_penalty": 1.05, "eos_token_id": [151645, 151643], "max_new_tokens": 64}).encode())
+out("config", "generation_greedy", b"\x02" + json.dumps({"do_sample": False, "eos_token_id": 151645}).encode())
+out("config", "generation_negative_temperature", b"\x02" + json.dumps({"do_sample": True, "temperature": -1}).encode())
 out("config", "minimal", b"\x00" + json.dumps({"model_type": "qwen3_vl", "text_config": {"hidden_size": 64, "num_hidden_layers": 1,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128, "vocab_size": 512},
     "vision_config": {"depth": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "num_position_embeddings": 256,
@@ -119,14 +124,45 @@ out("image", "pnm_width_overflow", b"P5  " + b"9" * 94 + b"2\x96\x11\xfa")
 # A fuzzer find, kept as found (tests/fuzz/corpus/image/png_empty_idat): a PNG whose first IDAT
 # chunk is empty (stb_image passed a null buffer to memcpy); not regenerated here.
 out("image", "gif_1x1.gif", b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\x00\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+# Kept formats made by Pillow (JPEG baseline and progressive, run-length TGA, GIF) when it is installed.
+try:
+    from PIL import Image
+    flat = Image.new("RGB", (64, 48), (10, 200, 30))
+    flat.save(os.path.join(corpus, "image", "jpeg_64x48.jpg"))
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(os.path.join(corpus, "image", "jpeg_progressive_640x480.jpg"), progressive=True)
+    flat.save(os.path.join(corpus, "image", "tga_rle_64x48.tga"), compression="tga_rle")
+    flat.save(os.path.join(corpus, "image", "gif_64x48.gif"))
+except ImportError:
+    pass
+# Tiny files declaring huge pictures (refused before decoding), formats that are not decoded, and
+# a JPEG Huffman table of 4080 codes (stb_image would write past its 257-entry tables).
+out("image", "gif_screen_13000x13000", b"GIF89a" + struct.pack("<HH", 13000, 13000) + b"\x80\x00\x00" + bytes(3) + b"\xff" * 3 + b"," +
+    struct.pack("<HHHH", 0, 0, 13000, 13000) + b"\x00\x02\x02\x44\x01\x00;")
+out("image", "tga_rle_16000x16000", bytes([0, 0, 10]) + bytes(5) + struct.pack("<HHHH", 0, 0, 16000, 16000) + bytes([24, 0, 0xff, 1, 2, 3]))
+out("image", "psd_10000x10000", b"8BPS" + struct.pack(">H", 1) + bytes(6) + struct.pack(">HIIHH", 3, 10000, 10000, 8, 3) + bytes(20))
+out("image", "hdr_10000x10000", b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 10000 +X 10000\n")
+out("image", "pic_truncated", b"\x53\x80\xF6\x34" + bytes(104))
+jpeg = os.path.join(corpus, "image", "jpeg_64x48.jpg")
+if os.path.exists(jpeg):
+    with open(jpeg, "rb") as f:
+        j = bytearray(f.read())
+    i = j.find(b"\xff\xc4")
+    j[i + 5:i + 21] = b"\xff" * 16
+    out("image", "jpeg_dht_4080_codes", bytes(j))
 if shutil.which("convert"):
     src = os.path.join(fixture, "inputs", "image0_80x56.png")
     for name, args in (("small.jpg", ["-resize", "24x17", "-quality", "80"]), ("progressive.jpg", ["-resize", "16x12", "-interlace", "JPEG"]),
-                       ("grey.jpg", ["-resize", "9x7", "-colorspace", "Gray"]), ("small.psd", ["-resize", "5x4"]),
-                       ("small.hdr", ["-resize", "4x3"]), ("anim.gif", ["-resize", "6x5"])):
+                       ("grey.jpg", ["-resize", "9x7", "-colorspace", "Gray"]), ("anim.gif", ["-resize", "6x5"])):
         dst = os.path.join(corpus, "image", name)
         if subprocess.run(["convert", src] + args + [dst], capture_output=True).returncode != 0 and os.path.exists(dst):
             os.remove(dst)
+
+# ---- boxes (grounding answers; first four bytes: image width and height - 1, little-endian) ----
+size = struct.pack("<HH", 639, 479)
+out("boxes", "fenced_list", size + b'```json\n[{"bbox_2d": [10, 20, 300, 400], "label": "cat"}, {"point_2d": [500, 500], "label": "dog"}]\n```')
+out("boxes", "cut_off", size + b'[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [5, 6')
+out("boxes", "nested_objects", size + b'{"result": {"items": [{"bbox_2d": [900, 900, 100, 100]}]}} and {"point_2d": [1e308, -5]}')
+out("boxes", "deep_nesting", size + b'{"a":' * 300 + b'1' + b'}' * 300)
 
 # ---- prompt (binary layout, see fuzz_prompt.cpp: visuals, messages, then ids / context / sampling) ----
 txt = b"Describe this image."
