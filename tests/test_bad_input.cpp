@@ -607,7 +607,7 @@ TEST_CASE("preprocessor_config.json: pixel limit beyond int64") {
     json p = m.read_json("preprocessor_config.json");
     p["size"] = {{"shortest_edge", 1e300}, {"longest_edge", 1e300}};
     m.write_json("preprocessor_config.json", p);
-    CHECK_THROWS_WITH_AS(m.load(), doctest::Contains("preprocessor_config.json.size: field 'shortest_edge' (a pixel count) must be between 0 and 2^40"), Error);
+    CHECK_THROWS_WITH_AS(m.load(), doctest::Contains("preprocessor_config.json.size: field 'shortest_edge' (a pixel count) must be between 0 and 67108864"), Error);
 }
 
 TEST_CASE("preprocessor_config.json: patch size disagrees with config.json") {
@@ -958,7 +958,7 @@ TEST_CASE("inputs: a FIFO anywhere an input file is read is refused at once") {
             CHECK_THROWS_WITH_AS(b.load(), (f.path + ": " + fifo_error).c_str(), Error);
         }
         fs::remove(f.path);
-        fs::copy_file(kTinyImage + "/model/" + name, b.file(name));
+        if (fs::exists(kTinyImage + "/model/" + name)) fs::copy_file(kTinyImage + "/model/" + name, b.file(name));
     }
     {
         Fifo f(b.str("tokenizer.json"));
@@ -999,6 +999,11 @@ TEST_CASE("safetensors: bytes after the last tensor are refused, before a read-i
     CHECK_THROWS_WITH_AS(WeightStore::open_folder(b.model, FileAccess::Read), doctest::Contains("5368709125 bytes after the last tensor's data"), Error);
 }
 
+TEST_CASE("safetensors: writing to a full disk is an error") {
+    CHECK_THROWS_WITH_AS(write_safetensors("/dev/full", {TensorBlob{"x", DType::F32, {1}, std::vector<uint8_t>(4)}}),
+                         "/dev/full: write failed (No space left on device)", Error);
+}
+
 TEST_CASE("safetensors: a shard name holding a NUL byte") {
     BrokenModel b;
     fs::rename(b.file("model.safetensors"), b.file("model-00001-of-00001.safetensors"));
@@ -1015,7 +1020,7 @@ TEST_CASE("config.json: rms_norm_eps must be finite, positive and at most 1") {
         CAPTURE(eps);
         BrokenModel b;
         b.edit_config([&](json& j) { j["text_config"]["rms_norm_eps"] = eps; });
-        CHECK_THROWS_WITH_AS(b.load(), doctest::Contains("config.json: text_config: field 'rms_norm_eps' = "), Error);
+        CHECK_THROWS_WITH_AS(b.load(), doctest::Contains("config.json.text_config: field 'rms_norm_eps' = "), Error);
         CHECK_THROWS_WITH_AS(b.load(), doctest::Contains("must be a finite number in (1e-30, 1]"), Error);
     }
 }

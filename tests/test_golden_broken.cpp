@@ -73,10 +73,11 @@ struct BrokenFixture {
         int exit_code = -1;
         std::string err;
     };
-    // Runs deepstack-golden on the broken copy (stdout discarded, stderr captured).
-    Outcome run() const {
+    // Runs deepstack-golden on the broken copy (stdout discarded, stderr captured); `flags` are
+    // appended to the command line as they are.
+    Outcome run(const std::string& flags = "") const {
         const fs::path err_file = root / "stderr.txt";
-        const std::string cmd = shell_quote(kBin + "/deepstack-golden") + " " + shell_quote(dir.string()) + " >/dev/null 2>" +
+        const std::string cmd = shell_quote(kBin + "/deepstack-golden") + " " + shell_quote(dir.string()) + " " + flags + " >/dev/null 2>" +
                                 shell_quote(err_file.string());
         const int status = std::system(cmd.c_str());
         Outcome o;
@@ -106,6 +107,19 @@ TEST_CASE("golden: the intact copy passes (exit 0)") {
     CAPTURE(o.err);
     CHECK(o.exit_code == 0);
     CHECK(o.err.empty());
+}
+
+TEST_CASE("golden: flags out of range are refused before the run") {
+    BrokenFixture f;
+    for (auto [flags, expect] : {std::pair{"--threads -5", "error: --threads: '-5' is not a whole number from 1 to 1024"},
+                                 std::pair{"--threads 1073741824", "error: --threads: '1073741824' is not a whole number from 1 to 1024"},
+                                 std::pair{"--rel-tol inf", "error: --rel-tol: 'inf' is not a number in (0, 1]"},
+                                 std::pair{"--rel-tol nan", "error: --rel-tol: 'nan' is not a number in (0, 1]"}}) {
+        CAPTURE(flags);
+        const auto o = f.run(flags);
+        CHECK(o.exit_code == 1);
+        CHECK(o.err.rfind(expect, 0) == 0);
+    }
 }
 
 TEST_CASE("golden: fixture folder missing") {

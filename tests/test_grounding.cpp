@@ -121,6 +121,8 @@ TEST_CASE("draw_boxes: rectangles in distinct colours with labels, written as PN
     CHECK(ink > 15);
     CHECK(pixel(out, 70, 5) == grey);  // the tab is only as wide as "cat"
 
-    CHECK_THROWS_WITH_AS(draw_boxes(img, boxes, "/nonexistent-dir/x.png"), doctest::Contains("cannot write"), Error);
+    CHECK_THROWS_WITH_AS(draw_boxes(img, boxes, "/nonexistent-dir/x.png"), doctest::Contains("/nonexistent-dir/x.png: cannot open for writing"), Error);
+    // A full disk is an error too (stb_image_write alone ignores failed writes).
+    CHECK_THROWS_WITH_AS(draw_boxes(img, boxes, "/dev/full"), "/dev/full: write failed (No space left on device)", Error);
     CHECK_THROWS_AS(draw_boxes(Image{}, boxes, path), Error);
 }

@@ -438,7 +438,7 @@ TEST_CASE("decode: uncompressed files must hold every declared pixel; JPEGs must
         auto* v = static_cast<std::vector<uint8_t>*>(out);
         v->insert(v->end(), static_cast<uint8_t*>(bytes), static_cast<uint8_t*>(bytes) + n);
     };
-    REQUIRE(detail::stb::stbi_write_jpg_to_func(append, &jpeg, noise.width, noise.height, 3, noise.rgb.data(), 90));
+    REQUIRE(detail::stb::write_jpg_to_func(append, &jpeg, noise.width, noise.height, 3, noise.rgb.data(), 90));
     REQUIRE(jpeg.size() > 4);
     CHECK(decode_image(jpeg.data(), jpeg.size(), "n.jpg").width == 61);
     CHECK_THROWS_WITH_AS(decode_image(jpeg.data(), jpeg.size() - 2, "n.jpg"), "n.jpg: truncated JPEG (no end-of-image marker)", Error);
@@ -468,7 +468,7 @@ TEST_CASE("decode: every kept format decodes; tiny files declaring huge pictures
     const Image noise = load_image(kImageData + "noise_61x47.png");
     // Run-length TGA (stb_image_write's default) and GIF decode to the same pixels.
     std::vector<uint8_t> tga;
-    REQUIRE(detail::stb::stbi_write_tga_to_func(append_bytes, &tga, noise.width, noise.height, 3, noise.rgb.data()));
+    REQUIRE(detail::stb::write_tga_to_func(append_bytes, &tga, noise.width, noise.height, 3, noise.rgb.data()));
     REQUIRE(tga[2] == 10);
     CHECK(decode_image(tga.data(), tga.size(), "n.tga").rgb == noise.rgb);
     // A 22-byte run-length TGA declaring 10000x10000: one packet cannot code that.
@@ -502,7 +502,7 @@ TEST_CASE("decode: every kept format decodes; tiny files declaring huge pictures
 
     // A JPEG Huffman table declaring more than 256 codes (stb_image would write past its tables).
     std::vector<uint8_t> jpeg;
-    REQUIRE(detail::stb::stbi_write_jpg_to_func(append_bytes, &jpeg, noise.width, noise.height, 3, noise.rgb.data(), 90));
+    REQUIRE(detail::stb::write_jpg_to_func(append_bytes, &jpeg, noise.width, noise.height, 3, noise.rgb.data(), 90));
     size_t dht = 2;
     while (dht + 21 < jpeg.size() && !(jpeg[dht] == 0xFF && jpeg[dht + 1] == 0xC4)) ++dht;
     REQUIRE(dht + 21 < jpeg.size());

@@ -42,7 +42,13 @@ Image colour_frame(int i, int width = 64, int height = 32) {
 }
 
 void write_png(const std::string& path, const Image& img) {
-    REQUIRE(detail::stb::stbi_write_png(path.c_str(), img.width, img.height, 3, img.rgb.data(), img.width * 3));
+    std::vector<uint8_t> png;
+    auto append = [](void* to, void* bytes, int n) {
+        auto* v = static_cast<std::vector<uint8_t>*>(to);
+        v->insert(v->end(), static_cast<uint8_t*>(bytes), static_cast<uint8_t*>(bytes) + n);
+    };
+    REQUIRE(detail::stb::write_png_to_func(append, &png, img.width, img.height, 3, img.rgb.data(), img.width * 3));
+    detail::write_file(path, png.data(), png.size());
 }
 
 // Which synthetic frame an image is (by its first pixel).
@@ -258,6 +264,40 @@ TEST_CASE("load_video (FFmpeg): 30 frames at 30 fps, frame count from the index 
     }
     std::ofstream(tmp / "junk.mp4") << "not a video";
     CHECK_THROWS_WITH_AS(load_video(tmp / "junk.mp4", 0, PreprocessConfig{}), doctest::Contains("cannot open as a video"), Error);
+}
+
+TEST_CASE("load_video (FFmpeg): playlists and concat lists that would open other files are refused") {
+    TempDir tmp("video-ffmpeg-playlist");
+    std::vector<Image> frames;
+    for (int i = 0; i < 8; ++i) frames.push_back(colour_frame(i));
+    write_video(tmp / "other.avi", "avi", frames, 8);
+    REQUIRE(load_video(tmp / "other.avi", 0, PreprocessConfig{}).total_frames == 8);
+    // An HLS playlist named .mp4 naming a local file (relative and absolute), and an ffconcat list.
+    std::ofstream(tmp / "playlist.mp4") << "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nother.avi\n#EXTINF:1,\n" << tmp / "other.avi"
+                                        << "\n#EXT-X-ENDLIST\n";
+    std::ofstream(tmp / "concat.mp4") << "ffconcat version 1.0\nfile other.avi\n";
+    for (const char* name : {"playlist.mp4", "concat.mp4"}) {
+        CAPTURE(name);
+        CHECK_THROWS_WITH_AS(load_video(tmp / name, 0, PreprocessConfig{}), doctest::Contains(tmp / name + ": cannot open as a video"), Error);
+    }
+}
+
+TEST_CASE("load_video (FFmpeg): only the sampled frames are kept, at the processor size") {
+    TempDir tmp("video-ffmpeg-large");
+    std::vector<Image> frames;
+    for (int i = 0; i < 16; ++i) frames.push_back(colour_frame(i, 1280, 720));
+    write_video(tmp / "large.avi", "avi", frames, 8);
+    PreprocessConfig cfg;
+    cfg.min_pixels = 128 * 32 * 32;
+    cfg.max_pixels = 768 * 32 * 32;
+    const VideoClip clip = load_video(tmp / "large.avi", 0, cfg);
+    REQUIRE(clip.frames.size() == 4);
+    CHECK(clip.source_width == 1280);
+    CHECK(clip.source_height == 720);
+    const auto [h, w] = video_frame_size(4, 720, 1280, cfg);
+    CHECK(int64_t(h) * w * 4 <= cfg.max_pixels);
+    for (const Image& f : clip.frames) CHECK((f.width == w && f.height == h));
+    CHECK(frame_numbers(clip) == clip.frame_indices);
 }
 
 TEST_CASE("tiny-video-4raw golden through load_video: a lossless video file of its frames at 2 fps") {

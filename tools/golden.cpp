@@ -6,7 +6,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -79,7 +81,15 @@ int run(int argc, char** argv) {
         std::string s = argv[a];
         if (s == "--help" || s == "-h") { std::fputs(kUsage, stdout); return 0; }
         if (s == "--dump" && a + 1 < argc) dump = argv[++a];
-        else if (s == "--threads" && a + 1 < argc) omp_set_num_threads(std::atoi(argv[++a]));
+        else if (s == "--threads" && a + 1 < argc) {
+            const std::string v = argv[++a];
+            char* end = nullptr;
+            errno = 0;
+            const long n = std::strtol(v.c_str(), &end, 10);
+            if (v.empty() || *end || errno || n < 1 || n > kMaxThreads)
+                throw Error("--threads: '" + v + "' is not a whole number from 1 to " + std::to_string(kMaxThreads));
+            omp_set_num_threads(int(n));
+        }
         else if (s == "--weights" && a + 1 < argc) {
             const std::string w = argv[++a];
             if (w == "stored") load_opt.weights = WeightFormat::Stored;
@@ -91,8 +101,10 @@ int run(int argc, char** argv) {
             if (m != "f32" && m != "bf16") throw Error("--compute must be f32 or bf16 (got '" + m + "')");
             load_opt.bf16_compute = m == "bf16";
         } else if (s == "--rel-tol" && a + 1 < argc) {
-            rel_tol = std::atof(argv[++a]);
-            if (!(rel_tol > 0)) throw Error("--rel-tol must be a positive number");
+            const std::string v = argv[++a];
+            char* end = nullptr;
+            rel_tol = std::strtod(v.c_str(), &end);
+            if (v.empty() || *end || !(rel_tol > 0 && rel_tol <= 1)) throw Error("--rel-tol: '" + v + "' is not a number in (0, 1]");
         }
         else if (!s.empty() && s[0] != '-' && dir.empty()) dir = s;
         else throw Error(std::string("unknown argument '") + s + "'\n" + kUsage);

@@ -69,6 +69,11 @@ struct ModelConfig {
     std::vector<int> eos_token_ids;  // text_config.eos_token_id (int or list)
 };
 
+// Largest pixel count a preprocessor config or a host's budget may ask the processor for (4 times
+// Qwen3-VL's own 2^24): a picture is scaled up to min_pixels and down to max_pixels, and each
+// processed pixel costs 24 bytes of patch values (1.6 GB at this limit).
+constexpr int64_t kMaxProcessorPixels = int64_t(1) << 26;
+
 // preprocessor_config.json / video_preprocessor_config.json.
 struct PreprocessConfig {
     int patch_size = 16, temporal_patch_size = 2, merge_size = 2;
@@ -357,8 +362,8 @@ inline PreprocessConfig load_preprocess_config(const std::string& path, bool vid
     // Pixel counts as doubles, checked before the conversion to int64 (1e300 must not wrap).
     auto pixels = [&](const detail::JsonReader& rd, const char* key, int64_t fallback) {
         const double x = rd.number(key, double(fallback));
-        if (!(x >= 0 && x <= double(int64_t(1) << 40)))
-            throw Error(rd.where + ": field '" + key + "' (a pixel count) must be between 0 and 2^40");
+        if (!(x >= 0 && x <= double(kMaxProcessorPixels)))
+            throw Error(rd.where + ": field '" + key + "' (a pixel count) must be between 0 and " + std::to_string(kMaxProcessorPixels));
         return int64_t(x);
     };
     if (r.find("size")) {

@@ -31,6 +31,9 @@ struct EngineState {
 class ThreadCountScope {
 public:
     explicit ThreadCountScope(int threads) {
+        if (threads < 0 || threads > kMaxThreads)
+            throw Error("EngineOptions::threads = " + std::to_string(threads) + " is outside 0.." + std::to_string(kMaxThreads) +
+                        " (0 keeps the calling thread's OpenMP setting)");
 #ifdef _OPENMP
         if (threads > 0) {
             saved_ = omp_get_max_threads();

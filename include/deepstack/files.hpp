@@ -1,5 +1,6 @@
 // deepstack/files.hpp - opening the files a caller names as inputs: regular files only, never
-// blocking, and small files read whole only below a size cap checked before the first byte is read.
+// blocking, and small files read whole only below a size cap checked before the first byte is read;
+// writing output files with every error reported.
 #pragma once
 #include "common.hpp"
 
@@ -81,6 +82,25 @@ inline std::string read_small_file(const std::string& path, int64_t max_bytes, c
     }
     text.resize(done);
     return text;
+}
+
+// Writes `bytes` to `path` (created or truncated); every failure of open, write or close (a full
+// disk, /dev/full) is an Error naming the path.
+inline void write_file(const std::string& path, const void* bytes, size_t size) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) throw Error(path + ": cannot open for writing (" + std::strerror(errno) + ")");
+    const char* p = static_cast<const char*>(bytes);
+    for (size_t done = 0; done < size;) {
+        const ssize_t n = ::write(fd, p + done, size - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            const std::string why = n < 0 ? std::strerror(errno) : "nothing written";
+            ::close(fd);
+            throw Error(path + ": write failed (" + why + ")");
+        }
+        done += size_t(n);
+    }
+    if (::close(fd) != 0) throw Error(path + ": write failed (" + std::strerror(errno) + ")");
 }
 
 // Whether `path` names an existing file or folder of any kind (a missing optional file is not an

@@ -195,8 +195,14 @@ inline void draw_boxes(const Image& img, const std::vector<Box>& boxes, const st
         const uint8_t ink[3] = {uint8_t(light ? 0 : 255), uint8_t(light ? 0 : 255), uint8_t(light ? 0 : 255)};
         detail::draw_text(out, tx + 2 * scale, ty + scale, b.label, scale, ink);
     }
-    if (!detail::stb::stbi_write_png(png_path.c_str(), out.width, out.height, 3, out.rgb.data(), out.width * 3))
-        throw Error(png_path + ": cannot write the PNG");
+    std::vector<uint8_t> png;
+    auto append = [](void* to, void* bytes, int n) {
+        auto* v = static_cast<std::vector<uint8_t>*>(to);
+        v->insert(v->end(), static_cast<const uint8_t*>(bytes), static_cast<const uint8_t*>(bytes) + n);
+    };
+    if (!detail::stb::write_png_to_func(append, &png, out.width, out.height, 3, out.rgb.data(), out.width * 3))
+        throw Error(png_path + ": cannot encode the PNG");
+    detail::write_file(png_path, png.data(), png.size());
 }
 
 }  // namespace deepstack

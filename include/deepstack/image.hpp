@@ -431,7 +431,7 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
                         std::to_string(kMaxImageSide) + ", at most " + std::to_string(max_pixels) + " pixels)");
     };
     auto undecodable = [&] {
-        const char* why = detail::stb::stbi_failure_reason();
+        const char* why = detail::stb::failure_reason();
         return Error(name + ": not a decodable image (" + (why ? why : "unknown error") + ")");
     };
     static const std::pair<const char*, const char*> refused[] = {
@@ -448,7 +448,7 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
         if (pnm.maxval <= 0 || pnm.maxval > 65535) throw Error(name + ": PNM maximum sample value " + std::to_string(pnm.maxval) + " is outside 1..65535");
     }
     int w = 0, h = 0, comp = 0;
-    if (!detail::stb::stbi_info_from_memory(data, int(size), &w, &h, &comp)) throw undecodable();
+    if (!detail::stb::info_from_memory(data, int(size), &w, &h, &comp)) throw undecodable();
     check_size(w, h);
     const std::string payload = detail::payload_problem(data, size, w, h, is_pnm ? &pnm : nullptr);
     if (!payload.empty()) throw Error(name + ": " + payload);
@@ -458,7 +458,7 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
     const std::vector<uint8_t> cleaned = detail::png_without_empty_idat(data, size);
     if (!cleaned.empty()) data = cleaned.data(), size = cleaned.size();
     int dw = 0, dh = 0;
-    std::unique_ptr<uint8_t, void (*)(void*)> pixels(detail::stb::stbi_load_from_memory(data, int(size), &dw, &dh, &comp, 3), detail::stb::stbi_image_free);
+    std::unique_ptr<uint8_t, void (*)(void*)> pixels(detail::stb::load_from_memory(data, int(size), &dw, &dh, &comp, 3), detail::stb::image_free);
     if (!pixels) throw undecodable();
     if (dw != w || dh != h)
         throw Error(name + ": decoded size " + detail::dims_str(dw, dh) + " differs from the header's " + detail::dims_str(w, h));

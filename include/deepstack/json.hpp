@@ -36,15 +36,17 @@ inline int json_nesting_depth(std::string_view text, int limit = kMaxJsonDepth) 
     return deepest;
 }
 
-// Parses `text`; `name` (the file) starts every error message. Nesting deeper than kMaxJsonDepth
-// is refused before parsing (the JSON library's copies and comparisons recurse per level).
-inline nlohmann::json parse_json(std::string_view text, const std::string& name) {
+// Parses `text`; `name` (the file) starts every error message, followed by `part` when the text is
+// a part of that file ("safetensors header"). Nesting deeper than kMaxJsonDepth is refused before
+// parsing (the JSON library's copies and comparisons recurse per level).
+inline nlohmann::json parse_json(std::string_view text, const std::string& name, const std::string& part = "") {
+    const std::string subject = name + ": " + (part.empty() ? "" : part + " is ");
     if (json_nesting_depth(text) > kMaxJsonDepth)
-        throw Error(name + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+        throw Error(subject + "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     try {
         return nlohmann::json::parse(text);
     } catch (const std::exception& e) {
-        throw Error(name + ": not valid JSON (" + e.what() + ")");
+        throw Error(subject + "not valid JSON (" + e.what() + ")");
     }
 }
 

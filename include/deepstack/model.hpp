@@ -11,6 +11,9 @@
 
 namespace deepstack {
 
+// Most OpenMP threads a host or a program flag may ask for (EngineOptions::threads, --threads).
+constexpr int kMaxThreads = 1024;
+
 struct LoadOptions {
     WeightFormat weights = WeightFormat::Stored;  // Q8 / Q4: quantize the large matrices at load
     bool bf16_compute = false;  // fast matmuls: bf16 activations for BF16 weights, int8 for Q8/Q4 prefill,
@@ -91,8 +94,9 @@ struct PixelBudget {
 
 // A preprocessor config with a host's budget applied (load_video takes the result for videos).
 inline PreprocessConfig with_budget(PreprocessConfig p, const PixelBudget& b) {
-    if (b.min_pixels < 0 || b.max_pixels < 0 || b.min_pixels > (int64_t(1) << 40) || b.max_pixels > (int64_t(1) << 40))
-        throw Error("pixel budget: min_pixels and max_pixels must be between 0 (the model's default) and 2^40");
+    if (b.min_pixels < 0 || b.max_pixels < 0 || b.min_pixels > kMaxProcessorPixels || b.max_pixels > kMaxProcessorPixels)
+        throw Error("pixel budget: min_pixels (" + std::to_string(b.min_pixels) + ") and max_pixels (" + std::to_string(b.max_pixels) +
+                    ") must be between 0 (the model's default) and " + std::to_string(kMaxProcessorPixels));
     if (b.min_pixels > 0) p.min_pixels = b.min_pixels;
     if (b.max_pixels > 0) p.max_pixels = b.max_pixels;
     if (p.min_pixels > p.max_pixels) throw Error("min_pixels (" + std::to_string(p.min_pixels) + ") exceeds max_pixels (" + std::to_string(p.max_pixels) + ")");

@@ -202,7 +202,7 @@ inline std::vector<TensorInfo> parse_safetensors(const uint8_t* buf, size_t size
         throw Error(file + ": safetensors header length " + std::to_string(header_len) + " runs past the end of the file (" +
                     std::to_string(size) + " bytes)");
     const nlohmann::json header =
-        parse_json(std::string_view(reinterpret_cast<const char*>(buf + 8), size_t(header_len)), file + ": safetensors header");
+        parse_json(std::string_view(reinterpret_cast<const char*>(buf + 8), size_t(header_len)), file, "safetensors header");
     if (!header.is_object()) throw Error(file + ": safetensors header is not a JSON object");
     const uint8_t* data_area = buf + 8 + header_len;
     const size_t data_size = size - 8 - header_len;
@@ -505,10 +505,7 @@ inline std::vector<uint8_t> serialize_safetensors(std::vector<TensorBlob> blobs)
 
 inline void write_safetensors(const std::string& path, std::vector<TensorBlob> blobs) {
     const std::vector<uint8_t> bytes = serialize_safetensors(std::move(blobs));
-    std::ofstream out(path, std::ios::binary);
-    if (!out) throw Error(path + ": cannot open for writing");
-    out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-    if (!out) throw Error(path + ": write failed");
+    detail::write_file(path, bytes.data(), bytes.size());
 }
 
 }  // namespace deepstack
