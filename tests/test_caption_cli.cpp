@@ -7,6 +7,7 @@
 #include "test_util.hpp"
 #include <deepstack.hpp>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -162,7 +163,7 @@ TEST_CASE("deepstack-caption: --help documents every flag") {
     CHECK(r.status == 0);
     for (const char* flag : {"--model", "--prompt", "--system", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--min-p",
                              "--repetition-penalty", "--presence-penalty", "--seed", "--threads", "--weights", "--compute", "--map-weights",
-                             "--min-pixels", "--max-pixels", "--video", "--fps", "--boxes", "--json"})
+                             "--min-pixels", "--max-pixels", "--video", "--fps", "--boxes", "--json", "--prompt-file"})
         CHECK_MESSAGE(r.out.find(flag) != std::string::npos, flag);
 }
 
@@ -190,6 +191,35 @@ TEST_CASE("deepstack-caption: a missing or incomplete model folder is an error w
     r = caption("--model " + quote(missing.string()) + " --top-k many " + quote(kImage));
     CHECK(r.status == 1);
     CHECK(r.err.find("--top-k: 'many'") != std::string::npos);
+}
+
+TEST_CASE("deepstack-caption: flags outside their ranges are refused before the model loads, naming the flag") {
+    const std::string model = "--model " + quote((fs::temp_directory_path() / "deepstack_no_such_model").string()) + " ";
+    const std::pair<const char*, const char*> cases[] = {
+        {"--temperature -1", "error: --temperature: -1 is outside [0, 100] (0 is greedy)"},
+        {"--top-p 0", "error: --top-p: 0 is outside (0, 1]"},
+        {"--top-p 1.5", "error: --top-p: 1.5 is outside (0, 1]"},
+        {"--min-p -0.5", "error: --min-p: -0.5 is outside [0, 1]"},
+        {"--repetition-penalty 0", "error: --repetition-penalty: 0 is outside (0, 100]"},
+        {"--threads 1073741824", "error: --threads: 1073741824 is too large (at most 1024)"},
+        {"--min-pixels 3000000000", "error: --min-pixels: 3000000000 is too large (at most 67108864)"},
+        {"--fps 0", "error: --fps: 0 is outside (0, 1000]"},
+        {"--prompt-file /nonexistent/prompt.txt", "error: /nonexistent/prompt.txt: cannot open (No such file or directory)"},
+    };
+    for (const auto& [flags, expect] : cases) {
+        CAPTURE(flags);
+        const Run r = caption(model + flags + " " + quote(kImage));
+        CHECK(r.status == 1);
+        CHECK(r.err.rfind(expect, 0) == 0);
+        CHECK(r.out.empty());
+    }
+    // A FIFO as the prompt file is refused at once (never blocks).
+    const fs::path fifo = fs::temp_directory_path() / ("deepstack_prompt_fifo_" + std::to_string(::getpid()));
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    const Run r = caption(model + "--prompt-file " + quote(fifo.string()) + " " + quote(kImage));
+    fs::remove(fifo);
+    CHECK(r.status == 1);
+    CHECK(r.err.find("is a FIFO (named pipe), not a regular file") != std::string::npos);
 }
 
 TEST_CASE("Qwen3 tokenizer files for the caption run") {
@@ -249,6 +279,28 @@ TEST_CASE("deepstack-caption: streams text from a random model, stops at max tok
         REQUIRE(fast.status == 0);
         CHECK(nlohmann::json::parse(fast.out).at("generated_tokens") == 3);
     }
+    // The prompt from a file or from standard input; a full stdout or --boxes target is an error;
+    // --json prints a path that is not UTF-8 with U+FFFD in its place.
+    const fs::path prompt_file = random_model().dir / "prompt.txt";
+    std::ofstream(prompt_file) << "What is it?";
+    const Run from_file = caption(model + " --max-new-tokens 2 --json --prompt-file " + quote(prompt_file.string()) + " " + image);
+    REQUIRE(from_file.status == 0);
+    CHECK(nlohmann::json::parse(from_file.out).at("prompt") == "What is it?");
+    const Run from_stdin = caption(model + " --max-new-tokens 2 --json --prompt-file - " + image + " < " + quote(prompt_file.string()));
+    REQUIRE(from_stdin.status == 0);
+    CHECK(nlohmann::json::parse(from_stdin.out).at("prompt") == "What is it?");
+    const Run full = caption(model + " --max-new-tokens 2 " + image + " >/dev/full");
+    CHECK(full.status == 1);
+    CHECK(full.err.find("error: stdout: write failed") != std::string::npos);
+    const Run boxes_full = caption(model + " --max-new-tokens 2 --boxes /dev/full " + image);
+    CHECK(boxes_full.status == 1);
+    CHECK(boxes_full.err.find("error: /dev/full: write failed (No space left on device)") != std::string::npos);
+    const fs::path odd = random_model().dir / "pic\xff.png";
+    fs::copy_file(kImage, odd, fs::copy_options::overwrite_existing);
+    const Run odd_json = caption(model + " --max-new-tokens 2 --json " + quote(odd.string()));
+    REQUIRE(odd_json.status == 0);
+    CHECK(nlohmann::json::parse(odd_json.out).at("images")[0].at("path").get<std::string>().find("pic\xef\xbf\xbd.png") != std::string::npos);
+
     const Run bad = caption(model + " --weights q5 " + image);
     CHECK(bad.status == 1);
     CHECK(bad.err.find("error: --weights: 'q5' is not one of bf16, int8, q4") != std::string::npos);

@@ -509,4 +509,7 @@ TEST_CASE("decode: every kept format decodes; tiny files declaring huge pictures
     for (size_t k = 0; k < 16; ++k) jpeg[dht + 5 + k] = 0xFF;
     CHECK_THROWS_WITH_AS(decode_image(jpeg.data(), jpeg.size(), "h.jpg"), "h.jpg: corrupt JPEG (a Huffman table declares 4080 codes, at most 256 exist)",
                          Error);
+    // The fuzzer's find once stb_image was instrumented: a table read past its segment's end.
+    const std::vector<uint8_t> past = read_bytes(kData + "/fuzz/corpus/image/jpeg_dht_past_segment");
+    CHECK_THROWS_WITH_AS(decode_image(past.data(), past.size(), "p.jpg"), doctest::Contains("p.jpg: corrupt JPEG (a Huffman table declares"), Error);
 }

@@ -12,6 +12,8 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <new>
 
 using namespace deepstack;
 
@@ -25,6 +27,7 @@ without it).
   --model DIR              Hugging Face model folder: config.json, tokenizer.json, model.safetensors
                            (get one: hf download Qwen/Qwen3-VL-2B-Instruct --local-dir models/Qwen3-VL-2B-Instruct)
   --prompt TEXT            the request after the images (default "Describe this image.")
+  --prompt-file PATH       read the request from a file (- for stdin), for prompts longer than an argument
   --system TEXT            a system message before the request (default: none)
   --max-new-tokens N       stop the reply after N tokens (default 1024)
   --temperature T          sampling temperature; 0 is greedy (always the most likely token)
@@ -85,10 +88,38 @@ int64_t parse_count(const std::string& flag, const std::string& text) {
     return v;
 }
 
-int parse_int(const std::string& flag, const std::string& text) {
+int parse_int(const std::string& flag, const std::string& text, int64_t max = int64_t(1) << 30) {
     const int64_t v = parse_count(flag, text);
-    if (v > (int64_t(1) << 30)) throw Error(flag + ": " + text + " is too large");
+    if (v > max) throw Error(flag + ": " + text + " is too large (at most " + std::to_string(max) + ")");
     return int(v);
+}
+
+// A number in [lo, hi] (in (lo, hi] when `above_lo`); `note` follows the range in the message.
+double parse_in(const std::string& flag, const std::string& text, double lo, double hi, bool above_lo = false, const char* note = "") {
+    const double v = parse_number(flag, text);
+    if (!((above_lo ? v > lo : v >= lo) && v <= hi))
+        throw Error(flag + ": " + text + " is outside " + (above_lo ? "(" : "[") + detail::JsonReader::number_text(lo) + ", " +
+                    detail::JsonReader::number_text(hi) + "]" + note);
+    return v;
+}
+
+// The prompt text of --prompt-file: a file (at most 16 MiB) or, for "-", standard input.
+std::string read_prompt_file(const std::string& path) {
+    if (path != "-") return detail::read_small_file(path, kMaxConfigFileBytes, "a prompt file");
+    std::string text;
+    char buf[65536];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, stdin)) > 0;) {
+        text.append(buf, n);
+        if (int64_t(text.size()) > kMaxConfigFileBytes)
+            throw Error("--prompt-file -: standard input holds more than " + std::to_string(kMaxConfigFileBytes) + " bytes");
+    }
+    if (std::ferror(stdin)) throw Error("--prompt-file -: cannot read standard input");
+    return text;
+}
+
+// Fails when standard output could not take everything written to it (a full disk, a closed pipe).
+void check_stdout() {
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) throw Error(std::string("stdout: write failed (") + std::strerror(errno) + ")");
 }
 
 // The request's video, made on first use (--video and --fps may come in either order).
@@ -109,16 +140,17 @@ bool parse_args(int argc, char** argv, Args& a) {
         if (flag == "-h" || flag == "--help") return false;
         else if (flag == "--model") a.model_dir = value();
         else if (flag == "--prompt") a.request.prompt = value();
+        else if (flag == "--prompt-file") a.request.prompt = read_prompt_file(value());
         else if (flag == "--system") a.request.system = value();
         else if (flag == "--max-new-tokens") sampling.max_new_tokens = parse_int(flag, value());
-        else if (flag == "--temperature") sampling.temperature = float(parse_number(flag, value()));
+        else if (flag == "--temperature") sampling.temperature = float(parse_in(flag, value(), 0, kMaxTemperature, false, " (0 is greedy)"));
         else if (flag == "--top-k") sampling.top_k = parse_int(flag, value());
-        else if (flag == "--top-p") sampling.top_p = float(parse_number(flag, value()));
-        else if (flag == "--min-p") sampling.min_p = float(parse_number(flag, value()));
-        else if (flag == "--repetition-penalty") sampling.repetition_penalty = float(parse_number(flag, value()));
-        else if (flag == "--presence-penalty") sampling.presence_penalty = float(parse_number(flag, value()));
+        else if (flag == "--top-p") sampling.top_p = float(parse_in(flag, value(), 0, 1, true));
+        else if (flag == "--min-p") sampling.min_p = float(parse_in(flag, value(), 0, 1));
+        else if (flag == "--repetition-penalty") sampling.repetition_penalty = float(parse_in(flag, value(), 0, kMaxPenalty, true));
+        else if (flag == "--presence-penalty") sampling.presence_penalty = float(parse_in(flag, value(), -kMaxPenalty, kMaxPenalty));
         else if (flag == "--seed") sampling.seed = uint64_t(parse_count(flag, value()));
-        else if (flag == "--threads") a.options.threads = parse_int(flag, value());
+        else if (flag == "--threads") a.options.threads = parse_int(flag, value(), kMaxThreads);
         else if (flag == "--weights") {
             const std::string w = value();
             if (w != "bf16" && w != "int8" && w != "q4") throw Error("--weights: '" + w + "' is not one of bf16, int8, q4");
@@ -129,11 +161,11 @@ bool parse_args(int argc, char** argv, Args& a) {
             a.options.compute = c == "bf16" ? Compute::Fast : Compute::Exact;
         } else if (flag == "--map-weights")
             a.options.map_weights = true;
-        else if (flag == "--min-pixels") a.options.min_pixels = parse_count(flag, value());
-        else if (flag == "--max-pixels") a.options.max_pixels = parse_count(flag, value());
+        else if (flag == "--min-pixels") a.options.min_pixels = parse_int(flag, value(), kMaxProcessorPixels);
+        else if (flag == "--max-pixels") a.options.max_pixels = parse_int(flag, value(), kMaxProcessorPixels);
         else if (flag == "--json") a.json = true;
         else if (flag == "--video") video(a).path = value();
-        else if (flag == "--fps") video(a).fps = parse_number(flag, value());
+        else if (flag == "--fps") video(a).fps = parse_in(flag, value(), 0, 1000, true);
         else if (flag == "--boxes") a.boxes_png = value();
         else if (flag.size() > 1 && flag[0] == '-') throw Error("unknown flag '" + flag + "' (see --help)");
         else a.request.images.push_back(flag);
@@ -142,7 +174,6 @@ bool parse_args(int argc, char** argv, Args& a) {
     const std::optional<VideoInput>& video = a.request.video;
     if (a.request.images.empty() && (!video || video->path.empty())) throw Error("no IMAGE or --video given (see --help)");
     if (!a.boxes_png.empty() && a.request.images.empty()) throw Error("--boxes draws on the first IMAGE; give one");
-    if (video && video->fps < 0) throw Error("--fps must be positive");
     return true;
 }
 
@@ -203,7 +234,7 @@ int run(const Args& a) {
     auto stream = [&](std::string_view piece) {
         if (!a.json) {
             std::fwrite(piece.data(), 1, piece.size(), stdout);
-            std::fflush(stdout);
+            check_stdout();
         }
         return true;
     };
@@ -228,7 +259,7 @@ int run(const Args& a) {
     const Reply r = engine.generate(a.request, stream, stage_done);
     const double tokens_per_second = r.timings.decode_seconds > 0 ? r.generated_tokens / r.timings.decode_seconds : 0.0;
     if (!a.json) std::fputc('\n', stdout);
-    std::fflush(stdout);
+    check_stdout();
     progress("generated %d tokens in %.2f s (%.1f tokens/s, simd %s); stopped: %s", r.generated_tokens, r.timings.decode_seconds, tokens_per_second, simd,
              stop_text(r.stop));
     nlohmann::json boxes = nlohmann::json::array();
@@ -258,7 +289,9 @@ int run(const Args& a) {
             {"timings", {{"load_seconds", load_seconds}, {"preprocess_seconds", r.timings.preprocess_seconds},
                          {"vision_seconds", r.timings.vision_seconds}, {"prefill_seconds", r.timings.prefill_seconds},
                          {"decode_seconds", r.timings.decode_seconds}, {"decode_tokens_per_second", tokens_per_second}}}};
-        std::puts(out.dump(2).c_str());
+        // Paths and texts that are not UTF-8 (file names are bytes) print with U+FFFD in their place.
+        std::puts(out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+        check_stdout();
     }
     return 0;
 }
@@ -273,6 +306,10 @@ int main(int argc, char** argv) {
             return 0;
         }
         return run(args);
+    } catch (const std::bad_alloc&) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "error: out of memory (lower --max-pixels, --max-new-tokens or the number of inputs)\n");
+        return 1;
     } catch (const std::exception& e) {
         std::fflush(stdout);
         std::fprintf(stderr, "error: %s\n", e.what());

@@ -281,29 +281,23 @@ inline bool parse_pnm_header(const uint8_t* d, size_t size, PnmHeader& h) {
 // A JPEG Huffman table (DHT segment) with more than 256 codes, or the empty string. stb_image 2.27
 // writes a table's code lengths and values into arrays of 257 and 256 entries without checking the
 // count, so such a table would overwrite the decoder's memory (found by the sanitizers once stb_image
-// was compiled with them). Walks the marker segments, skipping entropy-coded data after each SOS.
+// was compiled with them). Every FF C4 in the file is checked (in entropy-coded data a 0xFF is always
+// followed by 0 or a restart marker, so these are all the DHT markers the decoder can meet), and its
+// tables are read as stb_image reads them: while the segment length has bytes left, even past its end.
+// A segment spans at most 64 KiB, so capping the markers checked at 1024 plus one per 4 KiB keeps
+// the work linear in the file (real files carry a few; metadata may hold stray FF C4 pairs).
 inline std::string jpeg_huffman_problem(const uint8_t* d, size_t size) {
-    size_t i = 2;
-    while (i + 1 < size) {
-        if (d[i] != 0xFF) return {};  // not at a marker: leave the diagnosis to the decoder
-        const uint8_t m = d[i + 1];
-        if (m == 0xFF) { ++i; continue; }  // fill byte
-        i += 2;
-        if (m == 0xD8 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) continue;  // no length field
-        if (m == 0xD9 || i + 2 > size) return {};
-        const size_t len = size_t(d[i]) << 8 | d[i + 1];
-        if (len < 2 || len > size - i) return {};
-        if (m == 0xC4) {
-            for (size_t t = i + 2; t + 17 <= i + len;) {
-                size_t codes = 0;
-                for (size_t k = 1; k <= 16; ++k) codes += d[t + k];
-                if (codes > 256) return "corrupt JPEG (a Huffman table declares " + std::to_string(codes) + " codes, at most 256 exist)";
-                t += 17 + codes;
-            }
-        }
-        i += len;
-        if (m == 0xDA) {  // entropy-coded data up to the next marker that is not a restart or a stuffed 0xFF00
-            while (i + 1 < size && !(d[i] == 0xFF && d[i + 1] != 0 && !(d[i + 1] >= 0xD0 && d[i + 1] <= 0xD7))) ++i;
+    auto at = [&](size_t i) { return i < size ? d[i] : uint8_t(0); };  // stb_image reads 0 past the end
+    size_t markers = 0;
+    for (size_t i = 0; i + 1 < size; ++i) {
+        if (d[i] != 0xFF || d[i + 1] != 0xC4) continue;
+        if (++markers > 1024 + size / 4096) return "corrupt JPEG (" + std::to_string(markers) + " Huffman table markers)";
+        const size_t len = size_t(at(i + 2)) << 8 | at(i + 3);
+        for (size_t t = i + 4; t < i + 2 + len && t < size;) {  // each table: class/id byte, 16 counts, the values
+            size_t codes = 0;
+            for (size_t k = 1; k <= 16; ++k) codes += at(t + k);
+            if (codes > 256) return "corrupt JPEG (a Huffman table declares " + std::to_string(codes) + " codes, at most 256 exist)";
+            t += 17 + codes;
         }
     }
     return {};
@@ -342,7 +336,7 @@ inline std::string payload_problem(const uint8_t* d, size_t size, int64_t w, int
         for (size_t i = size; i-- > 2 && !has_eoi;) has_eoi = d[i - 1] == 0xFF && d[i] == 0xD9;
         if (!has_eoi) return "truncated JPEG (no end-of-image marker)";
         if (pixels > 512 * int64_t(size)) return too_many("JPEG", int64_t(size));
-        return jpeg_huffman_problem(d, size);
+        return {};
     }
     if (size >= 30 && d[0] == 'B' && d[1] == 'M') {  // BMP: BI_RGB or BI_BITFIELDS rows, 4-byte aligned
         const bool os2 = le32(14) == 12;
@@ -439,6 +433,10 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
     for (const auto& [magic, format] : refused)
         if (size >= std::strlen(magic) && std::memcmp(data, magic, std::strlen(magic)) == 0)
             throw Error(name + ": " + format + " images are not supported (JPEG, PNG, BMP, GIF, TGA, PGM and PPM are)");
+    if (size >= 2 && data[0] == 0xFF && data[1] == 0xD8) {  // before stb_image reads any table (its header scan builds them too)
+        const std::string problem = detail::jpeg_huffman_problem(data, size);
+        if (!problem.empty()) throw Error(name + ": " + problem);
+    }
     int64_t png_w = 0, png_h = 0;
     if (detail::png_declared_size(data, size, png_w, png_h)) check_size(png_w, png_h);
     detail::PnmHeader pnm;

@@ -122,7 +122,8 @@ out("image", "tga_truncated_13648x13088", bytes([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0
 # A fuzzer find: a PGM width of 94 digits (stb_image's header parser overflows int).
 out("image", "pnm_width_overflow", b"P5  " + b"9" * 94 + b"2\x96\x11\xfa")
 # A fuzzer find, kept as found (tests/fuzz/corpus/image/png_empty_idat): a PNG whose first IDAT
-# chunk is empty (stb_image passed a null buffer to memcpy); not regenerated here.
+# chunk is empty (stb_image passed a null buffer to memcpy); not regenerated here. Likewise
+# jpeg_dht_past_segment: a Huffman table of 4080 codes read past its segment's end.
 out("image", "gif_1x1.gif", b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\x00\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
 # Kept formats made by Pillow (JPEG baseline and progressive, run-length TGA, GIF) when it is installed.
 try:
