@@ -953,7 +953,7 @@ TEST_CASE("inputs: a FIFO anywhere an input file is read is refused at once") {
         fs::remove(b.file(name));
         Fifo f(b.file(name));
         if (std::string(name) == "generation_config.json") {
-            CHECK_THROWS_WITH_AS(load_generation_config(b.model), (f.path + ": " + fifo_error).c_str(), Error);
+            CHECK_THROWS_WITH_AS(detail::load_generation_config(b.model), (f.path + ": " + fifo_error).c_str(), Error);
         } else {
             CHECK_THROWS_WITH_AS(b.load(), (f.path + ": " + fifo_error).c_str(), Error);
         }
@@ -1049,7 +1049,7 @@ TEST_CASE("preprocessor_config.json: image_std, image_mean, rescale_factor and f
     }
 }
 
-TEST_CASE("generation_config.json and SamplingParams: settings outside their ranges are refused, naming the field") {
+TEST_CASE("generation_config.json and sampling settings: settings outside their ranges are refused, naming the field") {
     const std::pair<json, const char*> cases[] = {
         {{{"do_sample", true}, {"temperature", -1}}, "field 'temperature' = -1 must be a finite number in [0, 100]"},
         {{{"do_sample", true}, {"top_p", 0}}, "field 'top_p' = 0 must be a finite number in (0, 1]"},
@@ -1062,20 +1062,20 @@ TEST_CASE("generation_config.json and SamplingParams: settings outside their ran
         CAPTURE(fields.dump());
         BrokenModel b;
         b.write_json("generation_config.json", fields);
-        CHECK_THROWS_WITH_AS(load_generation_config(b.model), doctest::Contains(message), Error);
+        CHECK_THROWS_WITH_AS(detail::load_generation_config(b.model), doctest::Contains(message), Error);
     }
-    SamplingParams p;
+    detail::SamplingParams p;
     p.temperature = -1;
-    CHECK_THROWS_WITH_AS(check_sampling_params(p), "sampling: temperature = -1 is outside [0, 100] (0 is greedy)", Error);
-    CHECK_THROWS_WITH_AS(Sampler{p}, "sampling: temperature = -1 is outside [0, 100] (0 is greedy)", Error);
+    CHECK_THROWS_WITH_AS(detail::check_sampling_params(p), "sampling: temperature = -1 is outside [0, 100] (0 is greedy)", Error);
+    CHECK_THROWS_WITH_AS(detail::Sampler{p}, "sampling: temperature = -1 is outside [0, 100] (0 is greedy)", Error);
     p.temperature = std::nanf("");
-    CHECK_THROWS_WITH_AS(check_sampling_params(p), doctest::Contains("sampling: temperature = nan is outside"), Error);
-    p = SamplingParams{};
+    CHECK_THROWS_WITH_AS(detail::check_sampling_params(p), doctest::Contains("sampling: temperature = nan is outside"), Error);
+    p = detail::SamplingParams{};
     p.top_p = 0;
-    CHECK_THROWS_WITH_AS(check_sampling_params(p), "sampling: top_p = 0 is outside (0, 1]", Error);
-    p = SamplingParams{};
+    CHECK_THROWS_WITH_AS(detail::check_sampling_params(p), "sampling: top_p = 0 is outside (0, 1]", Error);
+    p = detail::SamplingParams{};
     p.top_k = -3;
-    CHECK_THROWS_WITH_AS(check_sampling_params(p), "sampling: top_k = -3 must be >= 0 (0 keeps all tokens)", Error);
+    CHECK_THROWS_WITH_AS(detail::check_sampling_params(p), "sampling: top_k = -3 must be >= 0 (0 keeps all tokens)", Error);
 }
 
 // =================================== text the library parses =====================================

@@ -278,7 +278,7 @@ TEST_CASE("load_video (FFmpeg): playlists and concat lists that would open other
     std::ofstream(tmp / "concat.mp4") << "ffconcat version 1.0\nfile other.avi\n";
     for (const char* name : {"playlist.mp4", "concat.mp4"}) {
         CAPTURE(name);
-        CHECK_THROWS_WITH_AS(load_video(tmp / name, 0, PreprocessConfig{}), doctest::Contains(tmp / name + ": cannot open as a video"), Error);
+        CHECK_THROWS_WITH_AS(load_video(tmp / name, 0, PreprocessConfig{}), doctest::Contains((tmp / name + ": cannot open as a video").c_str()), Error);
     }
 }
 

@@ -143,12 +143,12 @@ bool parse_args(int argc, char** argv, Args& a) {
         else if (flag == "--prompt-file") a.request.prompt = read_prompt_file(value());
         else if (flag == "--system") a.request.system = value();
         else if (flag == "--max-new-tokens") sampling.max_new_tokens = parse_int(flag, value());
-        else if (flag == "--temperature") sampling.temperature = float(parse_in(flag, value(), 0, kMaxTemperature, false, " (0 is greedy)"));
+        else if (flag == "--temperature") sampling.temperature = float(parse_in(flag, value(), 0, detail::kMaxTemperature, false, " (0 is greedy)"));
         else if (flag == "--top-k") sampling.top_k = parse_int(flag, value());
         else if (flag == "--top-p") sampling.top_p = float(parse_in(flag, value(), 0, 1, true));
         else if (flag == "--min-p") sampling.min_p = float(parse_in(flag, value(), 0, 1));
-        else if (flag == "--repetition-penalty") sampling.repetition_penalty = float(parse_in(flag, value(), 0, kMaxPenalty, true));
-        else if (flag == "--presence-penalty") sampling.presence_penalty = float(parse_in(flag, value(), -kMaxPenalty, kMaxPenalty));
+        else if (flag == "--repetition-penalty") sampling.repetition_penalty = float(parse_in(flag, value(), 0, detail::kMaxPenalty, true));
+        else if (flag == "--presence-penalty") sampling.presence_penalty = float(parse_in(flag, value(), -detail::kMaxPenalty, detail::kMaxPenalty));
         else if (flag == "--seed") sampling.seed = uint64_t(parse_count(flag, value()));
         else if (flag == "--threads") a.options.threads = parse_int(flag, value(), kMaxThreads);
         else if (flag == "--weights") {

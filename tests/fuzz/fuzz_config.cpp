@@ -32,8 +32,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             out.write(text.data(), std::streamsize(text.size()));
         }
         try {
-            const SamplingParams p = load_generation_config(dir);
-            check_sampling_params(p);  // whatever loads is a valid setting
+            const detail::SamplingParams p = detail::load_generation_config(dir);
+            detail::check_sampling_params(p);  // whatever loads is a valid setting
             FUZZ_CHECK(p.temperature >= 0 && p.top_p > 0 && p.top_p <= 1 && p.max_new_tokens >= 0);
         } catch (const Error&) {
         }
