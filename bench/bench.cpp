@@ -26,6 +26,9 @@
 #include <random>
 
 using namespace deepstack;
+// The bench measures the kernels and weight layouts themselves, so like the tests it reads the
+// engine internals (namespace deepstack::detail), not only the Engine face.
+using namespace deepstack::detail;
 
 namespace {
 

@@ -22,3 +22,4 @@
 #include "deepstack/grounding.hpp"
 #include "deepstack/request.hpp"
 #include "deepstack/engine.hpp"
+#include "deepstack/advanced.hpp"

@@ -22,6 +22,7 @@
 #include <thread>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 

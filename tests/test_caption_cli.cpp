@@ -18,6 +18,7 @@
 #include <random>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 namespace fs = std::filesystem;
 
 namespace {

@@ -6,6 +6,7 @@
 #include <cmath>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 
 namespace {
 

@@ -16,6 +16,7 @@
 #include <iterator>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 namespace fs = std::filesystem;
 
 namespace {

@@ -11,6 +11,7 @@
 #include <iterator>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 static const std::string kData = DEEPSTACK_TEST_DATA;
 static const std::string kFixtures = kData + "/fixtures/";
 static const std::string kImageData = kData + "/data/image/";

@@ -17,6 +17,7 @@
 
 using namespace deepstack;
 using namespace deepstack::detail;
+using namespace deepstack::detail;
 
 #if defined(DEEPSTACK_LEVEL_AVX512BF16)
 // The kernels only the avx512bf16 level has, tested directly where it is active.

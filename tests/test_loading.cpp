@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 static const std::string kData = DEEPSTACK_TEST_DATA;
 
 TEST_CASE("config.json of the fixtures parses") {

@@ -11,6 +11,7 @@
 #include <random>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 namespace fs = std::filesystem;
 static const std::string kData = DEEPSTACK_TEST_DATA;
 static const std::string kBin = DEEPSTACK_BIN_DIR;

@@ -5,6 +5,7 @@
 #include <deepstack.hpp>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 static const std::string kData = DEEPSTACK_TEST_DATA;
 static const std::string kTiny = kData + "/fixtures/tiny-image/";
 

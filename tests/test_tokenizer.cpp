@@ -13,6 +13,7 @@
 #include <random>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 using nlohmann::json;
 static const std::string kData = DEEPSTACK_TEST_DATA;
 

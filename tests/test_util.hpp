@@ -58,11 +58,11 @@ inline void copy_tree(const std::filesystem::path& from, const std::filesystem::
 
 // The golden prompt ids (`input_ids`, I64) of a fixture folder.
 inline std::vector<int> golden_input_ids(const std::string& fixture_dir) {
-    deepstack::WeightStore g;
+    deepstack::detail::WeightStore g;
     g.add_file(fixture_dir + "/golden.safetensors");
-    const deepstack::TensorInfo* t = g.find("input_ids");
+    const deepstack::detail::TensorInfo* t = g.find("input_ids");
     REQUIRE(t);
-    REQUIRE(t->dtype == deepstack::DType::I64);
+    REQUIRE(t->dtype == deepstack::detail::DType::I64);
     std::vector<int> ids;
     for (int64_t i = 0; i < t->numel(); ++i) {
         int64_t v;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 namespace fs = std::filesystem;
 static const std::string kData = DEEPSTACK_TEST_DATA;
 static const std::string kVideo = kData + "/fixtures/tiny-video-4raw/";

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 

@@ -150,7 +150,7 @@ bool parse_args(int argc, char** argv, Args& a) {
         else if (flag == "--repetition-penalty") sampling.repetition_penalty = float(parse_in(flag, value(), 0, detail::kMaxPenalty, true));
         else if (flag == "--presence-penalty") sampling.presence_penalty = float(parse_in(flag, value(), -detail::kMaxPenalty, detail::kMaxPenalty));
         else if (flag == "--seed") sampling.seed = uint64_t(parse_count(flag, value()));
-        else if (flag == "--threads") a.options.threads = parse_int(flag, value(), kMaxThreads);
+        else if (flag == "--threads") a.options.threads = parse_int(flag, value(), advanced::kMaxThreads);
         else if (flag == "--weights") {
             const std::string w = value();
             if (w != "bf16" && w != "int8" && w != "q4") throw Error("--weights: '" + w + "' is not one of bf16, int8, q4");
@@ -161,8 +161,8 @@ bool parse_args(int argc, char** argv, Args& a) {
             a.options.compute = c == "bf16" ? Compute::Fast : Compute::Exact;
         } else if (flag == "--map-weights")
             a.options.map_weights = true;
-        else if (flag == "--min-pixels") a.options.min_pixels = parse_int(flag, value(), kMaxProcessorPixels);
-        else if (flag == "--max-pixels") a.options.max_pixels = parse_int(flag, value(), kMaxProcessorPixels);
+        else if (flag == "--min-pixels") a.options.min_pixels = parse_int(flag, value(), advanced::kMaxProcessorPixels);
+        else if (flag == "--max-pixels") a.options.max_pixels = parse_int(flag, value(), advanced::kMaxProcessorPixels);
         else if (flag == "--json") a.json = true;
         else if (flag == "--video") video(a).path = value();
         else if (flag == "--fps") video(a).fps = parse_in(flag, value(), 0, 1000, true);
@@ -228,7 +228,7 @@ int run(const Args& a) {
     progress("loading %s", a.model_dir.c_str());
     const Engine engine = Engine::open(a.model_dir, a.options);
     const double load_seconds = seconds_since(t0);
-    const char* simd = isa_name(active_isa());  // the SIMD level the kernels run at
+    const char* simd = advanced::isa_name(advanced::active_isa());  // the SIMD level the kernels run at
     progress("loaded in %.2f s (simd %s)", load_seconds, simd);
 
     auto stream = [&](std::string_view piece) {

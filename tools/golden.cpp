@@ -15,6 +15,7 @@
 #include <utility>
 
 using namespace deepstack;
+using namespace deepstack::advanced;
 
 namespace {
 
@@ -113,7 +114,7 @@ int run(int argc, char** argv) {
     const bool exact_mode = load_opt.weights == WeightFormat::Stored && !load_opt.bf16_compute;
 
     manifest_path = dir + "/manifest.json";  // names nlohmann errors from reading its fields (main)
-    const nlohmann::json manifest = detail::read_json_file(manifest_path);
+    const nlohmann::json manifest = read_json_file(manifest_path);
     WeightStore golden;
     golden.add_file(dir + "/golden.safetensors");
     auto model = Model::load(dir + "/model", load_opt);
@@ -225,7 +226,7 @@ int run(int argc, char** argv) {
         const TensorInfo& g = *golden.find(name);
         auto it = out.find(name);
         if (it == out.end()) {
-            std::printf("%-28s %-16s %12s %12s %10s  %s\n", name.c_str(), detail::shape_str(g.shape).c_str(), "-", "-", "-", "not computed");
+            std::printf("%-28s %-16s %12s %12s %10s  %s\n", name.c_str(), shape_str(g.shape).c_str(), "-", "-", "-", "not computed");
             continue;
         }
         const Computed& mine = it->second;
@@ -266,9 +267,9 @@ int run(int argc, char** argv) {
             ok = err <= tol;
         }
         if (!ok) ++failures;
-        if (mine.shape != g.shape) result = "SHAPE " + detail::shape_str(mine.shape);
+        if (mine.shape != g.shape) result = "SHAPE " + shape_str(mine.shape);
         if (result.empty()) result = (ok ? "ok" : "FAIL") + note;
-        std::printf("%-28s %-16s %12.3g %12.3g %10.3g  %s\n", name.c_str(), detail::shape_str(g.shape).c_str(), err,
+        std::printf("%-28s %-16s %12.3g %12.3g %10.3g  %s\n", name.c_str(), shape_str(g.shape).c_str(), err,
                     maxmag > 0 ? err / maxmag : err, tol, result.c_str());
     }
     if (!dump.empty()) {

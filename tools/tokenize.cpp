@@ -1,6 +1,6 @@
 // deepstack-tokenize TOKENIZER_JSON: reads one JSON string per stdin line and writes its ids (no
 // special tokens added) as a JSON array on its own line.
-#include <deepstack/tokenizer.hpp>
+#include <deepstack/advanced.hpp>
 
 #include <iostream>
 
@@ -10,7 +10,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     try {
-        const auto tok = deepstack::Tokenizer::load(argv[1]);
+        const auto tok = deepstack::advanced::Tokenizer::load(argv[1]);
         std::string line;
         for (size_t n = 1; std::getline(std::cin, line); ++n) {
             nlohmann::json text;

@@ -21,6 +21,8 @@ struct Error : std::runtime_error {
     explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+namespace detail {
+
 // Storage dtypes of weights (as in safetensors) plus the quantized formats made at load time.
 enum class DType { F32, BF16, F16, I64, I32, Q8, Q4 };
 
@@ -40,8 +42,6 @@ inline const char* dtype_name(DType t) {
 // Receives named intermediate tensors of a forward pass (golden comparisons, debugging):
 // name as in the golden fixtures (e.g. "image.vision.block0"), shape, float data.
 using Trace = std::function<void(const std::string& name, const std::vector<int64_t>& shape, const float* data)>;
-
-namespace detail {
 
 inline float bf16_to_f32(uint16_t h) {
     uint32_t u = uint32_t(h) << 16;

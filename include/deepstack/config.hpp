@@ -10,7 +10,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // How visual features enter the decoder (see fusion.hpp), and for StackVit also the vision
 // encoder (see vision_stacks.hpp).
@@ -85,7 +85,6 @@ struct PreprocessConfig {
     int min_frames = 4, max_frames = 768;
 };
 
-namespace detail {
 
 // Typed field access with errors that name the file and the field.
 struct JsonReader {
@@ -210,7 +209,6 @@ inline void parse_moe(const JsonReader& tc, TextConfig& t) {
                         " is not a decoder layer (0.." + std::to_string(t.num_hidden_layers - 1) + ")");
 }
 
-}  // namespace detail
 
 // Parses config.json (already read). `file` is used in messages.
 inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file) {
@@ -400,4 +398,4 @@ inline PreprocessConfig load_preprocess_config(const std::string& path, bool vid
     return p;
 }
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

@@ -10,7 +10,7 @@
 #include "text.hpp"
 #include "vision.hpp"
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // The visual part of a prompt as the decoder consumes it. Rows follow the prompt's visual
 // positions in order.
@@ -129,4 +129,4 @@ inline VisualEmbedding fuse_stack(VisionFeatures global, const std::vector<float
     return out;
 }
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

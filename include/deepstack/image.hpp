@@ -39,6 +39,8 @@ struct Image {
 constexpr int kMaxImageSide = 1 << 16;
 constexpr int64_t kMaxImagePixels = 2 * int64_t(89478485);
 
+namespace detail {
+
 // Patches of one image or video as the vision encoder takes them.
 struct VisualPatches {
     std::vector<float> pixels;      // [grid_t*grid_h*grid_w, 3*temporal*patch*patch], rows in merge-window order
@@ -57,8 +59,6 @@ struct VideoClip {
     int total_frames = 0;            // frames in the source
     int source_width = 0, source_height = 0;  // frame size in the source
 };
-
-namespace detail {
 
 // Python round(): half to even, independent of the floating-point environment.
 inline double round_half_even(double x) {
@@ -472,6 +472,8 @@ inline Image load_image(const std::string& path, int64_t max_pixels = kMaxImageP
     return decode_image(f.data(), f.size(), path, max_pixels);
 }
 
+namespace detail {
+
 // HF smart_resize: {height, width} as multiples of `factor` with area in
 // [min_pixels, max_pixels], in float64 with Python's half-to-even round. Tiny and extreme images
 // are resized (never a zero side); an aspect ratio above 200 is refused.
@@ -663,4 +665,5 @@ inline std::string timestamp_text(double seconds) {
     return buf;
 }
 
+}  // namespace detail
 }  // namespace deepstack

@@ -24,8 +24,7 @@
 #include "kernels.hpp"
 #else
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 namespace DEEPSTACK_KERNEL_LEVEL {
 
 #if defined(DEEPSTACK_HAVE_AMX)
@@ -303,7 +302,6 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
 #endif  // DEEPSTACK_HAVE_AMX
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail
 
 #endif  // DEEPSTACK_KERNEL_LEVEL

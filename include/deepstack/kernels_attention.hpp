@@ -11,8 +11,7 @@
 #include "kernels.hpp"
 #else
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 namespace DEEPSTACK_KERNEL_LEVEL {
 
 namespace attn {
@@ -430,7 +429,6 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
 }
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail
 
 #endif  // DEEPSTACK_KERNEL_LEVEL

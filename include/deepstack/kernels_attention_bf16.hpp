@@ -8,8 +8,7 @@
 #include "kernels.hpp"
 #else
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 namespace DEEPSTACK_KERNEL_LEVEL {
 
 #if defined(DEEPSTACK_HAVE_DPBF16)
@@ -208,7 +207,6 @@ inline void attention_bf16(const float* q, int64_t Tq, const typename KV::T* k, 
 #endif  // DEEPSTACK_HAVE_DPBF16
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail
 
 #endif  // DEEPSTACK_KERNEL_LEVEL

@@ -10,8 +10,7 @@
 #include "kernels.hpp"
 #else
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 namespace DEEPSTACK_KERNEL_LEVEL {
 
 #if defined(DEEPSTACK_HAVE_DPBF16)
@@ -255,7 +254,6 @@ inline void round_to_bf16(const float* x, int64_t n, uint16_t* out) {
 }
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail
 
 #endif  // DEEPSTACK_KERNEL_LEVEL

@@ -31,7 +31,7 @@
 #include <omp.h>
 #endif
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // SIMD levels of the kernels (see kernels_cpu.hpp); later ones include the earlier ones of their
 // architecture.
@@ -56,7 +56,6 @@ inline Isa parse_isa(const std::string& name, const std::string& what) {
     throw Error(what + ": unknown SIMD level '" + name + "' (scalar, neon, avx2, avx512, avx512bf16, amx)");
 }
 
-namespace detail {
 
 #if defined(__x86_64__) || defined(__i386__)
 // Extended control register 0: which register states the OS saves on a context switch.
@@ -120,7 +119,6 @@ inline std::atomic<int>& isa_cap() {
     return cap;
 }
 
-}  // namespace detail
 
 // The highest SIMD level this CPU and OS support.
 inline Isa cpu_isa() { return detail::cpu_isa_once(); }
@@ -141,7 +139,6 @@ inline Isa active_isa() {
 #endif
 }
 
-namespace detail {
 
 // Whether the AMX tile kernels run now (the active level is amx).
 inline bool amx_active() { return active_isa() == Isa::Amx; }
@@ -181,5 +178,4 @@ inline int omp_threads_for(double work) { return work < double(1 << 20) ? 1 : om
 // Rows of a [M, n] elementwise/norm job spread over threads when there is enough work.
 inline bool worth_threads(int64_t elems) { return elems >= (int64_t(1) << 16) && omp_threads() > 1; }
 
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail

@@ -8,8 +8,7 @@
 
 #include <cstdint>
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 
 // One level's entry points.
 struct KernelSet {
@@ -156,5 +155,4 @@ inline void silu_inplace(float* x, int64_t n) { kernels().silu_inplace(x, n); }
 inline void silu_mul(const float* gate, const float* up, float* out, int64_t n) { kernels().silu_mul(gate, up, out, n); }
 inline void add_inplace(float* x, const float* y, int64_t n) { kernels().add_inplace(x, y, n); }
 
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail

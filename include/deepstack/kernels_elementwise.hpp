@@ -8,8 +8,7 @@
 #include "kernels.hpp"
 #else
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 namespace DEEPSTACK_KERNEL_LEVEL {
 
 // LayerNorm of one row x[0, n) into y (may equal x). SIMD, two-pass fp32 statistics (mean, then
@@ -156,7 +155,6 @@ inline void silu_mul(const float* gate, const float* up, float* out, int64_t n) 
 }
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail
 
 #endif  // DEEPSTACK_KERNEL_LEVEL

@@ -14,8 +14,7 @@
 #include "kernels.hpp"
 #else
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 namespace DEEPSTACK_KERNEL_LEVEL {
 
 // Runs block(m0, m1, n0, n1) over an M x N product on nt threads: column blocks of nc handed out
@@ -443,7 +442,6 @@ inline void gemv(const float* x, int64_t M, const Matrix& w, float* y, const flo
 }  // namespace gemm
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail
 
 #endif  // DEEPSTACK_KERNEL_LEVEL

@@ -12,8 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 
 // fp32 -> IEEE half, round to nearest even, overflow to inf, NaN kept (for tests and F16 caches).
 inline uint16_t f32_to_f16(float f) {
@@ -155,7 +154,6 @@ inline void activations_in_line_order(const T* x, int64_t blocks, bool q8, T* ds
             }
 }
 
-}  // namespace detail
 
 // Quantize a weight matrix (any stored dtype) to Q8 or Q4 (symmetric, groups of 32 along the
 // input dim, bf16 scales: max|w| / qmax rounded to bf16 first, then q = w * (1 / scale) rounded to
@@ -208,4 +206,4 @@ inline Matrix quantize(const Matrix& w, DType target) {
     return m;
 }
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

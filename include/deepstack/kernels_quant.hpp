@@ -11,8 +11,7 @@
 #include "kernels.hpp"
 #else
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 namespace DEEPSTACK_KERNEL_LEVEL {
 
 namespace gemm {
@@ -524,7 +523,6 @@ inline void gemv_fast(const float* x, int64_t M, const QuantWeights& qw, float* 
 #endif  // AVX-512 VNNI
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail
 
 #endif  // DEEPSTACK_KERNEL_LEVEL

@@ -10,8 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 
 // y[M, rows] = x[M, cols] * W^T (+ bias[rows]). Scalar reference.
 inline void matmul_ref(const float* x, int64_t M, const Matrix& W, float* y, const float* bias = nullptr) {
@@ -158,5 +157,4 @@ inline void attention_ref(const float* q, int64_t Tq, const float* k, const floa
     }
 }
 
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail

@@ -25,8 +25,7 @@
 #include "kernels.hpp"
 #else
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 namespace DEEPSTACK_KERNEL_LEVEL {
 
 // Whether the AMX tile kernels run here: compiled at this level and active (kernels_cpu.hpp).
@@ -186,7 +185,6 @@ inline void attention_cached_bf16(const float* q, int64_t Tq, const uint16_t* k,
 }
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail
 
 #endif  // DEEPSTACK_KERNEL_LEVEL

@@ -6,8 +6,7 @@
 #include <cstdint>
 #include <memory>
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 
 // Compute mode of a matmul: Exact = fp32 activations x stored weights, fp32 accumulation.
 // Fast = bf16 activations (VDPBF16PS or AMX tiles) for BF16 weights, int8 activations (VNNI) or
@@ -15,7 +14,6 @@ namespace detail {
 // with 8 or more queries (vision, prefill) on bf16 queries, keys, values and probabilities.
 enum class Compute { Exact, Fast };
 
-}  // namespace detail
 
 // A weight matrix [rows, cols] in PyTorch [out, in] layout, in its stored dtype (a view into the
 // mapped file) or in a quantized format made at load time (then `storage` owns the bytes).
@@ -84,4 +82,4 @@ struct QuantWeights {
     int8_t group_byte(int64_t n, int64_t g, int64_t i) const { return quant_quad(n, g, i / 4)[i % 4]; }
 };
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

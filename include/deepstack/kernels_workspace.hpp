@@ -9,8 +9,7 @@
 #include <cstddef>
 #include <string>
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 
 // A grow-only, 64-byte aligned buffer in big_alloc memory (large ones in 2 MiB pages). Contents are
 // undefined after get(); a pointer stays valid until the next larger get() of the same buffer.
@@ -80,5 +79,4 @@ struct AttentionWorkspace {
     Workspace values_f32;   // a bf16 cache's values widened to fp32
 };
 
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail

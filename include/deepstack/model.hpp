@@ -9,7 +9,7 @@
 #include <optional>
 #include <sys/stat.h>
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // Most OpenMP threads a host or a program flag may ask for (EngineOptions::threads, --threads).
 constexpr int kMaxThreads = 1024;
@@ -183,8 +183,6 @@ inline VisualCost estimate_visual_cost(const ModelConfig& c, const std::vector<V
     return cost;
 }
 
-namespace detail {
-
 // The visual part of a prompt: the vision encoder on all visuals at once, then the checkpoint's
 // fusion scheme. Traced names start with "image", "video", or "visual" for a mix.
 inline VisualEmbedding encode_visuals(const Model& m, const std::vector<VisualInput>& visuals, const FusionOptions& opt,
@@ -237,8 +235,6 @@ inline VisualEmbedding encode_visuals(const Model& m, const std::vector<VisualIn
     }
     throw Error("unknown fusion scheme");
 }
-
-}  // namespace detail
 
 // Per-conversation state: the KV cache and the position counter. Not thread-safe itself; use one
 // Session per thread (they may share one Model).
@@ -318,4 +314,4 @@ private:
     int64_t next_pos_ = 0;
 };
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

@@ -21,8 +21,7 @@
 #include <string>
 #include <vector>
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 
 // One expert's SwiGLU in [out, in] layout: gate, up [I, H], down [H, I].
 struct ExpertWeights {
@@ -244,5 +243,4 @@ inline void moe_block(const float* x, int64_t T, const MoeWeights& w, const Text
     }
 }
 
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail

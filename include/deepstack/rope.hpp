@@ -6,7 +6,7 @@
 #include <array>
 #include <cmath>
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // A block of visual placeholder tokens in the prompt: one image, or one temporal patch of a
 // video, with its merged grid (gh x gw tokens, row-major).
@@ -114,4 +114,4 @@ inline void vision_rope_tables(int t, int h, int w, int merge, int head_dim, flo
     });
 }
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

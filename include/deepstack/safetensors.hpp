@@ -19,7 +19,7 @@
 #include <type_traits>
 #include <unordered_map>
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // One tensor of a loaded file: a view into the mapping, never a copy.
 struct TensorInfo {
@@ -37,7 +37,6 @@ struct TensorInfo {
     }
 };
 
-namespace detail {
 
 inline size_t dtype_size(DType t) {
     switch (t) {
@@ -57,7 +56,6 @@ inline bool parse_dtype(const std::string& s, DType& out) {
     return false;
 }
 
-}  // namespace detail
 
 // How a file's bytes are held in memory.
 //   Map:  a read-only mapping of the file (instant open, pages loaded on first touch and shared
@@ -69,7 +67,6 @@ inline bool parse_dtype(const std::string& s, DType& out) {
 //         20-38 GB/s, over huge pages at 42 GB/s, and at 50-60 GB/s with its rows line-aligned.
 enum class FileAccess { Map, Read };
 
-namespace detail {
 
 // The header length a safetensors image starts with: 8 bytes, little-endian.
 inline uint64_t safetensors_header_length(const uint8_t* len_bytes) {
@@ -262,7 +259,6 @@ inline std::vector<TensorInfo> parse_safetensors(const uint8_t* buf, size_t size
     return tensors;
 }
 
-}  // namespace detail
 
 // All tensors of a model folder: `model.safetensors`, or the shards listed by
 // `model.safetensors.index.json`. Files stay mapped or read in (FileAccess) for the lifetime of
@@ -508,4 +504,4 @@ inline void write_safetensors(const std::string& path, std::vector<TensorBlob> b
     detail::write_file(path, bytes.data(), bytes.size());
 }
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

@@ -5,7 +5,7 @@
 #include "rope.hpp"
 #include "weights.hpp"
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // Keys and values of the tokens so far, per layer [max_tokens][Hkv * head_dim] each: fp32, or bf16
 // in fast mode where the CPU has vdpbf16ps (detail::kv_cache_bf16; decided at the first use). The
@@ -81,7 +81,6 @@ struct Injection {
     const float* rows = nullptr;  // [visual rows, D], one per entry of the chunk's visual_rows
 };
 
-namespace detail {
 
 inline void add_rows(float* h, int64_t D, const std::vector<int64_t>& visual_rows, const float* rows) {
     for (size_t i = 0; i < visual_rows.size(); ++i) {
@@ -152,7 +151,6 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     add_inplace(h, y, T * D);
 }
 
-}  // namespace detail
 
 // Token embeddings [ids.size(), D].
 inline std::vector<float> embed_tokens(const TextWeights& W, const TextConfig& c, const std::vector<int>& ids) {
@@ -198,4 +196,4 @@ inline std::vector<float> decode_tokens(const TextWeights& W, const TextConfig& 
     return logits;
 }
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

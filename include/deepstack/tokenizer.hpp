@@ -33,9 +33,8 @@
 #include <string_view>
 #include <unordered_map>
 
-namespace deepstack {
+namespace deepstack::detail {
 
-namespace detail {
 
 // ---- UTF-8 ---------------------------------------------------------------------------------------
 
@@ -383,7 +382,6 @@ inline const char* gpt2_pattern() {
     return R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 }
 
-}  // namespace detail
 
 class StreamDecoder;
 
@@ -724,4 +722,4 @@ private:
     std::string pending_;  // at most 3 bytes: a valid but unfinished character
 };
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

@@ -18,13 +18,12 @@ extern "C" {
 }
 #endif
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // Source frame rate of a folder or list of frames when the caller gives none: such folders are
 // usually extracted at the model's default sampling rate, so 2 frames per second.
 constexpr double kDefaultFolderFps = 2.0;
 
-namespace detail {
 
 inline bool has_image_extension(const std::filesystem::path& p) {
     std::string ext = p.extension().string();
@@ -239,7 +238,6 @@ inline VideoClip load_video_file(const std::string& path, double source_fps, con
 
 #endif  // DEEPSTACK_WITH_FFMPEG
 
-}  // namespace detail
 
 // Reads a video and samples its frames as Qwen3VLVideoProcessor does (via
 // sample_frame_indices): n = int(total_frames / source_fps * target_fps), clamped to
@@ -276,4 +274,4 @@ inline VideoClip load_video(const std::string& path, double source_fps, const Pr
 #endif
 }
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

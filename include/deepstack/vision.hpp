@@ -6,7 +6,7 @@
 
 #include <array>
 
-namespace deepstack {
+namespace deepstack::detail {
 
 // Output of the vision encoder for one or more visual items, in item order.
 struct VisionFeatures {
@@ -15,7 +15,6 @@ struct VisionFeatures {
     std::vector<std::vector<float>> deepstack;   // one [tokens, D] per deepstack_visual_indexes entry
 };
 
-namespace detail {
 
 // torch.linspace(0, end, steps) in float32 (symmetric evaluation from both ends).
 inline float linspace_at(float end, int steps, int i) {
@@ -169,7 +168,6 @@ struct VisionInjection {
     const float* rows = nullptr;
 };
 
-}  // namespace detail
 
 // Runs the vision encoder on the patches of one or more items.
 // pixels: [sum_i t_i*h_i*w_i, patch_dim] in merge-window order per item (as the preprocessor
@@ -206,4 +204,4 @@ inline VisionFeatures encode_vision(const VisionWeights& W, const VisionConfig& 
     return out;
 }
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

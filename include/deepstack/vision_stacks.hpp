@@ -5,8 +5,7 @@
 #pragma once
 #include "vision.hpp"
 
-namespace deepstack {
-namespace detail {
+namespace deepstack::detail {
 
 // Row, within one item's block of patches, of patch (tt, row, col) of a t x h x w grid in
 // merge-window order (merge windows row by row, patches row by row inside a window).
@@ -93,5 +92,4 @@ inline VisionFeatures encode_vision_stacked(const VisionWeights& W, const Vision
     return encode_vision(W, cfg, pixels, grids, trace, prefix, injections);
 }
 
-}  // namespace detail
-}  // namespace deepstack
+}  // namespace deepstack::detail

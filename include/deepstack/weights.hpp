@@ -9,7 +9,7 @@
 
 #include <functional>
 
-namespace deepstack {
+namespace deepstack::detail {
 
 struct Linear {
     Matrix w;              // [out, in]
@@ -73,7 +73,6 @@ struct GatedFusionWeights {
     LayerNormWeights norm;   // [D]
 };
 
-namespace detail {
 
 inline Matrix matrix(const WeightStore& ws, const std::string& name, int64_t rows, int64_t cols) {
     const TensorInfo& t = ws.get(name, {rows, cols});
@@ -108,7 +107,6 @@ inline MergerWeights merger(const WeightStore& ws, const std::string& prefix, co
     return m;
 }
 
-}  // namespace detail
 
 inline VisionWeights load_vision_weights(const WeightStore& ws, const VisionConfig& v) {
     using namespace detail;
@@ -213,7 +211,6 @@ inline void load_experts(TextWeights& t, const WeightStore& ws, const TextConfig
         if (L.moe) detail::lay_out_experts(*L.moe, ws, c, target, release);
 }
 
-namespace detail {
 // Returns the function that re-lays a matrix in place with relay(m, bytes) when fits(m) and the
 // store owns its bytes (read in, not mapped; the store must be writable meanwhile).
 template <class Fits, class Relay>
@@ -224,7 +221,6 @@ inline auto relay_owned(WeightStore& ws, Fits fits, Relay relay) {
         if (bytes) relay(m, reinterpret_cast<uint16_t*>(bytes));
     };
 }
-}  // namespace detail
 
 // Rewrites the decoder's BF16 matrices - q/k/v/o, gate/up/down, lm_head - as row tiles (see
 // Matrix) where the store owns their bytes (read in, not mapped): each decode step streams them
@@ -263,4 +259,4 @@ inline GatedFusionWeights load_gated_fusion_weights(const WeightStore& ws, const
     return g;
 }
 
-}  // namespace deepstack
+}  // namespace deepstack::detail

@@ -77,8 +77,8 @@ inline std::string small_tokenizer_json() {
            vocab + "}, \"merges\": [\"h e\", \"l l\", \"he ll\", \"hell o\", \"\\u0120 w\", \"\\u0120w o\", \"o r\"]}}";
 }
 
-inline const deepstack::Tokenizer& small_tokenizer() {
-    static const deepstack::Tokenizer t = deepstack::Tokenizer::parse(small_tokenizer_json(), "small-tokenizer.json");
+inline const deepstack::detail::Tokenizer& small_tokenizer() {
+    static const deepstack::detail::Tokenizer t = deepstack::detail::Tokenizer::parse(small_tokenizer_json(), "small-tokenizer.json");
     return t;
 }
 

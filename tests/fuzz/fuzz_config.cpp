@@ -13,6 +13,7 @@
 #include <fstream>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 
 static const std::string kData = DEEPSTACK_TEST_DATA;
 

@@ -8,6 +8,7 @@
 #include <deepstack/image.hpp>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 static constexpr int64_t kFuzzMaxPixels = int64_t(1) << 24;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

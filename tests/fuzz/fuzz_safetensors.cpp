@@ -6,6 +6,7 @@
 #include <deepstack/safetensors.hpp>
 
 using namespace deepstack;
+using namespace deepstack::detail;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<TensorInfo> tensors;

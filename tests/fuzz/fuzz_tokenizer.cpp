@@ -5,6 +5,7 @@
 #include "common.hpp"
 
 using namespace deepstack;
+using namespace deepstack::detail;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     deepstack_fuzz::Reader in{data, size};
