@@ -54,7 +54,7 @@ if [ "$download" = yes ]; then
 fi
 
 bash .ci/install-deps
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DDEEPSTACK_ARCH=native -DDEEPSTACK_BUILD_TESTS=OFF
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DDEEPSTACK_BUILD_TESTS=OFF
 cmake --build build -j"$(nproc)" --target deepstack-caption
 
 if [ "$download" = yes ]; then

@@ -94,18 +94,25 @@ int parse_int(const std::string& flag, const std::string& text, int64_t max = in
     return int(v);
 }
 
+// A range bound as a message shows it: 100, 0.5, 1e+30.
+std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
 // A number in [lo, hi] (in (lo, hi] when `above_lo`); `note` follows the range in the message.
 double parse_in(const std::string& flag, const std::string& text, double lo, double hi, bool above_lo = false, const char* note = "") {
     const double v = parse_number(flag, text);
     if (!((above_lo ? v > lo : v >= lo) && v <= hi))
-        throw Error(flag + ": " + text + " is outside " + (above_lo ? "(" : "[") + detail::JsonReader::number_text(lo) + ", " +
-                    detail::JsonReader::number_text(hi) + "]" + note);
+        throw Error(flag + ": " + text + " is outside " + (above_lo ? "(" : "[") + number_text(lo) + ", " +
+                    number_text(hi) + "]" + note);
     return v;
 }
 
 // The prompt text of --prompt-file: a file (at most 16 MiB) or, for "-", standard input.
 std::string read_prompt_file(const std::string& path) {
-    if (path != "-") return detail::read_small_file(path, kMaxConfigFileBytes, "a prompt file");
+    if (path != "-") return advanced::read_small_file(path, kMaxConfigFileBytes, "a prompt file");
     std::string text;
     char buf[65536];
     for (size_t n; (n = std::fread(buf, 1, sizeof buf, stdin)) > 0;) {
@@ -143,12 +150,12 @@ bool parse_args(int argc, char** argv, Args& a) {
         else if (flag == "--prompt-file") a.request.prompt = read_prompt_file(value());
         else if (flag == "--system") a.request.system = value();
         else if (flag == "--max-new-tokens") sampling.max_new_tokens = parse_int(flag, value());
-        else if (flag == "--temperature") sampling.temperature = float(parse_in(flag, value(), 0, detail::kMaxTemperature, false, " (0 is greedy)"));
+        else if (flag == "--temperature") sampling.temperature = float(parse_in(flag, value(), 0, advanced::kMaxTemperature, false, " (0 is greedy)"));
         else if (flag == "--top-k") sampling.top_k = parse_int(flag, value());
         else if (flag == "--top-p") sampling.top_p = float(parse_in(flag, value(), 0, 1, true));
         else if (flag == "--min-p") sampling.min_p = float(parse_in(flag, value(), 0, 1));
-        else if (flag == "--repetition-penalty") sampling.repetition_penalty = float(parse_in(flag, value(), 0, detail::kMaxPenalty, true));
-        else if (flag == "--presence-penalty") sampling.presence_penalty = float(parse_in(flag, value(), -detail::kMaxPenalty, detail::kMaxPenalty));
+        else if (flag == "--repetition-penalty") sampling.repetition_penalty = float(parse_in(flag, value(), 0, advanced::kMaxPenalty, true));
+        else if (flag == "--presence-penalty") sampling.presence_penalty = float(parse_in(flag, value(), -advanced::kMaxPenalty, advanced::kMaxPenalty));
         else if (flag == "--seed") sampling.seed = uint64_t(parse_count(flag, value()));
         else if (flag == "--threads") a.options.threads = parse_int(flag, value(), advanced::kMaxThreads);
         else if (flag == "--weights") {

@@ -49,6 +49,8 @@ using detail::Message;
 using detail::Sampler;
 using detail::SamplingParams;
 using detail::build_prompt_ids;
+using detail::kMaxPenalty;
+using detail::kMaxTemperature;
 using detail::generate;
 using detail::image_part;
 using detail::load_generation_config;
@@ -66,6 +68,7 @@ using detail::TensorInfo;
 using detail::WeightStore;
 using detail::make_blob;
 using detail::read_json_file;
+using detail::read_small_file;
 using detail::shape_str;
 using detail::write_safetensors;
 
