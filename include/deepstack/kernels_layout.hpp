@@ -120,9 +120,30 @@ inline float weight_at(const Matrix& w, int64_t r, int64_t c) {
     }
 }
 
-// Row r of a weight matrix converted to float.
+// Row r of a weight matrix converted to float: float formats piece by piece (for_each_row_piece),
+// quantized ones element by element.
 inline void weight_row(const Matrix& w, int64_t r, float* out) {
-    for (int64_t c = 0; c < w.cols; ++c) out[c] = weight_at(w, r, c);
+    if (w.dtype == DType::Q8 || w.dtype == DType::Q4) {
+        for (int64_t c = 0; c < w.cols; ++c) out[c] = weight_at(w, r, c);
+        return;
+    }
+    for_each_row_piece(w, r, 0, w.cols, [&](int64_t index, int64_t offset, int64_t len) {
+        float* o = out + offset;
+        switch (w.dtype) {
+            case DType::F32: std::memcpy(o, static_cast<const float*>(w.data) + index, size_t(len) * sizeof(float)); return;
+            case DType::BF16: {
+                const uint16_t* h = static_cast<const uint16_t*>(w.data) + index;
+                for (int64_t i = 0; i < len; ++i) o[i] = bf16_to_f32(h[i]);
+                return;
+            }
+            case DType::F16: {
+                const uint16_t* h = static_cast<const uint16_t*>(w.data) + index;
+                for (int64_t i = 0; i < len; ++i) o[i] = f16_to_f32(h[i]);
+                return;
+            }
+            default: throw Error(std::string("weight_row: unsupported dtype ") + dtype_name(w.dtype));
+        }
+    });
 }
 
 // The stored bytes of group g of row n, in order (32 for Q8, 16 for Q4), gathered from its quads.
@@ -155,11 +176,44 @@ inline void activations_in_line_order(const T* x, int64_t blocks, bool q8, T* ds
 }
 
 
+// x rounded to the nearest integer, ties to even, as std::nearbyint in the default rounding mode
+// for |x| < 2^22 (adding 1.5 * 2^23 leaves no fraction bits); larger values, infinities and NaN
+// come out large, infinite or NaN alike, which the quantizer's clamp treats as nearbyint's.
+// Unlike nearbyint it is inlined and vectorised on every x86-64.
+inline float round_to_nearest_even(float x) {
+    constexpr float shifter = 12582912.f;  // 1.5 * 2^23
+    return (x + shifter) - shifter;
+}
+
+// Row n of qw from its float values row [qw.kpad] (zero past qw.cols); see quantize().
+inline void quantize_row(const float* row, QuantWeights& qw, int64_t n) {
+    const int64_t G = qw.groups();
+    const float qmax = qw.type == DType::Q8 ? 127.f : 7.f;
+    for (int64_t g = 0; g < G; ++g) {
+        const float* v = row + g * kQuantGroup;
+        float amax = 0.f;
+        for (int j = 0; j < kQuantGroup; ++j) amax = std::max(amax, std::fabs(v[j]));
+        const uint16_t s16 = f32_to_bf16(amax / qmax);
+        const float s = bf16_to_f32(s16), inv = s > 0.f ? 1.f / s : 0.f;
+        qw.scale[size_t(n * G + g)] = s16;
+        int q[kQuantGroup];
+        for (int j = 0; j < kQuantGroup; ++j) q[j] = int(std::max(-qmax, std::min(qmax, round_to_nearest_even(v[j] * inv))));
+        int8_t bytes[kQuantGroup];
+        if (qw.type == DType::Q8) {
+            for (int j = 0; j < kQuantGroup; ++j) bytes[j] = int8_t(uint8_t(q[j] + 128));
+        } else {
+            for (int j = 0; j < 16; ++j) bytes[j] = int8_t(uint8_t((q[j] + 8) | ((q[j + 16] + 8) << 4)));
+        }
+        for (int64_t quad = 0; quad < qw.group_bytes() / 4; ++quad) std::memcpy(qw.quant_quad(n, g, quad), bytes + 4 * quad, 4);
+    }
+}
+
 // Quantize a weight matrix (any stored dtype) to Q8 or Q4 (symmetric, groups of 32 along the
 // input dim, bf16 scales: max|w| / qmax rounded to bf16 first, then q = w * (1 / scale) rounded to
 // nearest and clamped to [-qmax, qmax], so the scale a kernel reads is the one the values were made
-// with). The result owns its bytes through Matrix::storage.
-inline Matrix quantize(const Matrix& w, DType target) {
+// with). The rows are shared by the threads unless `parallel` is false (a caller that runs one
+// quantize per thread). The result owns its bytes through Matrix::storage.
+inline Matrix quantize(const Matrix& w, DType target, bool parallel = true) {
     if (target != DType::Q8 && target != DType::Q4)
         throw Error(std::string("quantize: target must be Q8 or Q4, got ") + dtype_name(target));
     auto qw = std::make_shared<QuantWeights>();
@@ -167,34 +221,15 @@ inline Matrix quantize(const Matrix& w, DType target) {
     qw->rows = w.rows;
     qw->cols = w.cols;
     qw->kpad = (w.cols + kQuantGroup - 1) / kQuantGroup * kQuantGroup;
-    const int64_t G = qw->groups(), rb = qw->row_bytes();
-    qw->q.assign(size_t(w.rows * rb), 0);
-    qw->scale.assign(size_t(w.rows * G), 0);
-    const float qmax = target == DType::Q8 ? 127.f : 7.f;
-#pragma omp parallel
+    qw->q.assign(size_t(w.rows * qw->row_bytes()), 0);
+    qw->scale.assign(size_t(w.rows * qw->groups()), 0);
+#pragma omp parallel if (parallel)
     {
         std::vector<float> row(size_t(qw->kpad), 0.f);
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < w.rows; ++n) {
-            detail::weight_row(w, n, row.data());
-            for (int64_t g = 0; g < G; ++g) {
-                const float* v = row.data() + g * kQuantGroup;
-                float amax = 0.f;
-                for (int j = 0; j < kQuantGroup; ++j) amax = std::max(amax, std::fabs(v[j]));
-                const uint16_t s16 = detail::f32_to_bf16(amax / qmax);
-                const float s = detail::bf16_to_f32(s16), inv = s > 0.f ? 1.f / s : 0.f;
-                qw->scale[size_t(n * G + g)] = s16;
-                int q[kQuantGroup];
-                for (int j = 0; j < kQuantGroup; ++j)
-                    q[j] = int(std::max(-qmax, std::min(qmax, std::nearbyint(v[j] * inv))));
-                int8_t bytes[kQuantGroup];
-                if (target == DType::Q8) {
-                    for (int j = 0; j < kQuantGroup; ++j) bytes[j] = int8_t(uint8_t(q[j] + 128));
-                } else {
-                    for (int j = 0; j < 16; ++j) bytes[j] = int8_t(uint8_t((q[j] + 8) | ((q[j + 16] + 8) << 4)));
-                }
-                for (int64_t quad = 0; quad < qw->group_bytes() / 4; ++quad) std::memcpy(qw->quant_quad(n, g, quad), bytes + 4 * quad, 4);
-            }
+            weight_row(w, n, row.data());
+            quantize_row(row.data(), *qw, n);
         }
     }
     Matrix m;

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <numeric>
@@ -68,8 +69,7 @@ inline MoeWeights moe_weights(const WeightStore& ws, const std::string& prefix, 
 // dst [cols, rows] = transpose of the rows x cols block at src with row stride ld (elements of T).
 template <typename T>
 inline void transpose_block(const T* src, int64_t rows, int64_t cols, int64_t ld, T* dst) {
-    constexpr int64_t B = 32;
-#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t(1) << 18))
+    constexpr int64_t B = 32;  // a block's 32 source rows and 32 destination rows stay in L1
     for (int64_t c0 = 0; c0 < cols; c0 += B)
         for (int64_t r0 = 0; r0 < rows; r0 += B)
             for (int64_t c = c0; c < std::min(cols, c0 + B); ++c)
@@ -85,8 +85,9 @@ inline void transpose_elements(const uint8_t* src, int64_t rows, int64_t cols, i
 
 // Lays out the experts of one sparse layer from its fused tensors: per expert gate, up [I, H]
 // and down [H, I], quantized to `quantize_to` (Q8 / Q4) or kept in the stored dtype (then BF16
-// matrices in row tiles for the GEMV, see Matrix). `release` is told each fused tensor once its
-// bytes are read no more (the loader gives their pages back).
+// matrices in row tiles for the GEMV, see Matrix). The experts are shared by the threads, each
+// transposing and quantizing whole matrices. `release` is told each fused tensor once its bytes are
+// read no more (the loader gives their pages back).
 inline void lay_out_experts(MoeWeights& w, const WeightStore& ws, const TextConfig& t, std::optional<DType> quantize_to,
                             const std::function<void(const TensorInfo&)>& release) {
     const int64_t E = t.num_experts, H = t.hidden_size, I = t.moe_intermediate_size;
@@ -98,34 +99,44 @@ inline void lay_out_experts(MoeWeights& w, const WeightStore& ws, const TextConf
     const DType dt = gu.dtype;
     const size_t es = dtype_size(dt), mat = size_t(I * H) * es;  // bytes of one [I, H] / [H, I] matrix
     w.experts.assign(size_t(E), {});
-    // Stored dtype: all experts of the layer in one buffer, [E][gate, up, down]; quantized: one
-    // matrix at a time through a buffer of the largest.
-    std::shared_ptr<big_vector<uint8_t>> owned = std::make_shared<big_vector<uint8_t>>(quantize_to ? mat : 3 * mat * size_t(E));
-    auto finish = [&](Matrix& m, uint8_t* bytes) {
-        if (quantize_to) {
-            m = quantize(m, *quantize_to);
-        } else {
-            m.storage = owned;
-            if (tileable(m)) tile_bf16_rows(m, reinterpret_cast<uint16_t*>(bytes));
-        }
-    };
-    for (int64_t e = 0; e < E; ++e) {
-        ExpertWeights& x = w.experts[size_t(e)];
-        uint8_t* base = owned->data() + (quantize_to ? 0 : size_t(e) * 3 * mat);
-        const uint8_t* gu_e = gu.data + size_t(e * H * 2 * I) * es;  // [H, 2I]
-        const uint8_t* dn_e = dn.data + size_t(e * I * H) * es;      // [I, H]
-        struct Part {
-            Matrix* m;
-            const uint8_t* src;
-            int64_t rows, cols, ld;  // the source block [rows, cols], row stride ld
-        } parts[] = {{&x.gate, gu_e, H, I, 2 * I}, {&x.up, gu_e + size_t(I) * es, H, I, 2 * I}, {&x.down, dn_e, I, H, H}};
-        for (size_t p = 0; p < 3; ++p) {
-            uint8_t* dst = base + (quantize_to ? 0 : p * mat);
-            transpose_elements(parts[p].src, parts[p].rows, parts[p].cols, parts[p].ld, es, dst);
-            *parts[p].m = Matrix{dt, dst, parts[p].cols, parts[p].rows, {}};
-            finish(*parts[p].m, dst);
+    // Stored dtype: all experts of the layer in one buffer, [E][gate, up, down]; quantized: each
+    // thread transposes one matrix at a time into a buffer of its own.
+    std::shared_ptr<big_vector<uint8_t>> owned;
+    if (!quantize_to) owned = std::make_shared<big_vector<uint8_t>>(3 * mat * size_t(E));
+    std::exception_ptr failure;
+#pragma omp parallel
+    {
+        big_vector<uint8_t> scratch(quantize_to ? mat : 0);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t e = 0; e < E; ++e) {
+            try {
+                ExpertWeights& x = w.experts[size_t(e)];
+                const uint8_t* gu_e = gu.data + size_t(e * H * 2 * I) * es;  // [H, 2I]
+                const uint8_t* dn_e = dn.data + size_t(e * I * H) * es;      // [I, H]
+                struct Part {
+                    Matrix* m;
+                    const uint8_t* src;
+                    int64_t rows, cols, ld;  // the source block [rows, cols], row stride ld
+                } parts[] = {{&x.gate, gu_e, H, I, 2 * I}, {&x.up, gu_e + size_t(I) * es, H, I, 2 * I}, {&x.down, dn_e, I, H, H}};
+                for (size_t p = 0; p < 3; ++p) {
+                    uint8_t* dst = quantize_to ? scratch.data() : owned->data() + (size_t(e) * 3 + p) * mat;
+                    transpose_elements(parts[p].src, parts[p].rows, parts[p].cols, parts[p].ld, es, dst);
+                    Matrix& m = *parts[p].m;
+                    m = Matrix{dt, dst, parts[p].cols, parts[p].rows, {}};
+                    if (quantize_to) {
+                        m = quantize(m, *quantize_to, false);
+                    } else {
+                        m.storage = owned;
+                        if (tileable(m)) tile_bf16_rows(m, reinterpret_cast<uint16_t*>(dst));
+                    }
+                }
+            } catch (...) {
+#pragma omp critical(deepstack_lay_out_experts)
+                if (!failure) failure = std::current_exception();
+            }
         }
     }
+    if (failure) std::rethrow_exception(failure);
     if (release) release(gu), release(dn);
 }
 
