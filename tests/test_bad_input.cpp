@@ -26,26 +26,11 @@ using namespace deepstack::detail;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-static const std::string kData = DEEPSTACK_TEST_DATA;
-static const std::string kTinyImage = kData + "/fixtures/tiny-image";
 
 namespace {
 
 
 // A fresh temporary folder, removed at the end of the test case.
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        std::string tmpl = (fs::temp_directory_path() / "deepstack-bad-XXXXXX").string();
-        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-        path = tmpl;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string str(const std::string& rel = "") const { return rel.empty() ? path.string() : (path / rel).string(); }
-};
 
 // A copy of the tiny-image model folder in a temp dir, to break one thing in.
 struct BrokenModel : TempDir {

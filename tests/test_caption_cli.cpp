@@ -23,11 +23,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kImage = std::string(DEEPSTACK_TEST_DATA) + "/fixtures/tiny-image/inputs/image0_80x56.png";
 const std::string kCaption = std::string(DEEPSTACK_BIN_DIR) + "/deepstack-caption";
 
 
-bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json")); }
 
 // Runs deepstack-caption with `args` (already quoted), capturing stdout and stderr.
 Run caption(const std::string& args) { return run_command(quote(kCaption) + " " + args); }

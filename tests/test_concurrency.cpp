@@ -18,8 +18,6 @@
 using namespace deepstack;
 using namespace deepstack::detail;
 
-static const std::string kData = DEEPSTACK_TEST_DATA;
-static const std::string kTinyImage = kData + "/fixtures/tiny-image";
 
 namespace {
 

@@ -20,8 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kFixtures = std::string(DEEPSTACK_TEST_DATA) + "/fixtures/";
-const std::string kImage = kFixtures + "tiny-image/inputs/image0_80x56.png";
 const std::string kFrames = kFixtures + "tiny-video-4raw/inputs";
 
 // A scratch folder of this test program, removed at exit.

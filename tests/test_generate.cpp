@@ -20,7 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kFixtures = std::string(DEEPSTACK_TEST_DATA) + "/fixtures/";
 
 const Tokenizer& toy() {
     static const Tokenizer tok = Tokenizer::parse(toy_tokenizer_json(), "toy tokenizer.json");
@@ -28,7 +27,6 @@ const Tokenizer& toy() {
 }
 
 
-bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json")); }
 
 const Tokenizer& qwen3() {
     static const Tokenizer tok = Tokenizer::load(qwen3_dir() + "/tokenizer.json");

@@ -20,9 +20,6 @@ using namespace deepstack::detail;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-static const std::string kData = DEEPSTACK_TEST_DATA;
-static const std::string kBin = DEEPSTACK_BIN_DIR;
-static const std::string kTinyImage = kData + "/fixtures/tiny-image";
 
 namespace {
 

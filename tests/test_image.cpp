@@ -9,11 +9,10 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include "test_util.hpp"
 
 using namespace deepstack;
 using namespace deepstack::detail;
-static const std::string kData = DEEPSTACK_TEST_DATA;
-static const std::string kFixtures = kData + "/fixtures/";
 static const std::string kImageData = kData + "/data/image/";
 
 static std::vector<uint8_t> read_bytes(const std::string& path) {

@@ -15,8 +15,6 @@
 #include <random>
 #include <vector>
 
-using namespace deepstack;
-using namespace deepstack::detail;
 using namespace deepstack::detail;
 
 #if defined(DEEPSTACK_LEVEL_AVX512BF16)
@@ -214,7 +212,7 @@ TEST_CASE("f32_to_f16 rounds like the hardware conversion") {
 // The same attention call with q and k / v as views into wider rows (row strides ldq, ldkv; NaN
 // between the rows, which must never be read) gives the dense call's output to the bit.
 static bool strided_attention_matches(const std::vector<float>& q, int64_t Tq, const std::vector<float>& k, const std::vector<float>& v,
-                                      int64_t Tk, int Hq, int Hkv, int d, float scale, bool causal, int64_t q_offset, Compute mode,
+                                      int64_t Tk, int Hq, int Hkv, int d, float scale, bool causal, int64_t q_offset, detail::Compute mode,
                                       const std::vector<float>& dense_out) {
     const int64_t ldq = int64_t(Hq) * d + 7, ldkv = int64_t(Hkv) * d + 3;
     std::vector<float> qs(size_t(Tq * ldq), NAN), ks(size_t(Tk * ldkv), NAN), vs(size_t(Tk * ldkv), NAN), o(dense_out.size(), NAN);
@@ -259,7 +257,7 @@ TEST_CASE("attention (tiled, online softmax) matches the scalar reference") {
         INFO("Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " d=" << c.d << " causal=" << c.causal
                    << " off=" << c.q_offset);
         CHECK(worst < 2e-5);
-        CHECK(strided_attention_matches(q, c.Tq, k, v, c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, Compute::Exact, o));
+        CHECK(strided_attention_matches(q, c.Tq, k, v, c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, detail::Compute::Exact, o));
     }
 }
 
@@ -283,7 +281,7 @@ TEST_CASE("fast-mode attention (bf16 dot products) stays within bf16 rounding of
         auto v = randn(size_t(c.Tk * c.Hkv * c.d), seed++);
         const float scale = 1.f / std::sqrt(float(c.d)) * 2.f;
         std::vector<float> o(q.size(), NAN), r(q.size(), NAN);
-        attention(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, o.data(), Compute::Fast);
+        attention(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, o.data(), detail::Compute::Fast);
         attention_ref(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, r.data());
         // bf16 keeps 8 significant bits: scores (|s| up to ~8 here) move by up to ~|s| * 2^-8, the
         // probabilities and values by 2^-9 relative; the output (|v| ~ 1) by about 1e-2 at most
@@ -295,7 +293,7 @@ TEST_CASE("fast-mode attention (bf16 dot products) stays within bf16 rounding of
         }
         INFO("Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " d=" << c.d << " causal=" << c.causal
                    << " worst " << worst << " mean " << mean);
-        CHECK(strided_attention_matches(q, c.Tq, k, v, c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, Compute::Fast, o));
+        CHECK(strided_attention_matches(q, c.Tq, k, v, c.Tk, c.Hq, c.Hkv, c.d, scale, c.causal, c.q_offset, detail::Compute::Fast, o));
 #if defined(DEEPSTACK_LEVEL_AVX512BF16)
         if (c.Tq >= 8 && has_bf16_dot_products()) {
             CHECK(worst < 2e-2);
@@ -357,7 +355,7 @@ TEST_CASE("attention over a bf16 KV cache: the bits of the fp32 call on the same
         const float scale = 1.f / std::sqrt(float(c.d));
         std::vector<float> o(q.size(), NAN), want(q.size(), NAN);
         attention_cached_bf16(q.data(), c.Tq, k16.data(), v16.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, o.data());
-        attention(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, true, c.Tk - c.Tq, want.data(), Compute::Fast);
+        attention(q.data(), c.Tq, k.data(), v.data(), c.Tk, c.Hq, c.Hkv, c.d, scale, true, c.Tk - c.Tq, want.data(), detail::Compute::Fast);
         INFO("Tq=" << c.Tq << " Tk=" << c.Tk << " Hq=" << c.Hq << " Hkv=" << c.Hkv << " d=" << c.d);
         CHECK(std::memcmp(o.data(), want.data(), o.size() * sizeof(float)) == 0);
     }
@@ -555,7 +553,7 @@ static void check_reads_like_rowmajor(const Matrix& relaid, const Matrix& rowmaj
     for (int64_t M : Ms) {
         auto x = randn(size_t(M * K), seed++);
         INFO("M=" << M);
-        for (Compute mode : {Compute::Exact, Compute::Fast}) {
+        for (detail::Compute mode : {detail::Compute::Exact, detail::Compute::Fast}) {
             std::vector<float> y_t(size_t(M * N), NAN), y_r(size_t(M * N), NAN);
             matmul(x.data(), M, relaid, y_t.data(), bias.data(), mode);
             matmul(x.data(), M, rowmajor, y_r.data(), bias.data(), mode);
@@ -621,7 +619,7 @@ TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activatio
                 matmul_bf16_ref(x.data(), M, w.m, yr.data(), bias.data());
                 INFO("M=" << M << " N=" << N << " K=" << K);
                 CHECK(max_rel_err(y, yr, dot_scale(x, M, w.m, bias.data())) < 1e-5);
-                matmul(x.data(), M, w.m, y2.data(), bias.data(), Compute::Fast);
+                matmul(x.data(), M, w.m, y2.data(), bias.data(), detail::Compute::Fast);
                 CHECK(max_rel_err(y2, yr, dot_scale(x, M, w.m, bias.data())) < 1e-5);
             }
         }
@@ -629,7 +627,7 @@ TEST_CASE("matmul_bf16 (fast mode) matches its reference: bf16-rounded activatio
     auto w = make_weight(9, 40, DType::F32, 3);
     auto x = randn(5 * 40, 4);
     std::vector<float> y(5 * 9), yr(5 * 9);
-    matmul(x.data(), 5, w.m, y.data(), nullptr, Compute::Fast);
+    matmul(x.data(), 5, w.m, y.data(), nullptr, detail::Compute::Fast);
     matmul_ref(x.data(), 5, w.m, yr.data());
     CHECK(max_rel_err(y, yr, dot_scale(x, 5, w.m, nullptr)) < 1e-5);
 }
@@ -768,7 +766,7 @@ TEST_CASE("AMX GEMM of Q8 / Q4 weights: bf16 activations times the weights dequa
                     auto bias = randn(size_t(N), seed++);
                     std::vector<float> y(size_t(M * N), NAN), y2(size_t(M * N), NAN), yr(size_t(M * N), NAN);
                     gemm_amx::gemm(x.data(), M, q, y.data(), bias.data());
-                    matmul(x.data(), M, q, y2.data(), bias.data(), Compute::Fast);  // the mode's dispatch takes it
+                    matmul(x.data(), M, q, y2.data(), bias.data(), detail::Compute::Fast);  // the mode's dispatch takes it
                     matmul_bf16_ref(x.data(), M, deq.m, yr.data(), bias.data());
                     INFO(dtype_name(dt) << " M=" << M << " N=" << N << " K=" << K);
                     CHECK(max_rel_err(y, yr, dot_scale(x, M, deq.m, bias.data())) < 1e-5);
@@ -859,7 +857,7 @@ TEST_CASE("matmul_shared_input: one call over matrices sharing an input gives ea
                 ws.push_back(qt == DType::BF16 ? keep.back().m : quantize(keep.back().m, qt));
             }
             for (int64_t M : {1, 2, 4, 5})
-                for (Compute mode : {Compute::Exact, Compute::Fast}) {
+                for (detail::Compute mode : {detail::Compute::Exact, detail::Compute::Fast}) {
                     auto x = randn(size_t(M * K), seed++);
                     std::vector<std::vector<float>> y(3), want(3);
                     const Matrix* w[3];
@@ -872,7 +870,7 @@ TEST_CASE("matmul_shared_input: one call over matrices sharing an input gives ea
                         matmul(x.data(), M, ws[size_t(i)], want[size_t(i)].data(), nullptr, mode);
                     }
                     matmul_shared_input(x.data(), M, w, out, 3, mode);
-                    INFO(dtype_name(qt) << " K=" << K << " M=" << M << " fast=" << (mode == Compute::Fast));
+                    INFO(dtype_name(qt) << " K=" << K << " M=" << M << " fast=" << (mode == detail::Compute::Fast));
                     CHECK(y == want);
                 }
         }

@@ -9,10 +9,10 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include "test_util.hpp"
 
 using namespace deepstack;
 using namespace deepstack::detail;
-static const std::string kData = DEEPSTACK_TEST_DATA;
 
 TEST_CASE("config.json of the fixtures parses") {
     auto c = load_model_config(kData + "/fixtures/tiny-image/model/config.json");

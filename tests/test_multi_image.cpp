@@ -3,10 +3,10 @@
 // with the public pieces, and switching DeepStack off.
 #include <doctest/doctest.h>
 #include <deepstack.hpp>
+#include "test_util.hpp"
 
 using namespace deepstack;
 using namespace deepstack::detail;
-static const std::string kData = DEEPSTACK_TEST_DATA;
 static const std::string kTiny = kData + "/fixtures/tiny-image/";
 
 namespace {
@@ -28,12 +28,6 @@ Image crop(const Image& img, int x0, int y0, int w, int h) {
     return out;
 }
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    REQUIRE(a.size() == b.size());
-    float m = 0;
-    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-    return m;
-}
 
 struct TwoImages {
     std::shared_ptr<const Model> model = Model::load(kTiny + "model");

@@ -15,7 +15,6 @@
 using namespace deepstack;
 using namespace deepstack::detail;
 using nlohmann::json;
-static const std::string kData = DEEPSTACK_TEST_DATA;
 
 namespace {
 
@@ -71,7 +70,6 @@ json added(const std::string& content, int id, json flags = json::object()) {
 // ---- the real Qwen3 tokenizer ------------------------------------------------------------------
 
 
-bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json")); }
 
 const Tokenizer& qwen3() {
     static const Tokenizer tok = Tokenizer::load(qwen3_dir() + "/tokenizer.json");

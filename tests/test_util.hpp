@@ -1,7 +1,30 @@
 // Helpers shared by the test programs.
 #pragma once
+#include <doctest/doctest.h>
+#include <deepstack.hpp>
+
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <system_error>
+#include <vector>
+
+// The tests' folder (fixtures, data) and the folder of the built programs.
+inline const std::string kData = DEEPSTACK_TEST_DATA;
+inline const std::string kFixtures = kData + "/fixtures/";
+inline const std::string kTinyImage = kData + "/fixtures/tiny-image";
+inline const std::string kImage = kData + "/fixtures/tiny-image/inputs/image0_80x56.png";  // 80x56 RGB
+inline const std::string kBin = DEEPSTACK_BIN_DIR;
 
 // Where tests/fetch_tokenizer.sh caches the real Qwen3 tokenizer (tokenizer.json,
 // tokenizer_config.json): $DEEPSTACK_CACHE/tokenizer-qwen3, default ~/.cache/deepstack.
@@ -11,18 +34,34 @@ inline std::string qwen3_dir() {
     return (cache && *cache ? std::string(cache) : std::string(home ? home : "/tmp") + "/.cache/deepstack") + "/tokenizer-qwen3";
 }
 
-#include <doctest/doctest.h>
-#include <deepstack.hpp>
+// Whether tests/fetch_tokenizer.sh has fetched it (tests that need it are skipped without).
+inline bool have_qwen3() { return bool(std::ifstream(qwen3_dir() + "/tokenizer.json")); }
 
-#include <sys/wait.h>
-#include <unistd.h>
+inline float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    float m = 0;
+    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+    return m;
+}
 
-#include <cstdio>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <vector>
+// A fresh temporary folder, removed with everything in it at the end of the scope.
+struct TempDir {
+    std::filesystem::path path;
+    explicit TempDir(const std::string& tag = "test") {
+        std::string tmpl = (std::filesystem::temp_directory_path() / ("deepstack-" + tag + "-XXXXXX")).string();
+        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+        path = tmpl;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    std::string str(const std::string& rel = "") const { return rel.empty() ? path.string() : (path / rel).string(); }
+    std::string operator/(const std::string& rel) const { return (path / rel).string(); }
+};
+
 
 inline std::vector<uint8_t> read_bytes(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
@@ -130,5 +169,13 @@ inline Run run_command(const std::string& command) {
     std::ifstream e(err_file);
     r.err.assign(std::istreambuf_iterator<char>(e), std::istreambuf_iterator<char>());
     std::filesystem::remove(err_file);
+    return r;
+}
+
+// deepstack-golden on a fixture folder, with extra arguments (quoted for the shell where needed);
+// its report is printed when it fails.
+inline Run run_golden(const std::filesystem::path& fixture, const std::string& args = "") {
+    Run r = run_command(quote(kBin + "/deepstack-golden") + " " + quote(fixture.string()) + " " + args);
+    if (r.status != 0) MESSAGE((r.out + r.err));
     return r;
 }

@@ -8,25 +8,16 @@
 
 #include <fstream>
 #include <unistd.h>
+#include "test_util.hpp"
 
 using namespace deepstack;
 using namespace deepstack::detail;
 namespace fs = std::filesystem;
-static const std::string kData = DEEPSTACK_TEST_DATA;
 static const std::string kVideo = kData + "/fixtures/tiny-video-4raw/";
 
 namespace {
 
 // A fresh folder under the system temp dir, removed with its contents at the end of the scope.
-struct TempDir {
-    fs::path path;
-    explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("deepstack-" + name + "-" + std::to_string(getpid()))) {
-        fs::remove_all(path);
-        fs::create_directories(path);
-    }
-    ~TempDir() { fs::remove_all(path); }
-    std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 // Frame i of a synthetic clip: one flat colour that tells the frames apart.
 Image colour_frame(int i, int width = 64, int height = 32) {

@@ -19,9 +19,7 @@ using namespace deepstack::detail;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-static const std::string kData = DEEPSTACK_TEST_DATA;
 static const std::string kStackV = kData + "/fixtures/tiny-stackv";
-static const std::string kBin = DEEPSTACK_BIN_DIR;
 
 namespace {
 
@@ -499,35 +497,6 @@ void write_variant(const Variant& v, const fs::path& root) {
     write_safetensors((root / "golden.safetensors").string(), std::move(golden));
 }
 
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        std::string tmpl = (fs::temp_directory_path() / "deepstack-stackv-XXXXXX").string();
-        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-        path = tmpl;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-};
-
-std::string shell_quote(const std::string& s) {
-    std::string out = "'";
-    for (char ch : s) out += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
-    return out + "'";
-}
-
-// deepstack-golden on a folder: exit code and its report.
-std::pair<int, std::string> run_golden(const fs::path& dir, const std::vector<std::string>& args) {
-    std::string cmd = shell_quote(kBin + "/deepstack-golden") + " " + shell_quote(dir.string());
-    for (const auto& a : args) cmd += " " + a;
-    const fs::path report = dir / "report.txt";
-    cmd += " >" + shell_quote(report.string()) + " 2>&1";
-    const int status = std::system(cmd.c_str());
-    const auto bytes = read_bytes(report);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, std::string(bytes.begin(), bytes.end())};
-}
 
 }  // namespace
 
@@ -583,9 +552,10 @@ TEST_CASE("stack_vit checkpoints the golden fixture does not cover: deepstack-go
         write_variant(v, dir.path);
         for (const std::string& args : v.golden_args) {
             CAPTURE(args);
-            const auto [code, report] = run_golden(dir.path, {args});
+            const Run golden = run_golden(dir.path, args);
+            const std::string report = golden.out + golden.err;
             INFO(report);
-            CHECK(code == 0);
+            CHECK(golden.status == 0);
             CHECK(report.find("outside tolerance") != std::string::npos);
             CHECK(report.find("not computed") == std::string::npos);
             CHECK(report.find(".stacks") != std::string::npos);
