@@ -43,6 +43,8 @@ const char* kUsage =
     "  --compute f32|bf16   activations of the matrix products (default f32)\n"
     "  --threads N          OpenMP threads (default: all)\n"
     "  --decode-steps N     decode steps timed at a 256-token context (default 16)\n"
+    "  --batch B1,B2,...    also time decode steps of B sequences at once (Session::decode_batch, each\n"
+    "                       at a 256-token context): per-step time and aggregate tokens/s for each B\n"
     "  --caption            also time a caption-sized run (448x448 image + 16 text tokens, 32 decode steps)\n"
     "                       and report the resident memory after it\n"
     "  --skip-vision  --skip-vision-896  --skip-prefill  --skip-prefill-1024  --skip-decode  --skip-peaks\n"
@@ -51,6 +53,7 @@ const char* kUsage =
 struct Args {
     std::string shape, model_dir, write_dir, weights = "bf16", compute = "f32";
     int threads = 0, decode_steps = 16;
+    std::vector<int> batches;  // --batch
     bool json = false, caption = false, skip_vision = false, skip_vision_896 = false, skip_prefill = false, skip_prefill_1024 = false,
          skip_decode = false, skip_peaks = false, map_weights = false;
 };
@@ -599,6 +602,32 @@ double run_decode(const std::shared_ptr<const Model>& m, int context, int steps)
     return double(steps) / detail::seconds_since(t0);
 }
 
+// Decode steps of B sequences at once, each at a `context`-token context (copies of one prefilled
+// session): the best of 3 timings of `steps` steps, as seconds per step.
+double run_decode_batch(const std::shared_ptr<const Model>& m, int context, int steps, int B) {
+    Session first(m);
+    const std::vector<float> logits = first.prefill(random_ids(m->config, context, 7));
+    std::vector<Session> sessions(size_t(B), first);
+    std::vector<Session*> ptrs;
+    for (auto& s : sessions) ptrs.push_back(&s);
+    const int64_t V = m->config.text.vocab_size;
+    auto pick = [&](const float* l) {
+        const int next = int(std::max_element(l, l + V) - l);
+        return next == m->config.image_token_id || next == m->config.video_token_id ? 0 : next;
+    };
+    std::vector<int> tokens(size_t(B), pick(logits.data()));
+    double best = 1e30;
+    for (int run = 0; run < 3; ++run) {
+        const auto t0 = Clock::now();
+        for (int i = 0; i < steps; ++i) {
+            const std::vector<float> l = Session::decode_batch(ptrs, tokens);
+            for (int b = 0; b < B; ++b) tokens[size_t(b)] = pick(l.data() + b * V);
+        }
+        best = std::min(best, detail::seconds_since(t0) / steps);
+    }
+    return best;
+}
+
 // A caption-sized request: one 448x448 image and 16 text tokens, then 32 greedy decode steps.
 double run_caption(const std::shared_ptr<const Model>& m) {
     const ModelConfig& c = m->config;
@@ -642,6 +671,7 @@ struct Report {
     double vision_448_eff = 0, vision_896_eff = 0, prefill_256_eff = 0, prefill_1024_eff = 0;
     double decode = 0, decode_bound = 0, decode_read_bw = 0;  // decode_read_bw: decode_weights_read_gbps, max of before / after
     int decode_steps = 0;
+    std::vector<std::pair<int, double>> batch_step_s;  // --batch: (sequences, seconds per step)
     double caption_s = 0;
 };
 
@@ -732,6 +762,11 @@ void print_table(const Report& r, const Args& a) {
     if (r.decode > 0 && r.decode_read_bw > 0)
         std::printf("                 (bound at %.1f GB/s: plain read of the decode's weights just before/after it %.1f GB/s)\n",
                     std::max(r.mem_bw, r.decode_read_bw), r.decode_read_bw);
+    for (const auto& [B, step_s] : r.batch_step_s) {
+        const auto& [B0, step0_s] = r.batch_step_s.front();  // the first count given
+        std::printf("decode x%-3d      %.1f ms/step  %.1f tok/s aggregate  (%.2fx that of %d)\n", B, step_s * 1e3, B / step_s,
+                    (B / step_s) / (B0 / step0_s), B0);
+    }
     if (r.caption_s > 0)
         std::printf("caption          %.2f s (448x448 image, 16 text tokens, 32 new tokens)   RSS after it %s\n", r.caption_s,
                     gb(r.rss_after_caption).c_str());
@@ -759,6 +794,7 @@ void print_json(const Report& r) {
         {"decode_weights_read_gbps", r.decode_read_bw}};
     if (r.gen_s > 0) j["synthetic_gen_s"] = r.gen_s, j["peak_rss_after_load"] = r.peak_after_load;
     if (r.caption_s > 0) j["caption_s"] = r.caption_s, j["rss_after_caption_bytes"] = r.rss_after_caption;
+    for (const auto& [B, step_s] : r.batch_step_s) j["batch_decode"].push_back({{"sequences", B}, {"step_s", step_s}, {"tok_s", B / step_s}});
     std::printf("%s\n", j.dump().c_str());
 }
 
@@ -779,6 +815,17 @@ Args parse_args(int argc, char** argv) {
         else if (s == "--threads") a.threads = std::stoi(value());
         else if (s == "--decode-steps") a.decode_steps = std::stoi(value());
         else if (s == "--json") a.json = true;
+        else if (s == "--batch") {
+            const std::string list = value();
+            for (size_t at = 0; at <= list.size();) {
+                const size_t end = std::min(list.find(',', at), list.size());
+                const std::string item = list.substr(at, end - at);
+                if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 3 || std::stoi(item) < 1)
+                    throw Error("--batch takes sequence counts like 1,2,4,8 (each 1..999), got '" + list + "'");
+                a.batches.push_back(std::stoi(item));
+                at = end + 1;
+            }
+        }
         else if (s == "--caption") a.caption = true;
         else if (s == "--skip-vision") a.skip_vision = true;
         else if (s == "--skip-vision-896") a.skip_vision_896 = true;
@@ -899,6 +946,10 @@ int run(int argc, char** argv) {
         r.decode = run_decode(model, 256, a.decode_steps);
         if (!a.skip_peaks) r.decode_read_bw = std::max(r.decode_read_bw, decode_weights_read_gbps(*model));
         r.decode_steps = a.decode_steps;
+    }
+    for (int B : a.batches) {
+        progress("batched decode: %d sequences at a 256-token context, %d steps (best of 3)", B, a.decode_steps);
+        r.batch_step_s.push_back({B, run_decode_batch(model, 256, a.decode_steps, B)});
     }
     if (a.caption) {
         progress("caption-sized run");

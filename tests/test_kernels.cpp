@@ -534,7 +534,7 @@ static void weight_segment_f32(const Matrix& w, int64_t n, int64_t k0, int64_t k
 
 // A re-laid BF16 matrix (row tiles, pair panels) against its row-major original: weight_at and
 // weight_segment_f32 read the same values; matmul in both modes gives the same bits where both take
-// the same kernel (gemv_bits: also M <= 4), else agrees within summation-order rounding.
+// the same kernel (gemv_bits: also M <= kGemvRows), else agrees within summation-order rounding.
 static void check_reads_like_rowmajor(const Matrix& relaid, const Matrix& rowmajor, const std::vector<int64_t>& Ms, bool gemv_bits,
                                       uint32_t& seed) {
     const int64_t N = rowmajor.rows, K = rowmajor.cols;
@@ -557,7 +557,7 @@ static void check_reads_like_rowmajor(const Matrix& relaid, const Matrix& rowmaj
             std::vector<float> y_t(size_t(M * N), NAN), y_r(size_t(M * N), NAN);
             matmul(x.data(), M, relaid, y_t.data(), bias.data(), mode);
             matmul(x.data(), M, rowmajor, y_r.data(), bias.data(), mode);
-            if (gemv_bits || M > 4) CHECK(y_t == y_r);
+            if (gemv_bits || M > kGemvRows) CHECK(y_t == y_r);
             CHECK(max_rel_err(y_t, y_r, dot_scale(x, M, rowmajor, bias.data())) < 1e-5);
         }
     }
@@ -820,7 +820,7 @@ TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference 
                 for (int64_t M : {1, 2, 3, 4, 5, 6, 17, 40}) {
                     auto x = randn(size_t(M * K), seed++);
                     std::vector<float> y(size_t(M * N), NAN), yr(size_t(M * N), NAN), ye(size_t(M * N));
-                    matmul_quant_fast(x.data(), M, q, y.data(), bias.data());  // (where AMX is usable, fast mode's M > 4 runs the AMX test's kernel)
+                    matmul_quant_fast(x.data(), M, q, y.data(), bias.data());  // (where AMX is usable, fast mode's M > kGemvRows runs the AMX test's kernel)
                     matmul_quant_fast_ref(x.data(), M, q, yr.data(), bias.data());
                     if (!vnni) matmul_ref(x.data(), M, q, yr.data(), bias.data());  // without VNNI: the exact kernels
                     INFO(dtype_name(qt) << " M=" << M << " N=" << N << " K=" << K);
@@ -844,9 +844,37 @@ TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference 
             }
 }
 
+TEST_CASE("GEMV: each activation row gets the same bits for any row count up to kGemvRows") {
+    // A decode step of several sequences runs one product over all their rows; each sequence's
+    // result must be the bits it gets alone (M = 1), in every mode and weight format. N: a thread
+    // split with ragged runs of 16; K: the pair kernel (multiple of 32), quant blocks and tails.
+    uint32_t seed = 1300;
+    for (int64_t K : {64, 600, 1031})
+        for (int64_t N : {45, 700}) {
+            auto bf16 = make_weight(N, K, DType::BF16, seed++);
+            const TestWeight tiled = tileable(bf16.m) ? relaid_copy(bf16, tile_bf16_rows) : bf16;
+            auto f32 = make_weight(N, K, DType::F32, seed++), f16 = make_weight(N, K, DType::F16, seed++);
+            std::vector<std::pair<const char*, Matrix>> ws = {{"bf16", bf16.m}, {"f32", f32.m}, {"f16", f16.m}, {"q8", quantize(bf16.m, DType::Q8)},
+                                                              {"q4", quantize(bf16.m, DType::Q4)}};
+            if (tileable(bf16.m)) ws.push_back({"bf16 tiles", tiled.m});
+            const auto x = randn(size_t(kGemvRows * K), seed++);
+            for (const auto& [name, w] : ws)
+                for (detail::Compute mode : {detail::Compute::Exact, detail::Compute::Fast}) {
+                    std::vector<float> alone(size_t(kGemvRows * N), NAN);
+                    for (int64_t m = 0; m < kGemvRows; ++m) matmul(x.data() + m * K, 1, w, alone.data() + m * N, nullptr, mode);
+                    for (int64_t M = 2; M <= kGemvRows; ++M) {
+                        std::vector<float> y(size_t(M * N), NAN);
+                        matmul(x.data(), M, w, y.data(), nullptr, mode);
+                        INFO(name << " K=" << K << " N=" << N << " M=" << M << " fast=" << (mode == detail::Compute::Fast));
+                        CHECK(std::equal(y.begin(), y.end(), alone.begin()));
+                    }
+                }
+        }
+}
+
 TEST_CASE("matmul_shared_input: one call over matrices sharing an input gives each matmul's bits") {
     // a decoder layer's q / k / v (different row counts, one width) and gate / up, in every mode and
-    // format: fast Q8 / Q4 with M <= 4 run as one GEMV over the stacked rows, the rest one matmul each
+    // format: fast Q8 / Q4 with M <= kGemvRows run as one GEMV over the stacked rows, the rest one matmul each
     uint32_t seed = 1200;
     for (DType qt : {DType::BF16, DType::Q8, DType::Q4})
         for (int64_t K : {64, 600}) {
@@ -856,7 +884,7 @@ TEST_CASE("matmul_shared_input: one call over matrices sharing an input gives ea
                 keep.push_back(make_weight(N, K, DType::BF16, seed++));
                 ws.push_back(qt == DType::BF16 ? keep.back().m : quantize(keep.back().m, qt));
             }
-            for (int64_t M : {1, 2, 4, 5})
+            for (int64_t M : {1, 2, 4, 5, 8, 9})
                 for (detail::Compute mode : {detail::Compute::Exact, detail::Compute::Fast}) {
                     auto x = randn(size_t(M * K), seed++);
                     std::vector<std::vector<float>> y(3), want(3);

@@ -177,7 +177,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
     split_gemm(M, N, nt, NC, NR, block, MR);
 }
 
-// GEMV (M <= 4): xb holds the activations as bf16, each row zero padded to kpad (multiple of 32).
+// GEMV (M <= kGemvRows, kGemvChunk rows at a time): xb holds the activations as bf16, each row zero padded to kpad (multiple of 32).
 // Tiled: rows [n0, n1) lie in row tiles (Matrix::tile_rows), n0 and n1 multiples of R.
 template <int MM, int R, bool Tiled = false>
 inline void gemv_rows(const uint16_t* xb, int64_t kpad, const uint16_t* w, int64_t K, float* y, int64_t N,
@@ -220,23 +220,34 @@ inline void gemv_rows(const uint16_t* xb, int64_t kpad, const uint16_t* w, int64
     if (n < n1) gemv_rows<MM, 1, Tiled>(xb, kpad, w, K, y, N, bias, n, n1);
 }
 
-template <int MM>
-inline void gemv(const float* x, const Matrix& w, float* y, const float* bias) {
-    constexpr int R = MM <= 2 ? 8 : 4;
+// M <= kGemvRows rows of x.
+inline void gemv(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
     const int64_t N = w.rows, K = w.cols, kpad = (K + 31) / 32 * 32;
-    auto* xb = reinterpret_cast<uint16_t*>(thread_workspace<GemmWorkspace>().x_rounded.get(size_t(MM * kpad / 2 + 16)));
-    for (int m = 0; m < MM; ++m) {
+    auto* xb = reinterpret_cast<uint16_t*>(thread_workspace<GemmWorkspace>().x_rounded.get(size_t(M * kpad / 2 + 16)));
+    for (int64_t m = 0; m < M; ++m) {
         for (int64_t k = 0; k < K; ++k) xb[m * kpad + k] = f32_to_bf16(x[m * K + k]);
         for (int64_t k = K; k < kpad; ++k) xb[m * kpad + k] = 0;
     }
     const auto* wd = static_cast<const uint16_t*>(w.data);
     const int64_t tiled_rows = w.tile_rows ? N / kTileRows * kTileRows : 0;  // rows [0, tiled_rows) in row tiles
-    split_gemv(N, R, omp_threads_for(double(MM) * double(N) * double(K)), [&](int64_t n0, int64_t n1) {
+    // rows [n0, n1) for MM rows of xb at xm into ym; R weight rows per step (any R: each sum's order is the same)
+    auto rows = [&](auto mm_rows, const uint16_t* xm, float* ym, int64_t n0, int64_t n1) {
+        constexpr int MM = decltype(mm_rows)::value, R = MM <= 2 ? 8 : 4;
         if (n0 < tiled_rows) {
-            gemv_rows<MM, R, true>(xb, kpad, wd, K, y, N, bias, n0, std::min(n1, tiled_rows));
+            gemv_rows<MM, R, true>(xm, kpad, wd, K, ym, N, bias, n0, std::min(n1, tiled_rows));
             n0 = std::min(n1, tiled_rows);
         }
-        gemv_rows<MM, R>(xb, kpad, wd, K, y, N, bias, n0, n1);
+        gemv_rows<MM, R>(xm, kpad, wd, K, ym, N, bias, n0, n1);
+    };
+    split_gemv_chunks(M, N, 8, omp_threads_for(double(M) * double(N) * double(K)), [&](int64_t m0, int64_t mm, int64_t n0, int64_t n1) {
+        const uint16_t* xm = xb + m0 * kpad;
+        float* ym = y + m0 * N;
+        switch (mm) {
+            case 1: return rows(std::integral_constant<int, 1>(), xm, ym, n0, n1);
+            case 2: return rows(std::integral_constant<int, 2>(), xm, ym, n0, n1);
+            case 3: return rows(std::integral_constant<int, 3>(), xm, ym, n0, n1);
+            default: return rows(std::integral_constant<int, 4>(), xm, ym, n0, n1);
+        }
     });
 }
 

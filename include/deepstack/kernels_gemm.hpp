@@ -1,8 +1,8 @@
 // deepstack/kernels_gemm.hpp - y[M, N] = x[M, K] * W^T (+ bias) against weights in their stored
 // dtype (F32 / BF16 / F16, and the load-time quantized Q8 / Q4), fp32 activations, fp32 accumulation.
-//   M <= 4 : GEMV path, bandwidth bound: each weight row is streamed once, converted in registers,
-//            dotted with the (up to 4) activation rows; OpenMP over output rows.
-//   M >  4 : packed, register-blocked GEMM: the activations are packed once per call into panels
+//   M <= 8 : GEMV path (kGemvRows), bandwidth bound: each weight row is streamed once, converted in
+//            registers, dotted with the activation rows (4 at a time); OpenMP over output rows.
+//   M >  8 : packed, register-blocked GEMM: the activations are packed once per call into panels
 //            [K/KC][M/MR][KC][MR] shared by the threads; per thread, blocks of KC x NC weights are
 //            converted to fp32 into a private panel [NC/NR][KC][NR] (never the whole matrix), and an
 //            MR x NR micro-kernel (broadcast x, FMA with NR/W weight vectors) accumulates in
@@ -66,6 +66,20 @@ inline void split_gemv(int64_t N, int64_t r, int nt, const Rows& rows) {
         if (u0 >= units) break;
         rows(u0 * r, std::min(N, (u0 + take) * r));
     }
+}
+
+// split_gemv for a GEMV of M <= kGemvRows activation rows: rows(m0, mm, n0, n1) computes rows
+// [m0, m0 + mm) (mm <= kGemvChunk) of outputs [n0, n1). Over kGemvChunk rows, each run of 16 weight
+// rows (a multiple of every kernel's rows per step, so the kernels' alignment holds) serves the
+// chunks one after the other while it is in cache: the weights come from memory once.
+template <typename Rows>
+inline void split_gemv_chunks(int64_t M, int64_t N, int64_t r, int nt, const Rows& rows) {
+    if (M <= kGemvChunk) return split_gemv(N, r, nt, [&](int64_t n0, int64_t n1) { rows(int64_t(0), M, n0, n1); });
+    constexpr int64_t run = 16;
+    split_gemv(N, run, nt, [&](int64_t n0, int64_t n1) {
+        for (int64_t a = n0; a < n1; a += run)
+            for (int64_t m0 = 0; m0 < M; m0 += kGemvChunk) rows(m0, std::min<int64_t>(kGemvChunk, M - m0), a, std::min(n1, a + run));
+    });
 }
 
 // Calls pack(kb, mb) for every (depth block kb of kc, row panel mb of mr) of an M x K activation
@@ -281,7 +295,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& w, float* y, const flo
     split_gemm(M, N, nt, NC, NR, block, MR);
 }
 
-// ---- GEMV (M <= 4): stream each weight row once ----
+// ---- GEMV (M <= kGemvRows): stream each weight row once ----
 
 // y[m, n] for n in [n0, n1), MM activation rows, R weight rows at a time.
 template <class Src, int MM, int R>
@@ -399,44 +413,66 @@ inline void gemv_bf16_pairs(const float* xp, int64_t K, const uint16_t* wdata, f
     if (n < n1) gemv_bf16_pairs<MM, 1, Tiled>(xp, K, wdata, y, N, bias, n, n1);
 }
 
+// Weight rows per step of gemv_rows for MM activation rows: as many as the registers hold while
+// keeping its two accumulator sets (U = 2) for every MM, so each row's sums run in one order
+// whatever MM is. (The BF16 pair kernel's order does not depend on its rows per step.)
+template <int MM>
+constexpr int gemv_step_rows() {
+#if defined(DEEPSTACK_SIMD_AVX512)
+    return MM == 1 ? 8 : MM == 2 ? 4 : 2;
+#else
+    return MM <= 2 ? 4 : 2;
+#endif
+}
+
+// Rows [n0, n1) of y [MM, N] = x [MM, K] w^T (+ bias); xp: x in pair order (BF16 weights, K a
+// multiple of 2W) or null. n0 a multiple of gemv_step_rows<1>() (a row tile holds whole steps).
 template <class Src, int MM>
-inline void gemv_typed(const float* x, const Matrix& w, float* y, const float* bias) {
+inline void gemv_chunk(const float* x, const float* xp, const Matrix& w, float* y, const float* bias, int64_t n0, int64_t n1) {
+    constexpr int R = gemv_step_rows<MM>();
+    static_assert(MM * R * 2 <= 16, "gemv_rows keeps two accumulator sets");
     const int64_t N = w.rows, K = w.cols;
     const auto* wd = static_cast<const typename Src::T*>(w.data);
+    if constexpr (std::is_same_v<Src, simd::BF16Src>) {
 #if defined(DEEPSTACK_SIMD_AVX512)
-    constexpr int R = MM == 1 ? 8 : 4;
+        constexpr int RP = MM == 1 ? 8 : 4;
 #else
-    constexpr int R = MM <= 2 ? 4 : 2;
+        constexpr int RP = MM <= 2 ? 4 : 2;
 #endif
+        const int64_t tiled_rows = w.tile_rows ? N / kTileRows * kTileRows : 0;  // rows [0, tiled_rows) in row tiles
+        if (n0 < tiled_rows) {
+            gemv_bf16_pairs<MM, RP, true>(xp, K, wd, y, N, bias, n0, std::min(n1, tiled_rows));
+            n0 = std::min(n1, tiled_rows);
+        }
+        if (xp) return gemv_bf16_pairs<MM, RP>(xp, K, wd, y, N, bias, n0, n1);
+    }
+    gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, n0, n1);
+}
+
+// M <= kGemvRows rows of x.
+template <class Src>
+inline void gemv(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
+    const int64_t N = w.rows, K = w.cols;
     const float* xp = nullptr;  // activations in pair order, when the BF16 pair kernel applies
     if constexpr (std::is_same_v<Src, simd::BF16Src>) {
         if (K % (2 * simd::W) == 0) {
-            float* buf = thread_workspace<GemmWorkspace>().x_gemv.get(size_t(MM * K));
-            pair_activations(x, MM, K, buf);
+            float* buf = thread_workspace<GemmWorkspace>().x_gemv.get(size_t(M * K));
+            pair_activations(x, M, K, buf);
             xp = buf;
         }
     }
-    const int64_t tiled_rows = w.tile_rows ? N / kTileRows * kTileRows : 0;  // rows [0, tiled_rows) in row tiles
-    split_gemv(N, R, omp_threads_for(double(MM) * double(N) * double(K)), [&](int64_t n0, int64_t n1) {
-        if constexpr (std::is_same_v<Src, simd::BF16Src>) {
-            if (n0 < tiled_rows) {
-                gemv_bf16_pairs<MM, R, true>(xp, K, wd, y, N, bias, n0, std::min(n1, tiled_rows));
-                n0 = std::min(n1, tiled_rows);
-            }
-            if (xp) return gemv_bf16_pairs<MM, R>(xp, K, wd, y, N, bias, n0, n1);
-        }
-        gemv_rows<Src, MM, R>(x, K, wd, y, N, bias, n0, n1);
-    });
-}
-
-template <class Src>
-inline void gemv(const float* x, int64_t M, const Matrix& w, float* y, const float* bias) {
-    switch (M) {
-        case 1: gemv_typed<Src, 1>(x, w, y, bias); return;
-        case 2: gemv_typed<Src, 2>(x, w, y, bias); return;
-        case 3: gemv_typed<Src, 3>(x, w, y, bias); return;
-        default: gemv_typed<Src, 4>(x, w, y, bias); return;
-    }
+    split_gemv_chunks(M, N, gemv_step_rows<1>(), omp_threads_for(double(M) * double(N) * double(K)),
+                      [&](int64_t m0, int64_t mm, int64_t n0, int64_t n1) {
+                          const float* xm = x + m0 * K;
+                          const float* xpm = xp ? xp + m0 * K : nullptr;
+                          float* ym = y + m0 * N;
+                          switch (mm) {
+                              case 1: return gemv_chunk<Src, 1>(xm, xpm, w, ym, bias, n0, n1);
+                              case 2: return gemv_chunk<Src, 2>(xm, xpm, w, ym, bias, n0, n1);
+                              case 3: return gemv_chunk<Src, 3>(xm, xpm, w, ym, bias, n0, n1);
+                              default: return gemv_chunk<Src, 4>(xm, xpm, w, ym, bias, n0, n1);
+                          }
+                      });
 }
 
 }  // namespace gemm

@@ -1,8 +1,8 @@
 // deepstack/kernels_quant.hpp - Q8 / Q4 weights made at load time (see QuantWeights in kernels.hpp):
 // quantize(), and the matmul paths that read them directly:
-//   M <= 4 : GEMV that dequantizes each group of 32 in registers and applies the group scale once
+//   M <= 8 : GEMV that dequantizes each group of 32 in registers and applies the group scale once
 //            per group (fp32 activations, fp32 accumulation);
-//   M >  4 : the packed GEMM of kernels_gemm.hpp, whose per-block packing dequantizes the block
+//   M >  8 : the packed GEMM of kernels_gemm.hpp, whose per-block packing dequantizes the block
 //            (dequant_row_segment) - never a dequantized copy of the whole matrix.
 //
 // A level body: kernels_levels.hpp compiles it once per SIMD level, inside that level's namespace and
@@ -16,7 +16,7 @@ namespace DEEPSTACK_KERNEL_LEVEL {
 
 namespace gemm {
 
-// The exact GEMV (M <= 4) reads the block layout as fast mode's GEMV does: a block of 16 groups
+// The exact GEMV (M <= kGemvRows) reads the block layout as fast mode's GEMV does: a block of 16 groups
 // (QuantWeights) comes as 64-byte lines holding the same 4 bytes of each group, and the activations
 // are laid out once per call in the order of those bytes (xl, [M][kpad] fp32). Q8: 8 lines per
 // block (line j = elements 4j..4j+3 of each group), stored q + 128; Q4: 4 lines (stored q + 8, byte
@@ -153,16 +153,23 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
 }
 #endif
 
-// The exact GEMV for M <= 4 rows of x: lays the activations out in line order, then
+// The exact GEMV for M <= kGemvRows rows of x: lays the activations out in line order, then
 // gemv_quant_blocks over the weight rows.
-template <int MM>
-inline void gemv_quant(const float* x, const QuantWeights& qw, float* y, const float* bias) {
-    const int64_t K = qw.cols, kpad = qw.kpad, blocks = qw.groups() / kQuantBlock;
+inline void gemv_quant(const float* x, int64_t M, const QuantWeights& qw, float* y, const float* bias) {
+    const int64_t N = qw.rows, K = qw.cols, kpad = qw.kpad, blocks = qw.groups() / kQuantBlock;
     const bool q8 = qw.type == DType::Q8;
-    float* xl = thread_workspace<GemmWorkspace>().x_line_order.get(size_t(MM * kpad));  // [MM][kpad]: each block's activations in line order
-    for (int m = 0; m < MM; ++m) activations_in_line_order(x + m * K, blocks, q8, xl + m * kpad);
-    split_gemv(qw.rows, 1, omp_threads_for(double(MM) * double(qw.rows) * double(K)),
-               [&](int64_t n0, int64_t n1) { gemv_quant_blocks<MM>(qw, xl, x, y, bias, n0, n1); });
+    float* xl = thread_workspace<GemmWorkspace>().x_line_order.get(size_t(M * kpad));  // [M][kpad]: each block's activations in line order
+    for (int64_t m = 0; m < M; ++m) activations_in_line_order(x + m * K, blocks, q8, xl + m * kpad);
+    split_gemv_chunks(M, N, 1, omp_threads_for(double(M) * double(N) * double(K)), [&](int64_t m0, int64_t mm, int64_t n0, int64_t n1) {
+        const float *xm = x + m0 * K, *xlm = xl + m0 * kpad;
+        float* ym = y + m0 * N;
+        switch (mm) {
+            case 1: return gemv_quant_blocks<1>(qw, xlm, xm, ym, bias, n0, n1);
+            case 2: return gemv_quant_blocks<2>(qw, xlm, xm, ym, bias, n0, n1);
+            case 3: return gemv_quant_blocks<3>(qw, xlm, xm, ym, bias, n0, n1);
+            default: return gemv_quant_blocks<4>(qw, xlm, xm, ym, bias, n0, n1);
+        }
+    });
 }
 
 }  // namespace gemm
@@ -386,7 +393,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
     split_gemm(M, N, nt, NC, NR, block, MR);
 }
 
-// GEMV (M <= 4) in fast mode: the same int8 activations and integer group dot products as the GEMM.
+// GEMV (M <= kGemvRows) in fast mode: the same int8 activations and integer group dot products as the GEMM.
 // A block of 16 groups (QuantWeights layout) is read as 64-byte steps (Q8: 8, Q4: 4) holding the
 // same 4 bytes of each group, so 32-bit lane L stays in group L: its integer dot product runs over
 // the whole block and is scaled once per block (weight and activation scales of the 16 groups are
@@ -496,20 +503,25 @@ inline void gemv_fast(const float* x, int64_t M, const GemvOut* outs, int count)
         for (int64_t g = 0; g < G; ++g) neg[g] *= -(q8 ? 128 : 8);
         activations_in_line_order(q, blocks, q8, xl + m * kpad);
     }
-    auto rows_of = [&](const GemvOut& o, int64_t n0, int64_t n1) {
-        switch (M) {
-            case 1: gemv_fast_rows<1>(*o.w, xq, sx, xl, xneg, o.y, o.bias, n0, n1); return;
-            case 2: gemv_fast_rows<2>(*o.w, xq, sx, xl, xneg, o.y, o.bias, n0, n1); return;
-            case 3: gemv_fast_rows<3>(*o.w, xq, sx, xl, xneg, o.y, o.bias, n0, n1); return;
-            default: gemv_fast_rows<4>(*o.w, xq, sx, xl, xneg, o.y, o.bias, n0, n1); return;
+    // rows [m0, m0 + mm) of x against rows [n0, n1) of one output
+    auto rows_of = [&](const GemvOut& o, int64_t m0, int64_t mm, int64_t n0, int64_t n1) {
+        const int8_t *xqm = xq + m0 * kpad, *xlm = xl + m0 * kpad;
+        const float* sxm = sx + m0 * G;
+        const int32_t* xnegm = xneg + m0 * G;
+        float* ym = o.y + m0 * o.w->rows;
+        switch (mm) {
+            case 1: return gemv_fast_rows<1>(*o.w, xqm, sxm, xlm, xnegm, ym, o.bias, n0, n1);
+            case 2: return gemv_fast_rows<2>(*o.w, xqm, sxm, xlm, xnegm, ym, o.bias, n0, n1);
+            case 3: return gemv_fast_rows<3>(*o.w, xqm, sxm, xlm, xnegm, ym, o.bias, n0, n1);
+            default: return gemv_fast_rows<4>(*o.w, xqm, sxm, xlm, xnegm, ym, o.bias, n0, n1);
         }
     };
     // rows [n0, n1) of the outputs stacked in order
-    split_gemv(N, 1, omp_threads_for(double(M) * double(N) * double(K)), [&](int64_t n0, int64_t n1) {
+    split_gemv_chunks(M, N, 1, omp_threads_for(double(M) * double(N) * double(K)), [&](int64_t m0, int64_t mm, int64_t n0, int64_t n1) {
         int64_t first = 0;
         for (int i = 0; i < count && first < n1; first += outs[i++].w->rows) {
             const int64_t a = std::max(n0, first), b = std::min(n1, first + outs[i].w->rows);
-            if (a < b) rows_of(outs[i], a - first, b - first);
+            if (a < b) rows_of(outs[i], m0, mm, a - first, b - first);
         }
     });
 }

@@ -3,21 +3,23 @@
 // What each level has (the DEEPSTACK_HAVE_* of kernels_levels.hpp):
 //
 //   product                        rows    dtype          kernel
-//   exact (fp32 activations)       M > 4   BF16           AMX tiles, x split into 3 bf16 pieces [amx]
-//                                  M <= 4  F32/BF16/F16   gemm::gemv (weights converted in registers)
-//                                  M <= 4  Q8/Q4          gemm::gemv_quant (block layout read in place)
+//   exact (fp32 activations)       M > 8   BF16           AMX tiles, x split into 3 bf16 pieces [amx]
+//                                  M <= 8  F32/BF16/F16   gemm::gemv (weights converted in registers)
+//                                  M <= 8  Q8/Q4          gemm::gemv_quant (block layout read in place)
 //                                  else    any            gemm::gemm (packed fp32 GEMM)
-//   fast, BF16 weights             M <= 4  BF16           gemm_bf16::gemv (VDPBF16PS) [dpbf16]
-//                                  M > 4   BF16           AMX tiles [amx], else gemm_bf16::gemm [dpbf16]
+//   fast, BF16 weights             M <= 8  BF16           gemm_bf16::gemv (VDPBF16PS) [dpbf16]
+//                                  M > 8   BF16           AMX tiles [amx], else gemm_bf16::gemm [dpbf16]
 //                                  any     BF16           x rounded to bf16, then exact [no dpbf16]
-//   fast, Q8 / Q4 weights          M > 4   Q8/Q4          AMX tiles, weights dequantized to bf16 [amx]
-//                                  M <= 4  Q8/Q4          gemm_q::gemv_fast (int8 activations) [vnni]
-//                                  M > 4   Q8/Q4          gemm_q::gemm (int8 activations) [vnni]
+//   fast, Q8 / Q4 weights          M > 8   Q8/Q4          AMX tiles, weights dequantized to bf16 [amx]
+//                                  M <= 8  Q8/Q4          gemm_q::gemv_fast (int8 activations) [vnni]
+//                                  M > 8   Q8/Q4          gemm_q::gemm (int8 activations) [vnni]
 //                                  any     Q8/Q4          exact [no vnni]
 //   fast, F32 / F16 weights        any                    exact
 //   attention, fast mode           Tq >= 8                attention_bf16 [dpbf16]
 //                                  else                   attention (fp32)
-// Pair panels (Matrix::panel_rows) always take a GEMM, which reads them in place.
+// Pair panels (Matrix::panel_rows) always take a GEMM, which reads them in place. The GEMVs
+// (M <= kGemvRows) give each row the same bits for any M in that range: a decode step of several
+// sequences matches each one decoded alone.
 //
 // A level body: kernels_levels.hpp compiles it once per SIMD level, inside that level's namespace and
 // target region; included on its own it brings in the whole kernel layer.
@@ -46,22 +48,15 @@ inline void matmul_exact(const float* x, int64_t M, const Matrix& W, float* y, c
         return;
     }
 #if defined(DEEPSTACK_HAVE_AMX)
-    if (W.dtype == DType::BF16 && (M > 4 || W.panel_rows) && amx_here()) return gemm_amx::gemm(x, M, W, y, bias, 3);
+    if (W.dtype == DType::BF16 && (M > kGemvRows || W.panel_rows) && amx_here()) return gemm_amx::gemm(x, M, W, y, bias, 3);
 #endif
-    if (M <= 4 && !W.panel_rows) {
-        const auto* qw = static_cast<const QuantWeights*>(W.data);
+    if (M <= kGemvRows && !W.panel_rows) {
         switch (W.dtype) {
             case DType::F32: return gemm::gemv<simd::F32Src>(x, M, W, y, bias);
             case DType::BF16: return gemm::gemv<simd::BF16Src>(x, M, W, y, bias);
             case DType::F16: return gemm::gemv<simd::F16Src>(x, M, W, y, bias);
             case DType::Q8:
-            case DType::Q4:
-                switch (M) {
-                    case 1: return gemm::gemv_quant<1>(x, *qw, y, bias);
-                    case 2: return gemm::gemv_quant<2>(x, *qw, y, bias);
-                    case 3: return gemm::gemv_quant<3>(x, *qw, y, bias);
-                    default: return gemm::gemv_quant<4>(x, *qw, y, bias);
-                }
+            case DType::Q4: return gemm::gemv_quant(x, M, *static_cast<const QuantWeights*>(W.data), y, bias);
             default: break;
         }
     }
@@ -80,17 +75,11 @@ inline void matmul_exact(const float* x, int64_t M, const Matrix& W, float* y, c
 inline void matmul_bf16(const float* x, int64_t M, const Matrix& W, float* y, const float* bias) {
     if (W.dtype != DType::BF16 || M <= 0 || W.rows <= 0 || W.cols <= 0) return matmul_exact(x, M, W, y, bias);
 #if defined(DEEPSTACK_HAVE_DPBF16)
-    switch (W.panel_rows ? 0 : M) {
-        case 1: return gemm_bf16::gemv<1>(x, W, y, bias);
-        case 2: return gemm_bf16::gemv<2>(x, W, y, bias);
-        case 3: return gemm_bf16::gemv<3>(x, W, y, bias);
-        case 4: return gemm_bf16::gemv<4>(x, W, y, bias);
-        default:
+    if (M <= kGemvRows && !W.panel_rows) return gemm_bf16::gemv(x, M, W, y, bias);
 #if defined(DEEPSTACK_HAVE_AMX)
-            if (amx_here()) return gemm_amx::gemm(x, M, W, y, bias);
+    if (amx_here()) return gemm_amx::gemm(x, M, W, y, bias);
 #endif
-            return gemm_bf16::gemm(x, M, W, y, bias);
-    }
+    return gemm_bf16::gemm(x, M, W, y, bias);
 #else
     const int64_t K = W.cols;
     float* xr = thread_workspace<GemmWorkspace>().x_rounded.get(size_t(M * K));
@@ -105,7 +94,7 @@ inline void matmul_quant_fast(const float* x, int64_t M, const Matrix& W, float*
     if (W.dtype != DType::Q8 && W.dtype != DType::Q4) throw Error("matmul_quant_fast: weights must be Q8 or Q4");
     if (M <= 0 || W.rows <= 0) return;
 #if defined(DEEPSTACK_HAVE_VNNI)
-    if (M <= 4) return gemm_q::gemv_fast(x, M, *static_cast<const QuantWeights*>(W.data), y, bias);
+    if (M <= kGemvRows) return gemm_q::gemv_fast(x, M, *static_cast<const QuantWeights*>(W.data), y, bias);
     gemm_q::gemm(x, M, W, y, bias);
 #else
     matmul_exact(x, M, W, y, bias);
@@ -117,19 +106,19 @@ inline void matmul_in_mode(const float* x, int64_t M, const Matrix& W, float* y,
     const bool quant = W.dtype == DType::Q8 || W.dtype == DType::Q4;
     if (mode == Compute::Exact) return matmul_exact(x, M, W, y, bias);
 #if defined(DEEPSTACK_HAVE_AMX)
-    if (quant && M > 4 && W.rows > 0 && amx_here()) return gemm_amx::gemm(x, M, W, y, bias);
+    if (quant && M > kGemvRows && W.rows > 0 && amx_here()) return gemm_amx::gemm(x, M, W, y, bias);
 #endif
     if (quant) return matmul_quant_fast(x, M, W, y, bias);
     matmul_bf16(x, M, W, y, bias);
 }
 
 // y_i = x W_i^T for the `count` matrices W[i] that share the input x [M, K] (a decoder layer's q / k
-// / v, gate / up). Fast mode, M <= 4, Q8 / Q4 weights of one format with VNNI: x is quantized once
+// / v, gate / up). Fast mode, M <= kGemvRows, Q8 / Q4 weights of one format with VNNI: x is quantized once
 // and one parallel region covers all their rows (a region's start and its threads' uneven finish
 // cost microseconds each, and decode runs hundreds per token); otherwise one product each.
 inline void matmul_shared_input(const float* x, int64_t M, const Matrix* const* W, float* const* y, int count, Compute mode) {
 #if defined(DEEPSTACK_HAVE_VNNI)
-    bool fused = mode == Compute::Fast && M >= 1 && M <= 4 && count <= 4;
+    bool fused = mode == Compute::Fast && M >= 1 && M <= kGemvRows && count <= 4;
     for (int i = 0; fused && i < count; ++i) fused = W[i]->dtype == W[0]->dtype && (W[i]->dtype == DType::Q8 || W[i]->dtype == DType::Q4) &&
                                                     W[i]->cols == W[0]->cols && W[i]->rows > 0;
     if (fused) {

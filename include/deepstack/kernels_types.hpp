@@ -14,6 +14,13 @@ namespace deepstack::detail {
 // with 8 or more queries (vision, prefill) on bf16 queries, keys, values and probabilities.
 enum class Compute { Exact, Fast };
 
+// Products of up to kGemvRows activation rows take the GEMV kernels (a decode step of that many
+// sequences: the weights read once for all of them). Their registers hold kGemvChunk rows; more
+// rows run chunk after chunk over each short run of weight rows while it is in cache. Each row's
+// sums run in the same order for any row count in 1..kGemvRows, so a sequence decoded in a batch
+// gets the bits it gets alone.
+constexpr int kGemvRows = 8, kGemvChunk = 4;
+
 
 // A weight matrix [rows, cols] in PyTorch [out, in] layout, in its stored dtype (a view into the
 // mapped file) or in a quantized format made at load time (then `storage` owns the bytes).

@@ -272,10 +272,9 @@ public:
         for (size_t i = 0; i < ids.size(); ++i)
             if (ids[i] == c.image_token_id || ids[i] == c.video_token_id) visual_rows.push_back(int64_t(i));
         // A pad token without visuals is only accepted from decode() (a generated token).
-        if (visuals.empty() && !visual_rows.empty() && !allow_bare_pads_)
+        if (visuals.empty() && !visual_rows.empty())
             throw Error("prompt has " + std::to_string(visual_rows.size()) +
                         " image/video pad tokens but the visual inputs make 0 tokens (no images or videos were given)");
-        if (visuals.empty()) visual_rows.clear();
 
         VisualEmbedding vis;
         if (!visuals.empty()) {
@@ -293,23 +292,43 @@ public:
         return logits;
     }
 
-    // Appends one token; returns its logits [V].
-    std::vector<float> decode(int token) {
-        allow_bare_pads_ = true;
-        try {
-            auto logits = prefill({token});
-            allow_bare_pads_ = false;
-            return logits;
-        } catch (...) {
-            allow_bare_pads_ = false;
-            throw;
+    // Appends one token (a generated one: an image or video pad token is taken as text); returns
+    // its logits [V].
+    std::vector<float> decode(int token) { return decode_batch({this}, {token}); }
+
+    // Appends tokens[b] to sessions[b] (distinct sessions of one model), as decode() does for
+    // each, in one decoder pass per kGemvRows sessions: the weights are read once for all of them.
+    // Returns their logits [B, V], row b the bits sessions[b]->decode(tokens[b]) gives. A session
+    // whose context is full, or a token outside the vocabulary, throws before any session changes.
+    static std::vector<float> decode_batch(const std::vector<Session*>& sessions, const std::vector<int>& tokens) {
+        if (sessions.empty() || sessions.size() != tokens.size()) throw Error("decode_batch: one token per session, at least one");
+        const Model& m = *sessions[0]->model_;
+        for (size_t b = 0; b < sessions.size(); ++b) {
+            if (sessions[b]->model_.get() != &m) throw Error("decode_batch: the sessions must share one model");
+            for (size_t j = 0; j < b; ++j)
+                if (sessions[j] == sessions[b]) throw Error("decode_batch: a session is given twice");
+            if (sessions[b]->cache_.length >= sessions[b]->cache_.max_tokens)
+                throw Error("the next token does not fit: the context holds " + std::to_string(sessions[b]->cache_.max_tokens) +
+                            " tokens and " + std::to_string(sessions[b]->cache_.length) + " are used");
         }
+        const int64_t V = m.config.text.vocab_size;
+        std::vector<float> logits(sessions.size() * size_t(V));
+        for (size_t b0 = 0; b0 < sessions.size(); b0 += kGemvRows) {
+            const size_t b1 = std::min(sessions.size(), b0 + kGemvRows);
+            std::vector<KVCache*> caches;
+            std::vector<int64_t> positions;
+            for (size_t b = b0; b < b1; ++b) caches.push_back(&sessions[b]->cache_), positions.push_back(sessions[b]->next_pos_);
+            const std::vector<int> step_tokens(tokens.begin() + std::ptrdiff_t(b0), tokens.begin() + std::ptrdiff_t(b1));
+            const std::vector<float> l = decode_step(m.text, m.config.text, caches, step_tokens, positions);
+            std::copy(l.begin(), l.end(), logits.begin() + std::ptrdiff_t(b0 * size_t(V)));
+            for (size_t b = b0; b < b1; ++b) ++sessions[b]->next_pos_;
+        }
+        return logits;
     }
 
 private:
     std::shared_ptr<const Model> model_;
     Options opt_;
-    bool allow_bare_pads_ = false;
     KVCache cache_;
     int64_t next_pos_ = 0;
 };

@@ -90,20 +90,30 @@ inline void add_rows(float* h, int64_t D, const std::vector<int64_t>& visual_row
     }
 }
 
+// The rows of a decoder pass that belong to one sequence: rows [first, first + rows) of h, which
+// follow the cache->length tokens its cache holds. A prefill is one segment of T rows; a batched
+// decode step one segment of one row per sequence.
+struct Segment {
+    KVCache* cache = nullptr;
+    int64_t first = 0, rows = 0;
+};
+
 // A decoder layer's activations, per thread, reused by every layer and call: the [T, D] normed
 // input, queries and attention output [T, Hq*hd], a projection's output [T, D], gate and up [T, I],
-// and with a bf16 cache the chunk's new keys and values [T, Hkv*hd] before rounding.
+// and the rows' new keys and values [T, Hkv*hd] before they go into the caches.
 struct DecoderLayerWorkspace {
     Workspace normed, queries, attention, projected, gate, up, new_keys, new_values;
 };
 
-// One decoder layer on h [T, D] (in place); the T tokens are appended to the cache for `layer`.
-// A sparse layer's MLP is the mixture of experts (moe.hpp), traced as "text.layer{i}.moe.*".
-inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const TextConfig& c, KVCache& cache, int layer,
-                          const float* cos_t, const float* sin_t, Compute mode, const Trace& trace = {}) {
+// One decoder layer on h [T, D] (in place), the rows of several sequences (segments) at once: the
+// norms and matrix products run over all T rows (the weights read once), the keys and values of
+// each segment are appended to its own cache for `layer`, and each segment's queries attend to
+// its own cache. cos_t / sin_t [T, hd/2]: each row's rotary angles. A sparse layer's MLP is the
+// mixture of experts (moe.hpp), traced as "text.layer{i}.moe.*".
+inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const TextConfig& c, const std::vector<Segment>& segments,
+                          int layer, const float* cos_t, const float* sin_t, Compute mode, const Trace& trace = {}) {
     const int64_t D = c.hidden_size, hd = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads,
                   I = c.intermediate_size;
-    const int64_t past = cache.length;
     auto& ws = thread_workspace<DecoderLayerWorkspace>();
     float* a = ws.normed.get(size_t(T * D));
     float* q = ws.queries.get(size_t(T * Hq * hd));
@@ -111,10 +121,12 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     float* y = ws.projected.get(size_t(T * D));
     float* gate = ws.gate.get(size_t(T * I));
     float* up = ws.up.get(size_t(T * I));
-    // this chunk's keys and values: in the fp32 cache, or (bf16 cache) computed in the workspace and rounded in
+    // the rows' keys and values: straight into the cache of a lone fp32 segment, else in the
+    // workspace, then copied (or rounded to bf16) into each segment's cache
     const int64_t row = Hkv * hd;
-    float* kc = cache.bf16() ? ws.new_keys.get(size_t(T * row)) : cache.k[size_t(layer)].data() + past * row;
-    float* vc = cache.bf16() ? ws.new_values.get(size_t(T * row)) : cache.v[size_t(layer)].data() + past * row;
+    const bool direct = segments.size() == 1 && !segments[0].cache->bf16();
+    float* kc = direct ? segments[0].cache->k[size_t(layer)].data() + segments[0].cache->length * row : ws.new_keys.get(size_t(T * row));
+    float* vc = direct ? segments[0].cache->v[size_t(layer)].data() + segments[0].cache->length * row : ws.new_values.get(size_t(T * row));
 
     rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a);
     const Matrix* qkv_w[] = {&L.q, &L.k, &L.v};
@@ -127,15 +139,26 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
         for (int64_t hh = 0; hh < Hkv; ++hh) rope_rotate_half(kc + (t * Hkv + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
     }
     const float scale = 1.f / std::sqrt(float(hd));
-    if (cache.bf16()) {
-        uint16_t* k16 = cache.k16[size_t(layer)].data();
-        uint16_t* v16 = cache.v16[size_t(layer)].data();
-        round_to_bf16(kc, T * row, k16 + past * row);
-        round_to_bf16(vc, T * row, v16 + past * row);
-        attention_cached_bf16(q, T, k16, v16, past + T, int(Hq), int(Hkv), int(hd), scale, o);
-    } else {
-        attention(q, T, cache.k[size_t(layer)].data(), cache.v[size_t(layer)].data(), past + T, int(Hq), int(Hkv), int(hd), scale, true, past,
-                  o, mode);
+    for (const Segment& s : segments) {
+        KVCache& cache = *s.cache;
+        const int64_t past = cache.length;
+        const float *ks = kc + s.first * row, *vs = vc + s.first * row, *qs = q + s.first * Hq * hd;
+        float* os = o + s.first * Hq * hd;
+        if (cache.bf16()) {
+            uint16_t* k16 = cache.k16[size_t(layer)].data();
+            uint16_t* v16 = cache.v16[size_t(layer)].data();
+            round_to_bf16(ks, s.rows * row, k16 + past * row);
+            round_to_bf16(vs, s.rows * row, v16 + past * row);
+            attention_cached_bf16(qs, s.rows, k16, v16, past + s.rows, int(Hq), int(Hkv), int(hd), scale, os);
+        } else {
+            float* k = cache.k[size_t(layer)].data();
+            float* v = cache.v[size_t(layer)].data();
+            if (!direct) {
+                std::copy(ks, ks + s.rows * row, k + past * row);
+                std::copy(vs, vs + s.rows * row, v + past * row);
+            }
+            attention(qs, s.rows, k, v, past + s.rows, int(Hq), int(Hkv), int(hd), scale, true, past, os, mode);
+        }
     }
     matmul(o, T, L.o, y, nullptr, mode);
     add_rmsnorm(h, y, T, D, L.post_norm.data(), c.rms_norm_eps, a);  // h += y; a = RMSNorm(h)
@@ -163,6 +186,16 @@ inline std::vector<float> embed_tokens(const TextWeights& W, const TextConfig& c
     return x;
 }
 
+// Logits [rows, V] of hidden states h [rows, D]: the final norm, then lm_head.
+inline std::vector<float> final_logits(const TextWeights& W, const TextConfig& c, const float* h, int64_t rows, const Trace& trace = {}) {
+    const int64_t D = c.hidden_size;
+    std::vector<float> normed(size_t(rows * D)), logits(size_t(rows) * size_t(c.vocab_size));
+    detail::rmsnorm(h, rows, D, W.norm.data(), c.rms_norm_eps, normed.data());
+    if (trace) trace("text.final_norm", {rows, D}, normed.data());
+    detail::matmul(normed.data(), rows, W.lm_head, logits.data(), nullptr, W.compute);
+    return logits;
+}
+
 // Runs T tokens with hidden states h [T, D] (embeddings, visual features already scattered in)
 // through the decoder, appending them to `cache`. pos/pos_first: the 3D positions of these
 // tokens. visual_rows: rows of h holding visual tokens (for `injections`). Returns logits
@@ -179,21 +212,41 @@ inline std::vector<float> decode_tokens(const TextWeights& W, const TextConfig& 
         for (const auto& inj : injections)
             if (inj.layer == layer && inj.before == before) detail::add_rows(h.data(), D, visual_rows, inj.rows);
     };
+    const std::vector<Segment> segments{{&cache, 0, T}};
     for (int l = 0; l < c.num_hidden_layers; ++l) {
         inject(l, true);
-        detail::decoder_layer(h.data(), T, W.layers[size_t(l)], c, cache, l, cos_t.data(), sin_t.data(), W.compute, trace);
+        detail::decoder_layer(h.data(), T, W.layers[size_t(l)], c, segments, l, cos_t.data(), sin_t.data(), W.compute, trace);
         inject(l, false);
         if (trace) trace("text.layer" + std::to_string(l), {T, D}, h.data());
     }
     cache.length += T;
-
     const int64_t rows = all_logits ? T : 1;
-    const float* last = h.data() + (T - rows) * D;
-    std::vector<float> normed(size_t(rows * D)), logits(size_t(rows) * size_t(c.vocab_size));
-    detail::rmsnorm(last, rows, D, W.norm.data(), c.rms_norm_eps, normed.data());
-    if (trace) trace("text.final_norm", {rows, D}, normed.data());
-    detail::matmul(normed.data(), rows, W.lm_head, logits.data(), nullptr, W.compute);
-    return logits;
+    return final_logits(W, c, h.data() + (T - rows) * D, rows, trace);
+}
+
+// One decode step of B sequences at once: tokens[b] is appended to caches[b] at M-RoPE position
+// positions[b] (a generated token takes it on all three axes), and the B rows run through each
+// layer together, so the weights are read once for the step. The caches must be distinct; a
+// full one throws before any cache changes. Returns logits [B, V]; row b has the bits that
+// sequence gets decoded alone (the matrix products give each row the same bits for up to
+// kGemvRows rows, the attention runs per sequence).
+inline std::vector<float> decode_step(const TextWeights& W, const TextConfig& c, const std::vector<KVCache*>& caches,
+                                      const std::vector<int>& tokens, const std::vector<int64_t>& positions) {
+    const int64_t B = int64_t(caches.size());
+    if (B == 0 || tokens.size() != caches.size() || positions.size() != caches.size())
+        throw Error("decode_step: one token and one position per cache, at least one");
+    for (KVCache* cache : caches) cache->reserve_more(1, c, detail::kv_cache_bf16(W.compute));
+    std::vector<float> h = embed_tokens(W, c, tokens);
+    Positions pos;
+    for (auto& axis : pos.pos) axis = positions;
+    std::vector<float> cos_t(size_t(B * c.head_dim / 2)), sin_t(size_t(B * c.head_dim / 2));
+    mrope_tables(pos, 0, size_t(B), c.head_dim, c.rope_theta, c.mrope_section, cos_t.data(), sin_t.data());
+    std::vector<Segment> segments;
+    for (int64_t b = 0; b < B; ++b) segments.push_back({caches[size_t(b)], b, 1});
+    for (int l = 0; l < c.num_hidden_layers; ++l)
+        detail::decoder_layer(h.data(), B, W.layers[size_t(l)], c, segments, l, cos_t.data(), sin_t.data(), W.compute);
+    for (KVCache* cache : caches) cache->length += 1;
+    return final_logits(W, c, h.data(), B);
 }
 
 }  // namespace deepstack::detail
