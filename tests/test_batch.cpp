@@ -1,12 +1,20 @@
 // Batched decoding: Session::decode_batch runs one decode step of several sessions in one pass
 // over the weights; each session must get exactly the logits (bits) it gets decoded on its own, in
-// every compute mode and weight format, whatever the other sessions' lengths and positions.
+// every compute mode and weight format, whatever the other sessions' lengths and positions. The
+// DecodeBatcher and the Engine on top of it: replies generated on several threads at once decode
+// in shared steps and are exactly the replies of one-by-one calls, also when one stops early
+// through its callback and others fail.
 #include <doctest/doctest.h>
 
 #include "test_util.hpp"
 #include <deepstack.hpp>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cstring>
+#include <filesystem>
+#include <thread>
 
 using namespace deepstack;
 using namespace deepstack::detail;
@@ -115,6 +123,164 @@ TEST_CASE("decode_batch: bad batches throw before any session changes") {
     CHECK(b.length() == 1);
     CHECK(a.next_position() == 2);
     CHECK(b.next_position() == 1);
+}
+
+TEST_CASE("DecodeBatcher: seated threads decode in shared steps with the logits of their own decode") {
+    const auto m = Model::load(kTinyImage + "/model");
+    const int64_t V = m->config.text.vocab_size;
+    constexpr int kThreads = 4, kSteps = 6;
+    std::vector<std::vector<float>> first;
+    std::vector<Session> alone = prefilled_sessions(m, kTinyImage, kThreads, first);
+    std::vector<Session> shared = prefilled_sessions(m, kTinyImage, kThreads, first);
+    // one by one: each session's greedy logits
+    std::vector<std::vector<float>> want(kThreads);
+    for (int t = 0; t < kThreads; ++t) {
+        int next = argmax(first[size_t(t)].data(), V);
+        for (int k = 0; k < kSteps; ++k) {
+            const std::vector<float> l = alone[size_t(t)].decode(next);
+            want[size_t(t)].insert(want[size_t(t)].end(), l.begin(), l.end());
+            next = argmax(l.data(), V);
+        }
+    }
+    DecodeBatcher batcher(8);
+    std::vector<std::vector<float>> got(kThreads);
+    std::atomic<int> seated{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < kThreads; ++t)
+        pool.emplace_back([&, t] {
+            DecodeBatcher::Seat seat(batcher);
+            ++seated;
+            while (seated.load() < kThreads) std::this_thread::yield();  // all seated before the first step
+            int next = argmax(first[size_t(t)].data(), V);
+            for (int k = 0; k < kSteps; ++k) {
+                const std::vector<float> l = seat.decode(shared[size_t(t)], next);
+                got[size_t(t)].insert(got[size_t(t)].end(), l.begin(), l.end());
+                next = argmax(l.data(), V);
+            }
+        });
+    for (auto& t : pool) t.join();
+    for (int t = 0; t < kThreads; ++t) {
+        INFO("thread " << t);
+        REQUIRE(got[size_t(t)].size() == want[size_t(t)].size());
+        CHECK(std::memcmp(got[size_t(t)].data(), want[size_t(t)].data(), want[size_t(t)].size() * sizeof(float)) == 0);
+    }
+    // every seated sequence hands in its token before a step runs: all steps take all four
+    const DecodeBatcher::Stats stats = batcher.stats();
+    CHECK(stats.tokens == kThreads * kSteps);
+    CHECK(stats.steps == kSteps);
+}
+
+namespace fs = std::filesystem;
+
+// A copy of the tiny-image model folder with the toy tokenizer as tokenizer.json, removed at exit.
+std::string engine_folder() {
+    static const struct Folder {
+        fs::path path = fs::temp_directory_path() / ("deepstack_test_batch_" + std::to_string(::getpid()));
+        Folder() {
+            copy_tree(kTinyImage + "/model", path);
+            write_text(path / "tokenizer.json", toy_tokenizer_json());
+        }
+        ~Folder() { fs::remove_all(path); }
+    } folder;
+    return folder.path.string();
+}
+
+// A request's outcome: the reply, or the error's message.
+struct Outcome {
+    std::string text, error;
+    std::vector<int> tokens;
+    StopReason stop = StopReason::MaxTokens;
+    bool operator==(const Outcome& o) const { return text == o.text && error == o.error && tokens == o.tokens && stop == o.stop; }
+};
+
+// Requests of different lengths and sampling: greedy and seeded, with and without the image; one
+// stopped by its callback after 3 pieces, one whose prompt does not fit the context, one whose
+// reply runs out of context (the image prompt takes 111 of its 120 tokens).
+struct Job {
+    Request request;
+    int stop_after = -1;  // pieces before the callback returns false; -1: never
+};
+
+std::vector<Job> jobs() {
+    std::vector<Job> js;
+    auto text = [](std::string prompt, int tokens, std::optional<float> temperature, uint64_t seed) {
+        Job j;
+        j.request.prompt = std::move(prompt);
+        j.request.sampling.max_new_tokens = tokens;
+        j.request.sampling.temperature = temperature.value_or(0.f);
+        j.request.sampling.seed = seed;
+        return j;
+    };
+    js.push_back(text("Hello there.", 12, 0.f, 1));
+    js.push_back(text("Count: one two three", 9, 0.9f, 7));
+    Job image = text("Describe this image.", 7, 0.f, 1);
+    image.request.images = {kTinyImage + "/inputs/image0_80x56.png"};
+    js.push_back(image);
+    js.push_back(text("A longer prompt, with more words in it than the others have.", 14, 1.2f, 3));
+    Job stopped = text("Stop me early.", 20, 0.7f, 5);
+    stopped.stop_after = 3;
+    js.push_back(stopped);
+    js.push_back(text(std::string(200, 'x'), 5, 0.f, 1));  // 200 tokens: over the context
+    Job runs_out = image;
+    runs_out.request.sampling.max_new_tokens = 30;
+    js.push_back(runs_out);
+    js.push_back(text("Last one.", 10, 0.5f, 9));
+    return js;
+}
+
+Outcome answer(const Engine& engine, const Job& job) {
+    Outcome o;
+    int pieces = 0;
+    try {
+        const Reply r = engine.generate(job.request, [&](std::string_view) { return job.stop_after < 0 || ++pieces < job.stop_after; });
+        o.text = r.text, o.tokens = r.tokens, o.stop = r.stop;
+    } catch (const std::exception& e) {
+        o.error = e.what();
+    }
+    return o;
+}
+
+void check_concurrent_equals_sequential(int max_batch) {
+    EngineOptions opt;
+    opt.max_context = 120;
+    opt.max_batch = max_batch;
+    const Engine engine = Engine::open(engine_folder(), opt);
+    const std::vector<Job> js = jobs();
+    std::vector<Outcome> sequential;
+    for (const Job& j : js) sequential.push_back(answer(engine, j));
+    CHECK(sequential[4].stop == StopReason::Callback);
+    CHECK(sequential[5].error.find("does not fit") != std::string::npos);
+    CHECK(sequential[6].error.find("does not fit") != std::string::npos);
+    for (size_t i : {0, 1, 2, 3, 7}) CHECK(sequential[i].error == "");
+
+    std::vector<Outcome> concurrent(js.size());
+    std::atomic<int> ready{0};
+    std::vector<std::thread> pool;
+    for (size_t i = 0; i < js.size(); ++i)
+        pool.emplace_back([&, i] {
+            ++ready;
+            while (ready.load() < int(js.size())) std::this_thread::yield();  // start together
+            concurrent[i] = answer(engine, js[i]);
+        });
+    for (auto& t : pool) t.join();
+    for (size_t i = 0; i < js.size(); ++i) {
+        INFO("request " << i << " max_batch " << max_batch << ": " << concurrent[i].error);
+        CHECK(concurrent[i] == sequential[i]);
+    }
+}
+
+TEST_CASE("Engine: concurrent generate() calls give the replies of one-by-one calls") {
+    check_concurrent_equals_sequential(8);
+    check_concurrent_equals_sequential(3);  // more replies than a step takes
+    check_concurrent_equals_sequential(1);  // each on its own
+}
+
+TEST_CASE("Engine: max_batch outside 1..8 is refused") {
+    EngineOptions opt;
+    opt.max_batch = 0;
+    CHECK_THROWS_WITH_AS(Engine::open(engine_folder(), opt), doctest::Contains("EngineOptions::max_batch = 0 is outside 1..8"), Error);
+    opt.max_batch = 9;
+    CHECK_THROWS_WITH_AS(Engine::open(engine_folder(), opt), doctest::Contains("EngineOptions::max_batch = 9 is outside 1..8"), Error);
 }
 
 }  // namespace batch_tests

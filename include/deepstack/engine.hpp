@@ -1,6 +1,8 @@
 // deepstack/engine.hpp - the library's face. Engine::open loads a model folder once; generate()
-// answers a Request (prompt, images, video, sampling) and may be called from many threads at once;
-// chat() starts a conversation whose later turns reuse the KV cache of the earlier ones.
+// answers a Request (prompt, images, video, sampling) and may be called from many threads at once
+// (overlapping calls decode together: one pass over the weights per step for all of them, see
+// EngineOptions::max_batch); chat() starts a conversation whose later turns reuse the KV cache of
+// the earlier ones.
 #pragma once
 #include "generate.hpp"
 #include "request.hpp"
@@ -17,12 +19,14 @@ namespace deepstack {
 
 namespace detail {
 
-// What an Engine shares between its calls and threads; immutable after open.
+// What an Engine shares between its calls and threads; immutable after open, but for the
+// batcher's own synchronized state.
 struct EngineState {
     EngineOptions options;
     std::shared_ptr<const Model> model;
     Tokenizer tokenizer;
-    SamplingParams defaults;  // generation_config.json
+    SamplingParams defaults;                // generation_config.json
+    std::unique_ptr<DecodeBatcher> batcher;  // null when options.max_batch is 1
 };
 
 // Sets the OpenMP thread count of the calling thread for one call and restores it afterwards.
@@ -56,6 +60,8 @@ private:
 inline void check_options(const EngineOptions& o) {
     if (o.threads < 0) throw Error("EngineOptions::threads must be >= 0 (0: the OpenMP default)");
     if (o.max_context <= 0) throw Error("EngineOptions::max_context must be positive");
+    if (o.max_batch < 1 || o.max_batch > kGemvRows)
+        throw Error("EngineOptions::max_batch = " + std::to_string(o.max_batch) + " is outside 1.." + std::to_string(kGemvRows));
     if (o.min_pixels < 0 || o.max_pixels < 0 || o.video_min_pixels < 0 || o.video_max_pixels < 0)
         throw Error("EngineOptions: pixel budgets must be >= 0 (0: the model's preprocessor config)");
 }
@@ -200,7 +206,9 @@ inline std::shared_ptr<const EngineState> open_engine(const std::string& model_d
     auto model = Model::load(model_dir, load);
     Tokenizer tokenizer = Tokenizer::load(model_dir + "/tokenizer.json");
     SamplingParams defaults = load_generation_config(model_dir);
-    return std::make_shared<const EngineState>(EngineState{options, std::move(model), std::move(tokenizer), std::move(defaults)});
+    auto batcher = options.max_batch > 1 ? std::make_unique<DecodeBatcher>(options.max_batch) : nullptr;
+    return std::make_shared<const EngineState>(
+        EngineState{options, std::move(model), std::move(tokenizer), std::move(defaults), std::move(batcher)});
 }
 
 // One reply on a fresh session.
@@ -208,7 +216,7 @@ inline GenerateResult generate_once(const EngineState& e, const PreparedTurn& tu
                                     const StageCallback& on_stage) {
     Session session(e.model, session_options(e.options));
     const std::vector<int> prompt = build_prompt_ids(e.tokenizer, e.model->config, turn.messages, turn.visuals, true);
-    return generate(session, e.tokenizer, prompt, turn.visuals, params, on_text, on_stage);
+    return generate(session, e.tokenizer, prompt, turn.visuals, params, on_text, on_stage, e.batcher.get());
 }
 
 }  // namespace detail
@@ -218,7 +226,7 @@ class Engine;
 // A conversation with one Engine: each send() adds a user turn (its images, video and prompt) and
 // generates the assistant's reply; later turns prefill only their new tokens. A system message is
 // taken from the first turn's request only. One Chat is used by one thread at a time; it keeps
-// its Engine's model alive.
+// its Engine's model alive. Its replies decode in the engine's shared steps like generate()'s.
 class Chat {
 public:
     Reply send(const Request& request, const TextCallback& on_text = {}, const ProgressCallback& on_progress = {}) {
@@ -226,7 +234,9 @@ public:
             throw Error("chat: a system message can only open the chat, not a later turn");
         return detail::answer(*engine_, request, on_text, on_progress,
                               [&](const detail::PreparedTurn& turn, const detail::SamplingParams& params, const TextCallback& text,
-                                  const detail::StageCallback& stage) { return conversation_.send(turn.messages, turn.visuals, params, text, stage); });
+                                  const detail::StageCallback& stage) {
+                                  return conversation_.send(turn.messages, turn.visuals, params, text, stage, engine_->batcher.get());
+                              });
     }
 
     // Tokens of the conversation so far (prompts and replies).
@@ -242,8 +252,9 @@ private:
 };
 
 // A loaded model with its tokenizer and sampling defaults. Immutable and thread-safe: any number
-// of threads may call generate() at once (each call has its own KV cache). Copies and moves share
-// the loaded model.
+// of threads may call generate() at once (each call has its own KV cache); calls that overlap
+// decode together, their tokens of each step in one pass over the weights (EngineOptions::
+// max_batch), with the replies they would get alone. Copies and moves share the loaded model.
 class Engine {
 public:
     // Loads a Hugging Face model folder: config.json, tokenizer.json, model.safetensors (or its

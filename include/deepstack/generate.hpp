@@ -3,12 +3,14 @@
 // sampler (greedy, temperature, top-k, top-p, min-p, repetition and presence penalties), the
 // decode loop with end tokens and a text callback, and a Conversation that keeps the KV cache across turns.
 #pragma once
+#include "decode_batcher.hpp"
 #include "model.hpp"
 #include "request.hpp"
 #include "tokenizer.hpp"
 
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <unordered_set>
 
@@ -280,9 +282,13 @@ inline std::unordered_set<int> end_tokens(const Tokenizer& tok, const ModelConfi
 // Prefills `prompt_ids` (with their visuals) and generates the reply. `context_ids`: every token
 // of the conversation including the prompt, for the repetition penalty. The last reply token is
 // not fed to the session (nothing needs its logits): the cache ends one token before the reply.
+// With a batcher, the prefill runs between its steps and each token is decoded in a step shared
+// with the other replies seated there (a thread already inside a batcher decodes on its own).
 inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, const std::vector<int>& prompt_ids,
                                      const std::vector<int>& context_ids, const std::vector<VisualInput>& visuals,
-                                     const SamplingParams& params, const TextCallback& on_text, const StageCallback& on_stage) {
+                                     const SamplingParams& params, const TextCallback& on_text, const StageCallback& on_stage,
+                                     DecodeBatcher* batcher = nullptr) {
+    if (DecodeBatcher::inside()) batcher = nullptr;
     Sampler sampler(params);
     sampler.add_context(context_ids);
     const std::unordered_set<int> ends = end_tokens(tok, session.model().config, params);
@@ -297,7 +303,8 @@ inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, con
             r.vision_seconds = seconds_since(t0);
             if (on_stage) on_stage(Stage::Vision, r);
         };
-    std::vector<float> logits = session.prefill(prompt_ids, visuals, false, vision_done);
+    auto prefill = [&] { return session.prefill(prompt_ids, visuals, false, vision_done); };
+    std::vector<float> logits = batcher ? batcher->exclusive(prefill) : prefill();
     r.prefill_seconds = seconds_since(t0) - r.vision_seconds;
     if (on_stage) on_stage(Stage::Prefill, r);
 
@@ -310,8 +317,10 @@ inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, con
         r.text += piece;
         return !on_text || on_text(piece);
     };
+    std::optional<DecodeBatcher::Seat> seat;
+    if (batcher) seat.emplace(*batcher);
     while (int(r.tokens.size()) < params.max_new_tokens) {
-        if (!r.tokens.empty()) logits = session.decode(r.tokens.back());
+        if (!r.tokens.empty()) logits = seat ? seat->decode(session, r.tokens.back()) : session.decode(r.tokens.back());
         logits.resize(vocab);
         const int id = sampler.sample(std::move(logits));
         if (ends.count(id)) {
@@ -325,6 +334,7 @@ inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, con
             break;
         }
     }
+    seat.reset();  // the other replies' steps wait for this one no more
     if (r.stop != StopReason::Callback) emit(decoder.flush());  // an unfinished character, as U+FFFD
     r.decode_seconds = seconds_since(t0);
     return r;
@@ -333,11 +343,12 @@ inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, con
 // Prefills `prompt_ids` (e.g. from build_prompt_ids) with their visual inputs, then picks and
 // decodes reply tokens until an end token, params.max_new_tokens, or on_text returning false.
 // on_text receives the reply's text piece by piece (whole UTF-8 characters, special tokens left
-// out). The session afterwards holds the prompt and the reply except its last token.
+// out). The session afterwards holds the prompt and the reply except its last token. batcher:
+// see generate_reply.
 inline GenerateResult generate(Session& session, const Tokenizer& tok, const std::vector<int>& prompt_ids,
                                const std::vector<VisualInput>& visuals, const SamplingParams& params, const TextCallback& on_text = {},
-                               const StageCallback& on_stage = {}) {
-    return detail::generate_reply(session, tok, prompt_ids, prompt_ids, visuals, params, on_text, on_stage);
+                               const StageCallback& on_stage = {}, DecodeBatcher* batcher = nullptr) {
+    return detail::generate_reply(session, tok, prompt_ids, prompt_ids, visuals, params, on_text, on_stage, batcher);
 }
 
 // A chat over one Session: each send() appends messages (a system message first if
@@ -350,8 +361,9 @@ public:
         : tok_(&tok), session_(std::move(model), std::move(options)) {}
 
     // visuals: the images/videos the new messages refer to (indices count from 0 in each send).
+    // batcher: see generate_reply.
     GenerateResult send(const std::vector<Message>& messages, const std::vector<VisualInput>& visuals, const SamplingParams& params,
-                        const TextCallback& on_text = {}, const StageCallback& on_stage = {}) {
+                        const TextCallback& on_text = {}, const StageCallback& on_stage = {}, DecodeBatcher* batcher = nullptr) {
         if (session_.length() > int64_t(ids_.size()))
             throw Error("this chat's session holds tokens its conversation does not (an earlier send failed); start a new chat");
         const std::string turn = (ids_.empty() ? "" : "<|im_end|>\n") +
@@ -359,7 +371,7 @@ public:
         std::vector<int> conversation = ids_;
         for (int id : tok_->encode(turn)) conversation.push_back(id);
         const std::vector<int> unfed(conversation.begin() + session_.length(), conversation.end());
-        GenerateResult r = detail::generate_reply(session_, *tok_, unfed, conversation, visuals, params, on_text, on_stage);
+        GenerateResult r = detail::generate_reply(session_, *tok_, unfed, conversation, visuals, params, on_text, on_stage, batcher);
         conversation.insert(conversation.end(), r.tokens.begin(), r.tokens.end());
         ids_ = std::move(conversation);
         return r;

@@ -38,6 +38,12 @@ struct EngineOptions {
     int64_t video_min_pixels = 0, video_max_pixels = 0;
     // Tokens one reply (or one chat) may hold: prompt, visual tokens and reply.
     int max_context = 32768;
+    // Replies of this engine generated at the same time (generate() and Chat::send() on several
+    // threads) decode together: each step runs the next token of up to max_batch of them in one
+    // pass over the weights, which costs little more than one token; a new reply's prefill runs
+    // between two steps. Results are the same as alone. 1..8; 1: each reply decodes on its own
+    // (in parallel with the others, each with its own OpenMP threads).
+    int max_batch = 8;
 };
 
 // How the reply's tokens are picked. Every unset field takes the model's default from its
