@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <random>
 
 using namespace deepstack;
@@ -337,16 +338,20 @@ bool made_on_demand(const std::vector<TensorSpec>& ts) {
 // The synthetic checkpoint as one safetensors image made in the store's memory, held as a file
 // read in (the default load) is: the model re-orders its matrices there as it would for --model.
 // A model larger than half the memory is made on demand instead: each tensor when the load first
-// asks for it (the same values), so a quantized load holds one stored tensor at a time.
-void add_synthetic(WeightStore& ws, const std::vector<TensorSpec>& ts, const std::string& name) {
+// asks for it (the same values), so a quantized load holds one stored tensor at a time; the
+// seconds spent making them are added to *making_s as the load runs.
+void add_synthetic(WeightStore& ws, const std::vector<TensorSpec>& ts, const std::string& name, const std::shared_ptr<double>& making_s) {
     std::map<std::string, std::pair<const TensorSpec*, uint32_t>> seeds;  // the fill of each tensor
     uint32_t seed = 0;
     for (const auto& t : ts) seeds[t.name] = {&t, seed += 0x9E3779B9u};
     if (made_on_demand(ts)) {
-        ws.add_generated_on_demand(name, safetensors_header(ts), size_t(synthetic_bytes(ts)), [seeds](const TensorInfo& info, uint8_t* data) {
-            const auto& [t, s] = seeds.at(info.name);
-            fill_bf16(reinterpret_cast<uint16_t*>(data), t->numel(), t->fill, s);
-        });
+        ws.add_generated_on_demand(name, safetensors_header(ts), size_t(synthetic_bytes(ts)),
+                                   [seeds, making_s](const TensorInfo& info, uint8_t* data) {
+                                       const auto t0 = Clock::now();
+                                       const auto& [t, s] = seeds.at(info.name);
+                                       fill_bf16(reinterpret_cast<uint16_t*>(data), t->numel(), t->fill, s);
+                                       *making_s += detail::seconds_since(t0);
+                                   });
         return;
     }
     ws.add_generated(name, safetensors_header(ts), size_t(synthetic_bytes(ts)), [&](uint8_t* data) {
@@ -653,6 +658,7 @@ struct Report {
     int threads = 0;
     std::string load_before, load_after;
     double gen_s = 0, load_s = 0;
+    double gen_in_load_s = 0;  // of load_s: making a synthetic model's tensors on demand
     bool peak_after_load = false;  // --shape: VmHWM reset after the load
     int64_t rss_after_load = 0, rss_after_caption = 0, rss_anon = 0, rss_file = 0, peak_rss = 0;
     Footprint fp;
@@ -726,7 +732,9 @@ void print_table(const Report& r, const Args& a) {
                 double(r.fp.params) / 1e9, gb(r.fp.bytes).c_str(), double(r.fp.bytes) / double(r.fp.params),
                 double(r.fp.text_layer_params + r.fp.lm_head_params) / 1e9, gb(r.fp.text_layer_bytes + r.fp.lm_head_bytes).c_str());
     if (r.gen_s > 0) std::printf("synthetic        generated in %.2f s\n", r.gen_s);
-    std::printf("load             %.2f s   RSS after load %s\n", r.load_s, gb(r.rss_after_load).c_str());
+    std::printf("load             %.2f s", r.load_s);
+    if (r.gen_in_load_s > 0) std::printf(" (of which %.2f s making the synthetic tensors)", r.gen_in_load_s);
+    std::printf("   RSS after load %s\n", gb(r.rss_after_load).c_str());
     std::printf("peak RSS         %s%s  (at exit: anon %s, file-backed %s)\n", gb(r.peak_rss).c_str(),
                 r.peak_after_load ? " after load" : "", gb(r.rss_anon).c_str(), gb(r.rss_file).c_str());
     const char* peak_name = "compute";
@@ -793,6 +801,7 @@ void print_json(const Report& r) {
         {"decode_tok_s", r.decode}, {"decode_bound_tok_s", r.decode_bound}, {"decode_steps", r.decode_steps},
         {"decode_weights_read_gbps", r.decode_read_bw}};
     if (r.gen_s > 0) j["synthetic_gen_s"] = r.gen_s, j["peak_rss_after_load"] = r.peak_after_load;
+    if (r.gen_in_load_s > 0) j["synthetic_gen_in_load_s"] = r.gen_in_load_s;
     if (r.caption_s > 0) j["caption_s"] = r.caption_s, j["rss_after_caption_bytes"] = r.rss_after_caption;
     for (const auto& [B, step_s] : r.batch_step_s) j["batch_decode"].push_back({{"sequences", B}, {"step_s", step_s}, {"tok_s", B / step_s}});
     std::printf("%s\n", j.dump().c_str());
@@ -891,7 +900,8 @@ int run(int argc, char** argv) {
                  a.shape.c_str());
         auto t0 = Clock::now();
         WeightStore ws;
-        add_synthetic(ws, tensors, "synthetic-" + a.shape);
+        const auto making_s = std::make_shared<double>(0.0);  // made on demand: the share of the load
+        add_synthetic(ws, tensors, "synthetic-" + a.shape, making_s);
         r.gen_s = detail::seconds_since(t0);
         progress("loading");
         t0 = Clock::now();
@@ -899,6 +909,7 @@ int run(int argc, char** argv) {
         model = Model::from_store(cfg, load_preprocess_config("", false), load_preprocess_config("", true), std::move(ws),
                                   "synthetic-" + a.shape, opt);
         r.load_s = detail::seconds_since(t0);
+        r.gen_in_load_s = *making_s;
         r.model = "synthetic Qwen3-VL-" + a.shape;
         // The synthetic bf16 image was whole in memory until the load quantized and released it
         // (--weights int8 / q4), which a checkpoint's mapped file is not: the peak counts from here.

@@ -575,7 +575,9 @@ TEST_CASE("row tiles: a BF16 matrix rewritten in place reads the same in every k
             if (K > kTileCols) CHECK(tiled.u16 != rowmajor.u16);  // one chunk per row: the tiles are the rows
             check_reads_like_rowmajor(tiled.m, rowmajor.m, {1, 2, 3, 4, 5, 17, 40}, true, seed);
             const Matrix q_t = quantize(tiled.m, DType::Q8), q_r = quantize(rowmajor.m, DType::Q8);
-            CHECK(static_cast<const QuantWeights*>(q_t.data)->q == static_cast<const QuantWeights*>(q_r.data)->q);
+            const auto &bytes_t = static_cast<const QuantWeights*>(q_t.data)->q, &bytes_r = static_cast<const QuantWeights*>(q_r.data)->q;
+            CHECK(std::vector<int8_t>(bytes_t.data(), bytes_t.data() + bytes_t.size()) ==
+                  std::vector<int8_t>(bytes_r.data(), bytes_r.data() + bytes_r.size()));
         }
     auto f32 = make_weight(16, 64, DType::F32, 1);
     CHECK_THROWS_AS(tile_bf16_rows(f32.m, nullptr), Error);

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace deepstack::detail {
@@ -212,8 +213,22 @@ inline void quantize_row(const float* row, QuantWeights& qw, int64_t n) {
 // input dim, bf16 scales: max|w| / qmax rounded to bf16 first, then q = w * (1 / scale) rounded to
 // nearest and clamped to [-qmax, qmax], so the scale a kernel reads is the one the values were made
 // with). The rows are shared by the threads unless `parallel` is false (a caller that runs one
-// quantize per thread). The result owns its bytes through Matrix::storage.
-inline Matrix quantize(const Matrix& w, DType target, bool parallel = true) {
+// quantize per thread). The result owns its bytes through Matrix::storage, in arrays of its own or,
+// given a QuantPlace, in the caller's buffer.
+struct QuantPlace {
+    int8_t* q = nullptr;         // quant_bytes(...).first bytes
+    uint16_t* scale = nullptr;   // quant_bytes(...).second bytes
+    std::shared_ptr<const void> owner;  // keeps them alive
+};
+
+// Bytes of the values and of the scales of a [rows, cols] matrix quantized to `target`.
+inline std::pair<size_t, size_t> quant_bytes(DType target, int64_t rows, int64_t cols) {
+    QuantWeights shape;
+    shape.type = target, shape.kpad = (cols + kQuantGroup - 1) / kQuantGroup * kQuantGroup;
+    return {size_t(rows * shape.row_bytes()), size_t(rows * shape.groups()) * sizeof(uint16_t)};
+}
+
+inline Matrix quantize(const Matrix& w, DType target, bool parallel = true, const QuantPlace& place = {}) {
     if (target != DType::Q8 && target != DType::Q4)
         throw Error(std::string("quantize: target must be Q8 or Q4, got ") + dtype_name(target));
     auto qw = std::make_shared<QuantWeights>();
@@ -221,8 +236,14 @@ inline Matrix quantize(const Matrix& w, DType target, bool parallel = true) {
     qw->rows = w.rows;
     qw->cols = w.cols;
     qw->kpad = (w.cols + kQuantGroup - 1) / kQuantGroup * kQuantGroup;
-    qw->q.assign(size_t(w.rows * qw->row_bytes()), 0);
-    qw->scale.assign(size_t(w.rows * qw->groups()), 0);
+    const auto [q_bytes, scale_bytes] = quant_bytes(target, w.rows, w.cols);
+    if (place.q) {
+        qw->q.view(place.q, q_bytes, place.owner);
+        qw->scale.view(place.scale, scale_bytes / sizeof(uint16_t), place.owner);
+    } else {
+        qw->q.assign(q_bytes, 0);
+        qw->scale.assign(scale_bytes / sizeof(uint16_t), 0);
+    }
 #pragma omp parallel if (parallel)
     {
         std::vector<float> row(size_t(qw->kpad), 0.f);

@@ -405,13 +405,53 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
 //       high nibbles (16-31) against x in the same order, shift 8.
 // xl holds the activations in that order per block: Q8 step j = bytes 4j..4j+3 of each of the 16
 // groups; Q4 step j = elements 4j..4j+3 of each group, then elements 16+4j..16+4j+3. The groups
-// after the last whole block are summed by scalar code from xq / sx.
+// after the last whole block (stored one after the other) are read 64 bytes at a time too - Q8: 2
+// groups, Q4: 4 - against activations laid out once per call to match (TailStep), lane L of the
+// integer sums in group L / 4 (Q4) or L / 8 (Q8).
+
+// One 64-byte step of the groups after the last whole block, for one activation row: 64 floats.
+//   x:     Q4: the low-nibble elements (0-15) of the step's 4 groups, then the high ones (16-31);
+//          Q8: the 32 elements of its 2 groups (zero past the last group)
+//   neg:   per lane, -shift * the group's activation sum in the group's first lane, else 0
+//   scale: per lane, the activation scale of the lane's group (0 past the last group)
+struct TailStep {
+    int8_t x[128];
+    int32_t neg[16];
+    float scale[16];
+};
+constexpr int64_t kTailStepFloats = int64_t(sizeof(TailStep) / sizeof(float));
+
+inline int64_t tail_groups_per_step(bool q8) { return q8 ? 2 : 4; }
+
+// The tail steps of one activation row: xq [kpad] int8, sx / neg [G] (neg = -shift * group sums).
+inline void lay_out_tail_steps(const int8_t* xq, const float* sx, const int32_t* neg, int64_t G, bool q8, TailStep* steps) {
+    const int64_t first = G / kQuantBlock * kQuantBlock, per = tail_groups_per_step(q8), lanes = 16 / per;
+    for (int64_t s = 0; first + s * per < G; ++s) {
+        TailStep& t = steps[s];
+        std::memset(&t, 0, sizeof t);
+        for (int64_t j = 0; j < per && first + s * per + j < G; ++j) {
+            const int64_t g = first + s * per + j;
+            if (q8) {
+                std::memcpy(t.x + 32 * j, xq + g * kQuantGroup, 32);
+            } else {
+                std::memcpy(t.x + 16 * j, xq + g * kQuantGroup, 16);
+                std::memcpy(t.x + 64 + 16 * j, xq + g * kQuantGroup + 16, 16);
+            }
+            t.neg[j * lanes] = neg[g];
+            for (int64_t l = 0; l < lanes; ++l) t.scale[j * lanes + l] = sx[g];
+        }
+    }
+}
+
 template <int MM>
-inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float* sx, const int8_t* xl, const int32_t* xneg, float* y,
+inline void gemv_fast_rows(const QuantWeights& qw, const float* sx, const int8_t* xl, const int32_t* xneg, const TailStep* tail, float* y,
                            const float* bias, int64_t n0, int64_t n1) {
     const int64_t N = qw.rows, kpad = qw.kpad, G = qw.groups(), blocks = G / kQuantBlock, row_bytes = qw.row_bytes();
     const bool q8 = qw.type == DType::Q8;
     const __m512i nib = _mm512_set1_epi8(15);
+    // the tail: steps of `per` groups; lane L's group within its step
+    const int64_t per = tail_groups_per_step(q8), first_tail = blocks * kQuantBlock, steps = (G - first_tail + per - 1) / per;
+    const __m512i tail_lane_group = _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), q8 ? 3 : 2);
     const WeightPrefetch where = weight_prefetch();
     for (int64_t n = n0; n < n1; ++n) {
         const int8_t* wr = qw.q.data() + n * row_bytes;
@@ -462,15 +502,26 @@ inline void gemv_fast_rows(const QuantWeights& qw, const int8_t* xq, const float
                 acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dm), _mm512_mul_ps(wsv, _mm512_loadu_ps(sx + m * G + b * kQuantBlock)), acc[m]);
             }
         }
-        for (int m = 0; m < MM; ++m) {
-            float tail = 0.f;
-            for (int64_t g = blocks * kQuantBlock; g < G; ++g) {
-                int32_t d = 0;
-                for (int64_t k = g * kQuantGroup; k < (g + 1) * kQuantGroup; ++k) d += int32_t(xq[m * kpad + k]) * quant_q(qw, n, k);
-                tail += float(d) * (sx[m * G + g] * bf16_to_f32(ws[g]));
+        for (int64_t st = 0; st < steps; ++st) {
+            const int64_t g0 = first_tail + st * per, groups = std::min(per, G - g0);
+            const __m512i u = _mm512_maskz_loadu_epi8(groups * qw.group_bytes() == 64 ? ~0ull : (1ull << (groups * qw.group_bytes())) - 1,
+                                                      wr + g0 * qw.group_bytes());
+            const __m512 wsv = _mm512_permutexvar_ps(
+                tail_lane_group,
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(__mmask16((1u << groups) - 1), ws + g0)), 16)));
+            for (int m = 0; m < MM; ++m) {
+                const TailStep& t = tail[m * steps + st];
+                __m512i d = _mm512_loadu_si512(t.neg);
+                if (q8) {
+                    d = _mm512_dpbusd_epi32(d, u, _mm512_loadu_si512(t.x));
+                } else {
+                    d = _mm512_dpbusd_epi32(d, _mm512_and_si512(u, nib), _mm512_loadu_si512(t.x));
+                    d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(u, 4), nib), _mm512_loadu_si512(t.x + 64));
+                }
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(wsv, _mm512_loadu_ps(t.scale)), acc[m]);
             }
-            y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + tail + (bias ? bias[n] : 0.f);
         }
+        for (int m = 0; m < MM; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + (bias ? bias[n] : 0.f);
     }
 }
 
@@ -496,24 +547,28 @@ inline void gemv_fast(const float* x, int64_t M, const GemvOut* outs, int count)
     float* sx = thread_workspace<GemmWorkspace>().x_int8_scales.get(size_t(M * G));
     auto* xl = reinterpret_cast<int8_t*>(thread_workspace<GemmWorkspace>().x_line_order.get(size_t(M * kpad / 4 + 16)));     // [M][kpad] in block order
     auto* xneg = reinterpret_cast<int32_t*>(thread_workspace<GemmWorkspace>().x_neg_sums.get(size_t(M * G + 16)));          // [M][G] -shift * group sums
+    const int64_t per = tail_groups_per_step(q8), steps = (G - blocks * kQuantBlock + per - 1) / per;
+    auto* tail = reinterpret_cast<TailStep*>(thread_workspace<GemmWorkspace>().x_tail_steps.get(size_t(M * steps * kTailStepFloats + 16)));  // [M][steps]
     for (int64_t m = 0; m < M; ++m) {
         int8_t* q = xq + m * kpad;
         int32_t* neg = xneg + m * G;
         quantize_act_row_simd(x + m * K, K, kpad, q, sx + m * G, neg);
         for (int64_t g = 0; g < G; ++g) neg[g] *= -(q8 ? 128 : 8);
         activations_in_line_order(q, blocks, q8, xl + m * kpad);
+        lay_out_tail_steps(q, sx + m * G, neg, G, q8, tail + m * steps);
     }
     // rows [m0, m0 + mm) of x against rows [n0, n1) of one output
     auto rows_of = [&](const GemvOut& o, int64_t m0, int64_t mm, int64_t n0, int64_t n1) {
-        const int8_t *xqm = xq + m0 * kpad, *xlm = xl + m0 * kpad;
+        const int8_t* xlm = xl + m0 * kpad;
         const float* sxm = sx + m0 * G;
         const int32_t* xnegm = xneg + m0 * G;
+        const TailStep* tailm = tail + m0 * steps;
         float* ym = o.y + m0 * o.w->rows;
         switch (mm) {
-            case 1: return gemv_fast_rows<1>(*o.w, xqm, sxm, xlm, xnegm, ym, o.bias, n0, n1);
-            case 2: return gemv_fast_rows<2>(*o.w, xqm, sxm, xlm, xnegm, ym, o.bias, n0, n1);
-            case 3: return gemv_fast_rows<3>(*o.w, xqm, sxm, xlm, xnegm, ym, o.bias, n0, n1);
-            default: return gemv_fast_rows<4>(*o.w, xqm, sxm, xlm, xnegm, ym, o.bias, n0, n1);
+            case 1: return gemv_fast_rows<1>(*o.w, sxm, xlm, xnegm, tailm, ym, o.bias, n0, n1);
+            case 2: return gemv_fast_rows<2>(*o.w, sxm, xlm, xnegm, tailm, ym, o.bias, n0, n1);
+            case 3: return gemv_fast_rows<3>(*o.w, sxm, xlm, xnegm, tailm, ym, o.bias, n0, n1);
+            default: return gemv_fast_rows<4>(*o.w, sxm, xlm, xnegm, tailm, ym, o.bias, n0, n1);
         }
     };
     // rows [n0, n1) of the outputs stacked in order

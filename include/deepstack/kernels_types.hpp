@@ -65,11 +65,44 @@ struct Matrix {
 // same 4 bytes of 16 groups, so each 32-bit SIMD lane stays in one group and the GEMV scales once
 // per block), then the groups after the last whole block one after the other (quant_quad).
 constexpr int kQuantGroup = 32, kQuantBlock = 16;
+
+// The values or scales of a QuantWeights: an array of its own (assign), or a view into a buffer
+// shared with other matrices that `owner` keeps alive (view: a layer's experts, laid out together
+// in 2 MiB pages). Not copyable: a copy would point into the original's array.
+template <typename T>
+class QuantArray {
+public:
+    QuantArray() = default;
+    QuantArray(const QuantArray&) = delete;
+    QuantArray& operator=(const QuantArray&) = delete;
+    void assign(size_t n, T value) {
+        own_.assign(n, value);
+        p_ = own_.data(), n_ = n;
+        owner_.reset();
+    }
+    void view(T* p, size_t n, std::shared_ptr<const void> owner) {
+        big_vector<T>().swap(own_);
+        p_ = p, n_ = n;
+        owner_ = std::move(owner);
+    }
+    T* data() { return p_; }
+    const T* data() const { return p_; }
+    size_t size() const { return n_; }
+    T& operator[](size_t i) { return p_[i]; }
+    const T& operator[](size_t i) const { return p_[i]; }
+
+private:
+    big_vector<T> own_;
+    T* p_ = nullptr;
+    size_t n_ = 0;
+    std::shared_ptr<const void> owner_;
+};
+
 struct QuantWeights {
     DType type = DType::Q8;
     int64_t rows = 0, cols = 0, kpad = 0;
-    detail::big_vector<int8_t> q;     // rows * row_bytes() (2 MiB pages)
-    detail::big_vector<uint16_t> scale;  // rows * (kpad / 32), bf16 (the scale_at values, exactly)
+    QuantArray<int8_t> q;         // rows * row_bytes()
+    QuantArray<uint16_t> scale;   // rows * (kpad / 32), bf16 (the scale_at values, exactly)
     int64_t groups() const { return kpad / kQuantGroup; }
     int64_t group_bytes() const { return type == DType::Q8 ? kQuantGroup : kQuantGroup / 2; }
     int64_t row_bytes() const { return groups() * group_bytes(); }

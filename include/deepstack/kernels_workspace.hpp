@@ -58,6 +58,7 @@ struct GemmWorkspace {
     Workspace x_int8_scales;  // their scales
     Workspace x_line_order;   // quantized GEMVs: the activations in the block layout's line order
     Workspace x_neg_sums;     // int8 GEMV: -128 x each group's activation sum
+    Workspace x_tail_steps;   // int8 GEMV: the activations of the groups after the last whole block
     Workspace x_gemv;         // fp32 GEMV: activations paired or copied for the row kernel
     Workspace b_panel;        // this thread's weight panel (fp32, bf16 pairs, int8 quads)
     Workspace b_scales;       // int8 GEMM: the weight panel's group scales

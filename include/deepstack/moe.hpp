@@ -99,10 +99,21 @@ inline void lay_out_experts(MoeWeights& w, const WeightStore& ws, const TextConf
     const DType dt = gu.dtype;
     const size_t es = dtype_size(dt), mat = size_t(I * H) * es;  // bytes of one [I, H] / [H, I] matrix
     w.experts.assign(size_t(E), {});
-    // Stored dtype: all experts of the layer in one buffer, [E][gate, up, down]; quantized: each
-    // thread transposes one matrix at a time into a buffer of its own.
-    std::shared_ptr<big_vector<uint8_t>> owned;
-    if (!quantize_to) owned = std::make_shared<big_vector<uint8_t>>(3 * mat * size_t(E));
+    // All experts of the layer in one buffer of 2 MiB pages, [E][gate, up, down] (a token's
+    // experts then stream without a TLB miss per 4 KiB): the stored dtype, or each matrix's
+    // quantized values and scales (64-byte aligned); quantizing, each thread transposes one matrix
+    // at a time into a buffer of its own.
+    auto line = [](size_t bytes) { return (bytes + 63) / 64 * 64; };
+    size_t q_line[2] = {mat, mat}, part_bytes = mat;  // q_line: bytes before the scales, [I, H] and [H, I]
+    if (quantize_to) {
+        part_bytes = 0;
+        const std::pair<size_t, size_t> bytes[2] = {quant_bytes(*quantize_to, I, H), quant_bytes(*quantize_to, H, I)};
+        for (int i = 0; i < 2; ++i) {
+            q_line[i] = line(bytes[i].first);
+            part_bytes = std::max(part_bytes, q_line[i] + line(bytes[i].second));
+        }
+    }
+    const auto owned = std::make_shared<big_vector<uint8_t>>(3 * part_bytes * size_t(E));
     std::exception_ptr failure;
 #pragma omp parallel
     {
@@ -119,12 +130,14 @@ inline void lay_out_experts(MoeWeights& w, const WeightStore& ws, const TextConf
                     int64_t rows, cols, ld;  // the source block [rows, cols], row stride ld
                 } parts[] = {{&x.gate, gu_e, H, I, 2 * I}, {&x.up, gu_e + size_t(I) * es, H, I, 2 * I}, {&x.down, dn_e, I, H, H}};
                 for (size_t p = 0; p < 3; ++p) {
-                    uint8_t* dst = quantize_to ? scratch.data() : owned->data() + (size_t(e) * 3 + p) * mat;
+                    uint8_t* place = owned->data() + (size_t(e) * 3 + p) * part_bytes;
+                    uint8_t* dst = quantize_to ? scratch.data() : place;
                     transpose_elements(parts[p].src, parts[p].rows, parts[p].cols, parts[p].ld, es, dst);
                     Matrix& m = *parts[p].m;
                     m = Matrix{dt, dst, parts[p].cols, parts[p].rows, {}};
                     if (quantize_to) {
-                        m = quantize(m, *quantize_to, false);
+                        m = quantize(m, *quantize_to, false,
+                                     {reinterpret_cast<int8_t*>(place), reinterpret_cast<uint16_t*>(place + q_line[p / 2]), owned});
                     } else {
                         m.storage = owned;
                         if (tileable(m)) tile_bf16_rows(m, reinterpret_cast<uint16_t*>(dst));
