@@ -6,6 +6,7 @@
 // with coordinates relative to the picture it was given, on a 0..1000 scale on both axes.
 #pragma once
 #include "image.hpp"
+#include "json.hpp"
 
 #include "stb.hpp"
 
@@ -20,27 +21,6 @@ struct Box {
 };
 
 namespace detail {
-
-// End (one past the closing brace) of the JSON object starting at text[begin] == '{', or npos
-// when it is not closed; braces inside strings do not count.
-inline size_t json_object_end(const std::string& text, size_t begin) {
-    int depth = 0;
-    bool in_string = false;
-    for (size_t i = begin; i < text.size(); ++i) {
-        const char ch = text[i];
-        if (in_string) {
-            if (ch == '\\') ++i;
-            else if (ch == '"') in_string = false;
-        } else if (ch == '"') {
-            in_string = true;
-        } else if (ch == '{') {
-            ++depth;
-        } else if (ch == '}' && --depth == 0) {
-            return i + 1;
-        }
-    }
-    return std::string::npos;
-}
 
 // Numbers of a coordinate array, or an empty vector when `v` is not an array of `n` numbers.
 inline std::vector<double> coords(const nlohmann::json& v, size_t n) {

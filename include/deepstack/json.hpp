@@ -16,24 +16,46 @@ constexpr int kMaxJsonDepth = 128;
 
 namespace detail {
 
-// Deepest nesting of [ and { in `text` outside strings, counted up to `limit` + 1.
-inline int json_nesting_depth(std::string_view text, int limit = kMaxJsonDepth) {
-    int depth = 0, deepest = 0;
+// Walks text[begin..) outside string literals and calls on_bracket(i, ch) at every [ ] { };
+// stops where on_bracket returns false and returns that position, npos when the text ends first.
+template <typename OnBracket>
+inline size_t scan_json_brackets(std::string_view text, size_t begin, OnBracket on_bracket) {
     bool in_string = false;
-    for (size_t i = 0; i < text.size(); ++i) {
+    for (size_t i = begin; i < text.size(); ++i) {
         const char ch = text[i];
         if (in_string) {
             if (ch == '\\') ++i;
             else if (ch == '"') in_string = false;
         } else if (ch == '"') {
             in_string = true;
-        } else if (ch == '[' || ch == '{') {
-            if (++depth > deepest && (deepest = depth) > limit) return deepest;
-        } else if (ch == ']' || ch == '}') {
-            --depth;
+        } else if ((ch == '[' || ch == '{' || ch == ']' || ch == '}') && !on_bracket(i, ch)) {
+            return i;
         }
     }
+    return std::string_view::npos;
+}
+
+// Deepest nesting of [ and { in `text` outside strings, counted up to `limit` + 1.
+inline int json_nesting_depth(std::string_view text, int limit = kMaxJsonDepth) {
+    int depth = 0, deepest = 0;
+    scan_json_brackets(text, 0, [&](size_t, char ch) {
+        if (ch == ']' || ch == '}') return --depth, true;
+        if (++depth > deepest) deepest = depth;
+        return deepest <= limit;
+    });
     return deepest;
+}
+
+// End (one past the closing brace) of the JSON object starting at text[begin] == '{', or npos
+// when it is not closed; braces inside strings do not count.
+inline size_t json_object_end(std::string_view text, size_t begin) {
+    int depth = 0;
+    const size_t close = scan_json_brackets(text, begin, [&](size_t, char ch) {
+        if (ch == '{') ++depth;
+        else if (ch == '}') --depth;
+        return depth != 0;
+    });
+    return close == std::string_view::npos ? close : close + 1;
 }
 
 // Parses `text`; `name` (the file) starts every error message, followed by `part` when the text is

@@ -108,19 +108,23 @@ inline void add_rmsnorm(float* h, const float* r, int64_t M, int64_t n, const fl
     }
 }
 
-// Apply a vector function to x[0..n) in place (threads for large arrays).
-template <class F>
-inline void map_inplace(float* x, int64_t n, F f) {
-    using namespace simd;
+// body(begin, end) over [0, n) in chunks of 4096 values, on all threads for large arrays.
+template <class Body>
+inline void for_chunks(int64_t n, Body body) {
     constexpr int64_t CH = 4096;
     const int64_t chunks = (n + CH - 1) / CH;
 #pragma omp parallel for schedule(static) if (worth_threads(n))
-    for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t e = std::min(n, (c + 1) * CH);
-        int64_t i = c * CH;
+    for (int64_t c = 0; c < chunks; ++c) body(c * CH, std::min(n, (c + 1) * CH));
+}
+
+// Apply a vector function to x[0..n) in place.
+template <class F>
+inline void map_inplace(float* x, int64_t n, F f) {
+    using namespace simd;
+    for_chunks(n, [&](int64_t i, int64_t e) {
         for (; i + W <= e; i += W) store(x + i, f(load(x + i)));
         if (i < e) store_n(x + i, f(load_n(x + i, int(e - i))), int(e - i));
-    }
+    });
 }
 
 // Array forms (SIMD; see simd::gelu_tanh / gelu_erf / silu for the approximations: relative error
@@ -129,29 +133,21 @@ inline void gelu_tanh_inplace(float* x, int64_t n) { map_inplace(x, n, [](simd::
 inline void gelu_erf_inplace(float* x, int64_t n) { map_inplace(x, n, [](simd::vf v) { return simd::gelu_erf(v); }); }
 inline void silu_inplace(float* x, int64_t n) { map_inplace(x, n, [](simd::vf v) { return simd::silu(v); }); }
 
-// x[i] += y[i] (the residual adds), on all threads for large arrays.
+// x[i] += y[i] (the residual adds).
 inline void add_inplace(float* x, const float* y, int64_t n) {
-    constexpr int64_t CH = 4096;
-    const int64_t chunks = (n + CH - 1) / CH;
-#pragma omp parallel for schedule(static) if (worth_threads(n))
-    for (int64_t c = 0; c < chunks; ++c) add_row(x + c * CH, y + c * CH, std::min(CH, n - c * CH));
+    for_chunks(n, [&](int64_t i, int64_t e) { add_row(x + i, y + i, e - i); });
 }
 
 // SwiGLU: out[i] = silu(gate[i]) * up[i] (out may alias gate or up).
 inline void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
     using namespace simd;
-    constexpr int64_t CH = 4096;
-    const int64_t chunks = (n + CH - 1) / CH;
-#pragma omp parallel for schedule(static) if (worth_threads(n))
-    for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t e = std::min(n, (c + 1) * CH);
-        int64_t i = c * CH;
+    for_chunks(n, [&](int64_t i, int64_t e) {
         for (; i + W <= e; i += W) store(out + i, mul(simd::silu(load(gate + i)), load(up + i)));
         if (i < e) {
             const int r = int(e - i);
             store_n(out + i, mul(simd::silu(load_n(gate + i, r)), load_n(up + i, r)), r);
         }
-    }
+    });
 }
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL
