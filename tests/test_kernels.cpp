@@ -15,6 +15,7 @@
 #include <random>
 #include <vector>
 
+using namespace deepstack;
 using namespace deepstack::detail;
 
 #if defined(DEEPSTACK_LEVEL_AVX512BF16)
