@@ -1,8 +1,9 @@
 // The Engine face (engine.hpp) on the golden fixtures' models, with the fixtures' toy tokenizer
 // written as tokenizer.json: greedy replies against the golden continuations (image paths, decoded
 // images, video frames and folders), one Engine on two threads, the process's OpenMP setting, the
-// errors, the text and progress callbacks, model sampling defaults, chats against a fresh
-// two-turn prompt, and the caption example against deepstack-caption.
+// errors, the text and progress callbacks, model sampling defaults, history turns and chats against
+// a fresh two-turn prompt, end tokens held back, a full context, and the caption example against
+// deepstack-caption.
 #include <doctest/doctest.h>
 
 #include "test_util.hpp"
@@ -11,6 +12,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <thread>
@@ -271,6 +273,79 @@ TEST_CASE("Chat: a second turn on the reused cache gives the text of a fresh two
     const GenerateResult once = generate(fresh, toy, prompt, visuals, greedy);
     CHECK(once.tokens == second.tokens);
     CHECK(once.text == second.text);
+}
+
+TEST_CASE("Engine: a request's history turns are rendered before its own turn, images included") {
+    const Engine& engine = image_engine();
+    const Reply first = engine.generate(describe_image(3));
+    Request next;
+    next.history = {{"user", {kImage}, "Describe this image."}, {"assistant", {}, first.text}};
+    next.prompt = "And then?";
+    next.sampling.max_new_tokens = 5;
+    next.sampling.temperature = 0;
+    const Reply second = engine.generate(next);
+    REQUIRE(second.inputs.size() == 1);
+    CHECK(second.inputs[0].path == kImage);
+
+    // The same conversation as chat messages on a fresh session.
+    using namespace deepstack::detail;
+    const auto model = Model::load(kFixtures + "tiny-image/model");
+    const Tokenizer toy = Tokenizer::parse(toy_tokenizer_json(), "toy");
+    const std::vector<VisualInput> visuals = {prepare_image(*model, load_image(kImage))};
+    const std::vector<Message> messages = {{"user", {image_part(0), text_part("Describe this image.")}},
+                                           {"assistant", {text_part(first.text)}},
+                                           {"user", {text_part("And then?")}}};
+    const std::vector<int> prompt = build_prompt_ids(toy, model->config, messages, visuals, true);
+    SamplingParams greedy;
+    greedy.max_new_tokens = 5;
+    Session fresh(model);
+    const GenerateResult once = generate(fresh, toy, prompt, visuals, greedy);
+    CHECK(second.prompt_tokens == int(prompt.size()));
+    CHECK(once.tokens == second.tokens);
+
+    Request bad = next;
+    bad.history[1].images = {kImage};
+    CHECK_THROWS_WITH_AS(engine.generate(bad), doctest::Contains("history turn 1: only user turns take images"), Error);
+    bad = next;
+    bad.history[0].role = "tool";
+    CHECK_THROWS_WITH_AS(engine.generate(bad), doctest::Contains("history turn 0: role 'tool' is not user, assistant or system"), Error);
+}
+
+TEST_CASE("Engine: min_new_tokens and ignore_eos hold the end tokens back") {
+    // The tiny model's greedy reply repeats token 26: as an end token it ends the reply at once.
+    Request request = describe_image(8);
+    request.sampling.stop_token_ids = {26};
+    const Reply ended = image_engine().generate(request);
+    CHECK(ended.stop == StopReason::EndToken);
+    CHECK(ended.generated_tokens == 0);
+
+    request.sampling.min_new_tokens = 3;
+    const Reply at_least = image_engine().generate(request);
+    CHECK(at_least.generated_tokens >= 3);
+    for (size_t i = 0; i < 3 && i < at_least.tokens.size(); ++i) CHECK(at_least.tokens[i] != 26);
+    CHECK(*at_least.sampling.min_new_tokens == 3);
+
+    request.sampling.min_new_tokens.reset();
+    request.sampling.ignore_eos = true;
+    const Reply ignoring = image_engine().generate(request);
+    CHECK(ignoring.stop == StopReason::MaxTokens);
+    CHECK(ignoring.generated_tokens == 8);
+    CHECK(std::count(ignoring.tokens.begin(), ignoring.tokens.end(), 26) == 0);
+
+    request.sampling.ignore_eos.reset();
+    request.sampling.min_new_tokens = -1;
+    CHECK_THROWS_WITH_AS(image_engine().generate(request), doctest::Contains("min_new_tokens = -1 must be >= 0"), Error);
+}
+
+TEST_CASE("Engine: a reply ends when the context is full") {
+    const int prompt_tokens = image_engine().generate(describe_image(1)).prompt_tokens;
+    EngineOptions options;
+    options.max_context = prompt_tokens + 2;
+    const Engine engine = Engine::open(model_folder("tiny-image", "short-context"), options);
+    // The cache holds the prompt and every reply token but the last: prompt + 2 fit 3 reply tokens.
+    const Reply reply = engine.generate(describe_image(8));
+    CHECK(reply.stop == StopReason::MaxTokens);
+    CHECK(reply.generated_tokens == 3);
 }
 
 TEST_CASE("example-caption prints the greedy text of deepstack-caption --temperature 0 --max-new-tokens 12") {

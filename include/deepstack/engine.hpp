@@ -77,6 +77,8 @@ inline SamplingParams sampling_params(const SamplingParams& defaults, const Samp
     p.presence_penalty = s.presence_penalty.value_or(p.presence_penalty);
     p.seed = s.seed.value_or(p.seed);
     p.max_new_tokens = s.max_new_tokens.value_or(p.max_new_tokens);
+    p.min_new_tokens = s.min_new_tokens.value_or(p.min_new_tokens);
+    p.ignore_eos = s.ignore_eos.value_or(p.ignore_eos);
     p.stop_token_ids.insert(p.stop_token_ids.end(), s.stop_token_ids.begin(), s.stop_token_ids.end());
     return p;
 }
@@ -85,7 +87,8 @@ inline Sampling sampling_of(const SamplingParams& p) {
     Sampling s;
     s.temperature = p.temperature, s.top_k = p.top_k, s.top_p = p.top_p, s.min_p = p.min_p;
     s.repetition_penalty = p.repetition_penalty, s.presence_penalty = p.presence_penalty;
-    s.seed = p.seed, s.max_new_tokens = p.max_new_tokens, s.stop_token_ids = p.stop_token_ids;
+    s.seed = p.seed, s.max_new_tokens = p.max_new_tokens, s.min_new_tokens = p.min_new_tokens, s.ignore_eos = p.ignore_eos;
+    s.stop_token_ids = p.stop_token_ids;
     return s;
 }
 
@@ -124,20 +127,37 @@ struct PreparedTurn {
     int box_width = 0, box_height = 0;
 };
 
+// Adds `images` to the turn's visual inputs and their parts to `message` (and reply.inputs).
+inline void add_images(const EngineState& e, const std::vector<ImageInput>& images, PreparedTurn& t, Message& message, Reply& reply) {
+    const Model& m = *e.model;
+    for (const ImageInput& image : images) {
+        const Image decoded = image.path.empty() ? Image() : load_image(image.path);
+        const Image& img = image.path.empty() ? image.pixels : decoded;
+        t.visuals.push_back(prepare_image(m, img, {e.options.min_pixels, e.options.max_pixels}));
+        reply.inputs.push_back(input_info(t.visuals.back(), image.path, img, m.config));
+        if (t.visuals.size() == 1) t.box_width = img.width, t.box_height = img.height;
+        message.parts.push_back(image_part(int(t.visuals.size()) - 1));
+    }
+}
+
 inline PreparedTurn prepare_turn(const EngineState& e, const Request& request, Reply& reply) {
     const Model& m = *e.model;
     const EngineOptions& o = e.options;
     PreparedTurn t;
     if (!request.system.empty()) t.messages.push_back({"system", {text_part(request.system)}});
-    Message user{"user", {}};
-    for (const ImageInput& image : request.images) {
-        const Image decoded = image.path.empty() ? Image() : load_image(image.path);
-        const Image& img = image.path.empty() ? image.pixels : decoded;
-        t.visuals.push_back(prepare_image(m, img, {o.min_pixels, o.max_pixels}));
-        reply.inputs.push_back(input_info(t.visuals.back(), image.path, img, m.config));
-        if (t.visuals.size() == 1) t.box_width = img.width, t.box_height = img.height;
-        user.parts.push_back(image_part(int(t.visuals.size()) - 1));
+    for (size_t i = 0; i < request.history.size(); ++i) {
+        const Turn& turn = request.history[i];
+        const std::string where = "request history turn " + std::to_string(i) + ": ";
+        if (turn.role != "user" && turn.role != "assistant" && turn.role != "system")
+            throw Error(where + "role '" + turn.role + "' is not user, assistant or system");
+        if (turn.role != "user" && !turn.images.empty()) throw Error(where + "only user turns take images, not " + turn.role + " turns");
+        Message message{turn.role, {}};
+        add_images(e, turn.images, t, message, reply);
+        message.parts.push_back(text_part(turn.text));
+        t.messages.push_back(std::move(message));
     }
+    Message user{"user", {}};
+    add_images(e, request.images, t, user, reply);
     if (request.video) {
         const PixelBudget budget{o.video_min_pixels, o.video_max_pixels};
         const bool resize = m.config.vision.fusion.type != FusionConfig::Type::StackVit;  // its high-resolution stream needs source frames

@@ -9,6 +9,7 @@
 #include "tokenizer.hpp"
 
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -135,7 +136,9 @@ struct SamplingParams {
     float repetition_penalty = 1;   // tokens of the prompt or the reply: logit / p if positive, * p if negative; 1 is off
     float presence_penalty = 0;     // subtracted once from the logit of every token already in the reply; 0 is off
     uint64_t seed = 0;              // seeds the sampler's std::mt19937_64: same seed, same reply
-    int max_new_tokens = 1024;      // the reply ends after this many tokens
+    int max_new_tokens = 1024;      // the reply ends after this many tokens, or when the context is full
+    int min_new_tokens = 0;         // end tokens are not picked before the reply has this many
+    bool ignore_eos = false;        // end tokens are never picked: the reply runs to max_new_tokens
     std::vector<int> stop_token_ids;  // end tokens besides <|im_end|>, <|endoftext|> and config.json's eos_token_id
 };
 
@@ -184,6 +187,7 @@ inline void check_sampling_params(const SamplingParams& p) {
     if (!(p.presence_penalty >= -kMaxPenalty && p.presence_penalty <= kMaxPenalty))
         throw range("presence_penalty", p.presence_penalty, "[-100, 100]");
     if (p.max_new_tokens < 0) throw Error("sampling: max_new_tokens = " + std::to_string(p.max_new_tokens) + " must be >= 0");
+    if (p.min_new_tokens < 0) throw Error("sampling: min_new_tokens = " + std::to_string(p.min_new_tokens) + " must be >= 0");
 }
 
 // Picks tokens from logits by SamplingParams; deterministic for a given seed. Remembers the
@@ -320,8 +324,14 @@ inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, con
     std::optional<DecodeBatcher::Seat> seat;
     if (batcher) seat.emplace(*batcher);
     while (int(r.tokens.size()) < params.max_new_tokens) {
-        if (!r.tokens.empty()) logits = seat ? seat->decode(session, r.tokens.back()) : session.decode(r.tokens.back());
+        if (!r.tokens.empty()) {
+            if (session.length() >= session.capacity()) break;  // the context is full: the reply ends as at max_new_tokens
+            logits = seat ? seat->decode(session, r.tokens.back()) : session.decode(r.tokens.back());
+        }
         logits.resize(vocab);
+        if (params.ignore_eos || int(r.tokens.size()) < params.min_new_tokens)
+            for (int end : ends)
+                if (end >= 0 && size_t(end) < logits.size()) logits[size_t(end)] = -std::numeric_limits<float>::infinity();
         const int id = sampler.sample(std::move(logits));
         if (ends.count(id)) {
             r.stop = StopReason::EndToken;
@@ -341,7 +351,8 @@ inline GenerateResult generate_reply(Session& session, const Tokenizer& tok, con
 }
 
 // Prefills `prompt_ids` (e.g. from build_prompt_ids) with their visual inputs, then picks and
-// decodes reply tokens until an end token, params.max_new_tokens, or on_text returning false.
+// decodes reply tokens until an end token (none before params.min_new_tokens, none with
+// params.ignore_eos), params.max_new_tokens, a full context, or on_text returning false.
 // on_text receives the reply's text piece by piece (whole UTF-8 characters, special tokens left
 // out). The session afterwards holds the prompt and the reply except its last token. batcher:
 // see generate_reply.

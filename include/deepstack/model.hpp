@@ -252,6 +252,7 @@ public:
 
     const Model& model() const { return *model_; }
     int64_t length() const { return cache_.length; }          // tokens in the cache
+    int64_t capacity() const { return cache_.max_tokens; }    // tokens the cache may hold
     int64_t next_position() const { return next_pos_; }       // M-RoPE position of the next token
     void reset() { cache_.length = 0; next_pos_ = 0; }
 

@@ -56,7 +56,9 @@ struct Sampling {
     std::optional<float> repetition_penalty;  // tokens of the prompt and reply: logit / r (* r if negative); 1 is off
     std::optional<float> presence_penalty;    // subtracted from tokens already in the reply; 0 is off
     std::optional<uint64_t> seed;             // the sampler's seed: same seed, same reply
-    std::optional<int> max_new_tokens;        // the reply ends after this many tokens
+    std::optional<int> max_new_tokens;        // the reply ends after this many tokens (or when the context is full)
+    std::optional<int> min_new_tokens;        // end tokens are not picked before the reply has this many; 0 is off
+    std::optional<bool> ignore_eos;           // true: end tokens are never picked (the reply runs to max_new_tokens)
     std::vector<int> stop_token_ids;          // end tokens besides the model's own
 };
 
@@ -77,14 +79,24 @@ struct VideoInput {
     double fps = 0;             // the source's frame rate; 0: the file's own, 2 for frames and folders
 };
 
+// An earlier turn of a conversation, rendered before the request's own turn: a user turn (its
+// images shown before its text) or the assistant's reply to it, or a later system message.
+struct Turn {
+    std::string role;                 // "user", "assistant" or "system"
+    std::vector<ImageInput> images;   // user turns only
+    std::string text;
+};
+
 struct Request {
     std::string system;               // a system message before the request; empty: none
+    std::vector<Turn> history;        // earlier turns after the system message, oldest first
     std::vector<ImageInput> images;   // shown before the prompt, in order
     std::optional<VideoInput> video;  // shown after the images
     std::string prompt;
     Sampling sampling;
 };
 
+// MaxTokens: max_new_tokens reached, or the context full.
 enum class StopReason { EndToken, MaxTokens, Callback };
 
 inline const char* stop_reason_name(StopReason r) {
@@ -122,10 +134,10 @@ struct Reply {
     int generated_tokens = 0;     // tokens.size()
     StopReason stop = StopReason::MaxTokens;
     Timings timings;
-    std::vector<InputInfo> inputs;  // the request's images, then its video
+    std::vector<InputInfo> inputs;  // the images of the history's turns, then the request's images, then its video
     Sampling sampling;              // the settings used, every field set
-    // Grounding boxes ("bbox_2d" / "point_2d" JSON) in the text, in pixels of the first image (of
-    // the video's frames without images); empty without visual inputs.
+    // Grounding boxes ("bbox_2d" / "point_2d" JSON) in the text, in pixels of the first image of
+    // `inputs` (of the video's frames without images); empty without visual inputs.
     std::vector<Box> boxes;
 };
 
