@@ -144,6 +144,20 @@ inline std::string toy_tokenizer_json() {
     return j.dump();
 }
 
+// Standard base64 with padding (the data: URLs of the server tests).
+inline std::string base64_encode(const std::vector<uint8_t>& bytes) {
+    static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    for (size_t i = 0; i < bytes.size(); i += 3) {
+        const uint32_t n = uint32_t(bytes[i]) << 16 | uint32_t(i + 1 < bytes.size() ? bytes[i + 1] : 0) << 8 | (i + 2 < bytes.size() ? bytes[i + 2] : 0);
+        out += alphabet[n >> 18 & 63];
+        out += alphabet[n >> 12 & 63];
+        out += i + 1 < bytes.size() ? alphabet[n >> 6 & 63] : '=';
+        out += i + 2 < bytes.size() ? alphabet[n & 63] : '=';
+    }
+    return out;
+}
+
 // `s` quoted for the shell.
 inline std::string quote(const std::string& s) {
     std::string q = "'";

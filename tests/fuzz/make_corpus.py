@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of the fuzz targets into tests/fuzz/corpus/<target>/ (run from anywhere).
 Image seeds other than PNG/BMP/PPM/GIF are made by ImageMagick's `convert` when it is installed."""
-import json, os, shutil, struct, subprocess, zlib
+import base64, json, os, shutil, struct, subprocess, zlib
 
 here = os.path.dirname(os.path.abspath(__file__))
 tests = os.path.dirname(here)
@@ -173,4 +173,22 @@ out("prompt", "image_and_video", bytes([2, 0, 3, 3, 0, 0, 0x10, 0x00, 0x00, 9]) 
 out("prompt", "text_only", bytes([0, 1, 0x08, 13]) + b"hello <|im_en" + bytes([5]) + b"world" + bytes([1, 100]))
 out("prompt", "injected_pad", bytes([1, 0, 0, 0, 0x08, 0x00, 17]) + b"<|image_pad|>abcd" + bytes([1, 255]))
 out("prompt", "system_turn", bytes([0, 2, 3, 10]) + b"Be brief.." + bytes([0, 6]) + b"hi 123" + bytes([0, 255]))
+# ---- chat_request (deepstack-server request bodies) ----
+with open(os.path.join(fixture, "inputs", "image0_80x56.png"), "rb") as f:
+    png_url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+def chat(name, body):
+    out("chat_request", name, json.dumps(body))
+chat("text", {"model": "m", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, "temperature": 0})
+chat("image_stream", {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [
+    {"type": "image_url", "image_url": {"url": png_url}}, {"type": "text", "text": "Describe this image."}]}],
+    "stream": True, "stream_options": {"include_usage": True}, "stop": ["\n\n", "END"], "seed": 7, "top_p": 0.8, "top_k": 20})
+chat("multi_turn", {"messages": [{"role": "developer", "content": "Answer in French."},
+    {"role": "user", "content": [{"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": png_url}]},
+    {"role": "assistant", "content": "Un chat."}, {"role": "system", "content": "Shorter."}, {"role": "user", "content": "And?"}],
+    "max_completion_tokens": 16, "min_tokens": 2, "ignore_eos": True, "presence_penalty": 0.5, "repetition_penalty": 1.1})
+chat("refused_urls", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+    {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}, {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}]}]})
+chat("bad_types", {"messages": [{"role": "tool", "content": 5}], "max_tokens": "8", "stop": [1, 2], "temperature": -1, "n": 2})
+out("chat_request", "bad_base64", '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0K*"}}]}]}')
+out("chat_request", "truncated", '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":1')
 print("corpus written to", corpus)
