@@ -820,10 +820,11 @@ TEST_CASE("fast quantized matmul (int8 activations, VNNI) matches its reference 
                 auto w = make_weight(N, K, DType::BF16, seed++);
                 const Matrix q = quantize(w.m, qt);
                 auto bias = randn(size_t(N), seed++);
-                for (int64_t M : {1, 2, 3, 4, 5, 6, 17, 40}) {
+                // up to kQuantGemvMaxRows the GEMV, past it the GEMM
+                for (int64_t M : {1, 2, 3, 4, 5, 6, 17, 40, kQuantGemvMaxRows + 3}) {
                     auto x = randn(size_t(M * K), seed++);
                     std::vector<float> y(size_t(M * N), NAN), yr(size_t(M * N), NAN), ye(size_t(M * N));
-                    matmul_quant_fast(x.data(), M, q, y.data(), bias.data());  // (where AMX is usable, fast mode's M > kGemvRows runs the AMX test's kernel)
+                    matmul_quant_fast(x.data(), M, q, y.data(), bias.data());
                     matmul_quant_fast_ref(x.data(), M, q, yr.data(), bias.data());
                     if (!vnni) matmul_ref(x.data(), M, q, yr.data(), bias.data());  // without VNNI: the exact kernels
                     INFO(dtype_name(qt) << " M=" << M << " N=" << N << " K=" << K);

@@ -393,7 +393,7 @@ inline void gemm(const float* x, int64_t M, const Matrix& W, float* y, const flo
     split_gemm(M, N, nt, NC, NR, block, MR);
 }
 
-// GEMV (M <= kGemvRows) in fast mode: the same int8 activations and integer group dot products as the GEMM.
+// GEMV (M <= kQuantGemvMaxRows) in fast mode: the same int8 activations and integer group dot products as the GEMM.
 // A block of 16 groups (QuantWeights layout) is read as 64-byte steps (Q8: 8, Q4: 4) holding the
 // same 4 bytes of each group, so 32-bit lane L stays in group L: its integer dot product runs over
 // the whole block and is scaled once per block (weight and activation scales of the 16 groups are

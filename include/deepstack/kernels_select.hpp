@@ -10,16 +10,16 @@
 //   fast, BF16 weights             M <= 8  BF16           gemm_bf16::gemv (VDPBF16PS) [dpbf16]
 //                                  M > 8   BF16           AMX tiles [amx], else gemm_bf16::gemm [dpbf16]
 //                                  any     BF16           x rounded to bf16, then exact [no dpbf16]
-//   fast, Q8 / Q4 weights          M > 8   Q8/Q4          AMX tiles, weights dequantized to bf16 [amx]
-//                                  M <= 8  Q8/Q4          gemm_q::gemv_fast (int8 activations) [vnni]
-//                                  M > 8   Q8/Q4          gemm_q::gemm (int8 activations) [vnni]
+//   fast, Q8 / Q4 weights          M <= 128 Q8/Q4         gemm_q::gemv_fast (int8 activations) [vnni]
+//                                  M > 128 Q8/Q4          AMX tiles, weights dequantized to bf16 [amx]
+//                                  M > 128 Q8/Q4          gemm_q::gemm (int8 activations) [vnni]
 //                                  any     Q8/Q4          exact [no vnni]
 //   fast, F32 / F16 weights        any                    exact
 //   attention, fast mode           Tq >= 8                attention_bf16 [dpbf16]
 //                                  else                   attention (fp32)
 // Pair panels (Matrix::panel_rows) always take a GEMM, which reads them in place. The GEMVs
-// (M <= kGemvRows) give each row the same bits for any M in that range: a decode step of several
-// sequences matches each one decoded alone.
+// (M <= kGemvRows; Q8 / Q4 in fast mode M <= kQuantGemvMaxRows) give each row the same bits for any
+// M in that range: a decode step of several sequences matches each one decoded alone.
 //
 // A level body: kernels_levels.hpp compiles it once per SIMD level, inside that level's namespace and
 // target region; included on its own it brings in the whole kernel layer.
@@ -94,7 +94,7 @@ inline void matmul_quant_fast(const float* x, int64_t M, const Matrix& W, float*
     if (W.dtype != DType::Q8 && W.dtype != DType::Q4) throw Error("matmul_quant_fast: weights must be Q8 or Q4");
     if (M <= 0 || W.rows <= 0) return;
 #if defined(DEEPSTACK_HAVE_VNNI)
-    if (M <= kGemvRows) return gemm_q::gemv_fast(x, M, *static_cast<const QuantWeights*>(W.data), y, bias);
+    if (M <= kQuantGemvMaxRows) return gemm_q::gemv_fast(x, M, *static_cast<const QuantWeights*>(W.data), y, bias);
     gemm_q::gemm(x, M, W, y, bias);
 #else
     matmul_exact(x, M, W, y, bias);
@@ -106,19 +106,19 @@ inline void matmul_in_mode(const float* x, int64_t M, const Matrix& W, float* y,
     const bool quant = W.dtype == DType::Q8 || W.dtype == DType::Q4;
     if (mode == Compute::Exact) return matmul_exact(x, M, W, y, bias);
 #if defined(DEEPSTACK_HAVE_AMX)
-    if (quant && M > kGemvRows && W.rows > 0 && amx_here()) return gemm_amx::gemm(x, M, W, y, bias);
+    if (quant && M > kQuantGemvMaxRows && W.rows > 0 && amx_here()) return gemm_amx::gemm(x, M, W, y, bias);
 #endif
     if (quant) return matmul_quant_fast(x, M, W, y, bias);
     matmul_bf16(x, M, W, y, bias);
 }
 
 // y_i = x W_i^T for the `count` matrices W[i] that share the input x [M, K] (a decoder layer's q / k
-// / v, gate / up). Fast mode, M <= kGemvRows, Q8 / Q4 weights of one format with VNNI: x is quantized once
+// / v, gate / up). Fast mode, M <= kQuantGemvMaxRows, Q8 / Q4 weights of one format with VNNI: x is quantized once
 // and one parallel region covers all their rows (a region's start and its threads' uneven finish
 // cost microseconds each, and decode runs hundreds per token); otherwise one product each.
 inline void matmul_shared_input(const float* x, int64_t M, const Matrix* const* W, float* const* y, int count, Compute mode) {
 #if defined(DEEPSTACK_HAVE_VNNI)
-    bool fused = mode == Compute::Fast && M >= 1 && M <= kGemvRows && count <= 4;
+    bool fused = mode == Compute::Fast && M >= 1 && M <= kQuantGemvMaxRows && count <= 4;
     for (int i = 0; fused && i < count; ++i) fused = W[i]->dtype == W[0]->dtype && (W[i]->dtype == DType::Q8 || W[i]->dtype == DType::Q4) &&
                                                     W[i]->cols == W[0]->cols && W[i]->rows > 0;
     if (fused) {
