@@ -20,7 +20,7 @@ def parse_args():
     p.add_argument("--model", help="model folder for the started server")
     p.add_argument("--weights", default="q4")
     p.add_argument("--compute", default="fast")
-    p.add_argument("--threads", type=int, default=0, help="threads per generating request (0: the server's default)")
+    p.add_argument("--threads", type=int, default=0, help="the server's --threads: OpenMP threads of its prefills and decode steps (0: its default)")
     p.add_argument("--streams", default="1,2,4,8", help="stream counts to run, comma-separated")
     p.add_argument("--max-tokens", type=int, default=128, help="reply tokens per stream")
     p.add_argument("--prompt", default="Write a long story about a lighthouse keeper.")

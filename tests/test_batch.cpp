@@ -9,9 +9,11 @@
 #include "test_util.hpp"
 #include <deepstack.hpp>
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <thread>
@@ -168,6 +170,61 @@ TEST_CASE("DecodeBatcher: seated threads decode in shared steps with the logits 
     const DecodeBatcher::Stats stats = batcher.stats();
     CHECK(stats.tokens == kThreads * kSteps);
     CHECK(stats.steps == kSteps);
+}
+
+TEST_CASE("DecodeBatcher: prefills run on its own thread, one at a time, and their errors reach the caller") {
+    DecodeBatcher batcher(4, 2);
+    const std::thread::id caller = std::this_thread::get_id();
+    const std::thread::id worker = batcher.exclusive([] { return std::this_thread::get_id(); });
+    CHECK(worker != caller);
+    CHECK(batcher.exclusive([] { return std::this_thread::get_id(); }) == worker);
+    CHECK(batcher.exclusive([] { return omp_get_max_threads(); }) == 2);
+    CHECK(batcher.exclusive([] { return DecodeBatcher::inside(); }));  // a generate() called there bypasses it
+    CHECK_FALSE(DecodeBatcher::inside());
+    CHECK_THROWS_WITH_AS(batcher.exclusive([]() -> int { throw Error("bad prompt"); }), "bad prompt", Error);
+    // concurrent prefills from several threads never overlap
+    std::atomic<int> running{0}, most{0};
+    std::vector<std::thread> callers;
+    for (int t = 0; t < 4; ++t)
+        callers.emplace_back([&] {
+            for (int k = 0; k < 20; ++k)
+                batcher.exclusive([&] {
+                    const int now = ++running;
+                    most = std::max(most.load(), now);
+                    std::this_thread::sleep_for(std::chrono::microseconds(200));
+                    return --running;
+                });
+        });
+    for (auto& t : callers) t.join();
+    CHECK(most.load() == 1);
+}
+
+TEST_CASE("KV cache pool: a new session takes an ended session's arrays and gets the logits of a fresh cache") {
+    const auto m = Model::load(kTinyImage + "/model");
+    Session::Options with_pool;
+    with_pool.max_context = 64;
+    with_pool.kv_pool = std::make_shared<KVCachePool>(1);
+    Session::Options without = with_pool;
+    without.kv_pool = nullptr;
+    const std::vector<int> first = {5, 9, 2, 7, 7, 1, 3, 8}, second = {4, 6};
+    const uint16_t* kept = nullptr;
+    {
+        Session s(m, with_pool);
+        s.prefill(first);
+        s.decode(11);
+        kept = s.cache().bf16() ? reinterpret_cast<const uint16_t*>(s.cache().k16[0].data())
+                                : reinterpret_cast<const uint16_t*>(s.cache().k[0].data());
+    }
+    Session reused(m, with_pool), fresh(m, without);
+    const std::vector<float> a = reused.prefill(second), b = fresh.prefill(second);
+    CHECK((reused.cache().bf16() ? reinterpret_cast<const uint16_t*>(reused.cache().k16[0].data())
+                                 : reinterpret_cast<const uint16_t*>(reused.cache().k[0].data())) == kept);
+    CHECK(a == b);
+    CHECK(reused.decode(3) == fresh.decode(3));
+    // arrays of another geometry are not handed out; past max_kept an ended cache is freed
+    CHECK(with_pool.kv_pool->take(1, 1, false).empty());
+    Session other(m, with_pool), third(m, with_pool);
+    other.prefill(second), third.prefill(second);
 }
 
 namespace fs = std::filesystem;

@@ -103,8 +103,9 @@ inline size_t huge_round(size_t bytes) { return (bytes + kHugePage - 1) / kHugeP
 // 64-byte aligned; large sizes are a fresh 2 MiB aligned mapping (zero-filled, each page committed
 // only when first touched). nullptr when out of memory. reserve = false maps large sizes without
 // reserving memory for them (MAP_NORESERVE: a region larger than the RAM, of which only parts are
-// ever written at once).
-inline void* big_alloc(size_t bytes, bool reserve = true) {
+// ever written at once). huge_pages = false leaves out the huge page advice, so a buffer written a
+// little at a time commits 4 KiB at a time.
+inline void* big_alloc(size_t bytes, bool reserve = true, bool huge_pages = true) {
     if (!huge_size(bytes)) return std::aligned_alloc(64, (bytes + 63) / 64 * 64 + (bytes == 0 ? 64 : 0));
     const size_t size = huge_round(bytes);
     void* p = ::mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | (reserve ? 0 : MAP_NORESERVE), -1, 0);
@@ -114,7 +115,7 @@ inline void* big_alloc(size_t bytes, bool reserve = true) {
     if (aligned > base) ::munmap(p, aligned - base);
     if (base + kHugePage > aligned) ::munmap(reinterpret_cast<void*>(aligned + size), base + kHugePage - aligned);
 #ifdef MADV_HUGEPAGE
-    ::madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);  // advisory: 4 KiB pages still work
+    if (huge_pages) ::madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);  // advisory: 4 KiB pages still work
 #endif
     return reinterpret_cast<void*>(aligned);
 }
@@ -125,12 +126,14 @@ inline void big_free(void* p, size_t bytes) {
 }
 
 // n elements of T in big_alloc memory, never resized, move-only: for a buffer reserved at its
-// largest size up front whose pages should be committed only as they are written (the KV cache).
+// largest size up front whose pages should be committed only as they are written (the KV cache,
+// which grows by one row per token: 4 KiB pages, as a 2 MiB one would commit a thousand rows at
+// the first).
 template <typename T>
 class big_array {
 public:
     big_array() = default;
-    explicit big_array(size_t n) : p_(static_cast<T*>(big_alloc(n * sizeof(T)))), n_(n) {
+    explicit big_array(size_t n) : p_(static_cast<T*>(big_alloc(n * sizeof(T), true, false))), n_(n) {
         if (!p_) throw std::bad_alloc();
     }
     big_array(big_array&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }

@@ -27,6 +27,7 @@ struct EngineState {
     Tokenizer tokenizer;
     SamplingParams defaults;                // generation_config.json
     std::unique_ptr<DecodeBatcher> batcher;  // null when options.max_batch is 1
+    std::shared_ptr<KVCachePool> kv_pool;     // the KV caches of ended replies, for the next ones
 };
 
 // Sets the OpenMP thread count of the calling thread for one call and restores it afterwards.
@@ -208,9 +209,10 @@ Reply answer(const EngineState& e, const Request& request, const TextCallback& o
     return reply;
 }
 
-inline Session::Options session_options(const EngineOptions& o) {
+inline Session::Options session_options(const EngineState& e) {
     Session::Options s;
-    s.max_context = o.max_context;
+    s.max_context = e.options.max_context;
+    s.kv_pool = e.kv_pool;
     return s;
 }
 
@@ -226,15 +228,17 @@ inline std::shared_ptr<const EngineState> open_engine(const std::string& model_d
     auto model = Model::load(model_dir, load);
     Tokenizer tokenizer = Tokenizer::load(model_dir + "/tokenizer.json");
     SamplingParams defaults = load_generation_config(model_dir);
-    auto batcher = options.max_batch > 1 ? std::make_unique<DecodeBatcher>(options.max_batch) : nullptr;
+    auto batcher = options.max_batch > 1 ? std::make_unique<DecodeBatcher>(options.max_batch, options.threads) : nullptr;
+    // as many kept caches as replies decode together: a server's steady state faults no new pages
+    auto kv_pool = std::make_shared<KVCachePool>(size_t(options.max_batch));
     return std::make_shared<const EngineState>(
-        EngineState{options, std::move(model), std::move(tokenizer), std::move(defaults), std::move(batcher)});
+        EngineState{options, std::move(model), std::move(tokenizer), std::move(defaults), std::move(batcher), std::move(kv_pool)});
 }
 
 // One reply on a fresh session.
 inline GenerateResult generate_once(const EngineState& e, const PreparedTurn& turn, const SamplingParams& params, const TextCallback& on_text,
                                     const StageCallback& on_stage) {
-    Session session(e.model, session_options(e.options));
+    Session session(e.model, session_options(e));
     const std::vector<int> prompt = build_prompt_ids(e.tokenizer, e.model->config, turn.messages, turn.visuals, true);
     return generate(session, e.tokenizer, prompt, turn.visuals, params, on_text, on_stage, e.batcher.get());
 }
@@ -265,7 +269,7 @@ public:
 private:
     friend class Engine;
     explicit Chat(std::shared_ptr<const detail::EngineState> engine)
-        : engine_(std::move(engine)), conversation_(engine_->model, engine_->tokenizer, detail::session_options(engine_->options)) {}
+        : engine_(std::move(engine)), conversation_(engine_->model, engine_->tokenizer, detail::session_options(*engine_)) {}
 
     std::shared_ptr<const detail::EngineState> engine_;
     detail::Conversation conversation_;

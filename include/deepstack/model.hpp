@@ -2,6 +2,7 @@
 // inputs, and run a Session (prefill a prompt with its visuals, decode one token at a time).
 #pragma once
 #include "fusion.hpp"
+#include "kv_cache_pool.hpp"
 #include "image.hpp"
 #include "vision_stacks.hpp"
 
@@ -243,17 +244,20 @@ public:
     struct Options {
         int64_t max_context = 32768;  // tokens the KV cache may hold
         FusionOptions fusion;
+        std::shared_ptr<KVCachePool> kv_pool;  // KV cache arrays kept between sessions (an Engine's); may be null
     };
 
     explicit Session(std::shared_ptr<const Model> model) : Session(std::move(model), Options{}) {}
     Session(std::shared_ptr<const Model> model, Options opt) : model_(std::move(model)), opt_(std::move(opt)) {
         cache_.max_tokens = std::min<int64_t>(opt_.max_context, model_->config.text.max_position_embeddings);
+        cache_.pool = opt_.kv_pool;
     }
 
     const Model& model() const { return *model_; }
     int64_t length() const { return cache_.length; }          // tokens in the cache
     int64_t capacity() const { return cache_.max_tokens; }    // tokens the cache may hold
     int64_t next_position() const { return next_pos_; }       // M-RoPE position of the next token
+    const KVCache& cache() const { return cache_; }
     void reset() { cache_.length = 0; next_pos_ = 0; }
 
     // Appends `ids` to the conversation. Their image/video pad tokens take the `visuals` in order

@@ -41,8 +41,11 @@ struct EngineOptions {
     // Replies of this engine generated at the same time (generate() and Chat::send() on several
     // threads) decode together: each step runs the next token of up to max_batch of them in one
     // pass over the weights, which costs little more than one token; a new reply's prefill runs
-    // between two steps. Results are the same as alone. 1..8; 1: each reply decodes on its own
-    // (in parallel with the others, each with its own OpenMP threads).
+    // between two steps. Results are the same as alone. The prefills and steps run on a thread
+    // the engine starts for them (with `threads` OpenMP threads, 0: the setting of the thread
+    // that opens the engine); the stage callbacks of the vision stage run there too. 1..8; 1: each
+    // reply runs on its caller's thread on its own (in parallel with the others, each with its
+    // own OpenMP threads).
     int max_batch = 8;
 };
 

@@ -2,6 +2,7 @@
 // q/k RMSNorm and interleaved M-RoPE, SwiGLU MLP, the KV cache, and the hook that adds
 // visual features to the hidden states at the visual positions (DeepStack).
 #pragma once
+#include "kv_cache_pool.hpp"
 #include "rope.hpp"
 #include "weights.hpp"
 
@@ -12,19 +13,24 @@ namespace deepstack::detail {
 // whole context is reserved at the first use: big_alloc maps it without touching it, so memory is
 // committed only as tokens are written, and the cache never moves (growing it by reallocation
 // had copied and re-zeroed the whole cache at the first generated token after a prefill and at
-// every doubling). A copy copies the tokens held, not the reservation.
+// every doubling). A copy copies the tokens held, not the reservation. With a pool, the arrays
+// come from an ended session's cache where one is kept, and go back to the pool at the end.
 struct KVCache {
     int64_t length = 0;      // tokens cached
     int64_t max_tokens = 0;  // hard limit (context size)
     int64_t row = 0;         // values per token and layer (Hkv * head_dim); 0 until reserved
     std::vector<detail::big_array<float>> k, v;         // the fp32 cache, or
     std::vector<detail::big_array<uint16_t>> k16, v16;  // the bf16 one
+    std::shared_ptr<KVCachePool> pool;                  // where the arrays come from and go back to; may be null
     bool bf16() const { return !k16.empty(); }
 
     KVCache() = default;
-    KVCache(KVCache&&) = default;
-    KVCache& operator=(KVCache&&) = default;
-    KVCache(const KVCache& o) : length(o.length), max_tokens(o.max_tokens), row(o.row) {
+    KVCache(KVCache&& o) noexcept { swap(o); }
+    KVCache& operator=(KVCache&& o) noexcept {
+        swap(o);
+        return *this;
+    }
+    KVCache(const KVCache& o) : length(o.length), max_tokens(o.max_tokens), row(o.row), pool(o.pool) {
         copy_layers(o.k, k);
         copy_layers(o.v, v);
         copy_layers(o.k16, k16);
@@ -33,6 +39,9 @@ struct KVCache {
     KVCache& operator=(const KVCache& o) {
         if (this != &o) *this = KVCache(o);
         return *this;
+    }
+    ~KVCache() {
+        if (pool && row) pool->give(KVArrays{std::move(k), std::move(v), std::move(k16), std::move(v16)}, size_t(length * row));
     }
 
     // Checks that `extra` more tokens fit; reserves the context at the first call, as bf16 or fp32.
@@ -43,6 +52,14 @@ struct KVCache {
                         std::to_string(max_tokens) + " (raise max_context)");
         if (row) return;
         const int64_t n = int64_t(c.num_key_value_heads) * c.head_dim;
+        if (pool) {
+            KVArrays kept = pool->take(size_t(c.num_hidden_layers), size_t(max_tokens * n), as_bf16);
+            if (!kept.empty()) {
+                k = std::move(kept.k), v = std::move(kept.v), k16 = std::move(kept.k16), v16 = std::move(kept.v16);
+                row = n;
+                return;
+            }
+        }
         try {
             for (int l = 0; l < c.num_hidden_layers; ++l) {
                 if (as_bf16) {
@@ -63,6 +80,11 @@ struct KVCache {
     }
 
 private:
+    void swap(KVCache& o) noexcept {
+        std::swap(length, o.length), std::swap(max_tokens, o.max_tokens), std::swap(row, o.row);
+        k.swap(o.k), v.swap(o.v), k16.swap(o.k16), v16.swap(o.v16);
+        pool.swap(o.pool);
+    }
     template <typename T>
     void copy_layers(const std::vector<detail::big_array<T>>& from, std::vector<detail::big_array<T>>& to) {
         for (const auto& layer : from) {

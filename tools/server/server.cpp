@@ -39,7 +39,7 @@ POST /v1/chat/completions, GET /v1/models, GET /health.
                            the environment variable DEEPSTACK_API_KEY
   --weights F              stored (bf16 as in the checkpoint, default), int8 or q4
   --compute C              exact (fp32 activations, default) or fast (bf16 / int8 activations)
-  --threads N              OpenMP threads of each generating request (default: all cores)
+  --threads N              OpenMP threads of the prefills and decode steps (default: all cores)
   --max-context N          tokens of one request's context: prompt, images and reply (default 32768)
   --max-body-bytes N       largest request body (default 33554432, 32 MiB); larger ones get 413
   --max-image-pixels N     largest decoded image, width * height (default 16777216)
