@@ -76,6 +76,31 @@ std::vector<ImageInput> image_inputs(const py::object& images) {
     return inputs;
 }
 
+// Earlier turns: a sequence of dicts {"role": "user" | "assistant" | "system", "text": str,
+// "images": images (user turns)}. The library checks the roles.
+std::vector<Turn> history_turns(const py::object& history) {
+    std::vector<Turn> turns;
+    if (history.is_none()) return turns;
+    size_t i = 0;
+    for (const py::handle item : py::iter(history)) {
+        const std::string where = "history[" + std::to_string(i++) + "]";
+        if (!py::isinstance<py::dict>(item)) throw py::type_error(where + ": expected a dict with 'role' and 'text', got " + py::repr(item).cast<std::string>());
+        const py::dict d = py::reinterpret_borrow<py::dict>(item);
+        for (const auto& [key, value] : d) {
+            const std::string k = py::str(key).cast<std::string>();
+            if (k != "role" && k != "text" && k != "images") throw py::value_error(where + ": unknown key '" + k + "' (role, text, images)");
+        }
+        if (!d.contains("role") || !py::isinstance<py::str>(d["role"])) throw py::type_error(where + ": 'role' must be a str");
+        if (!d.contains("text") || !py::isinstance<py::str>(d["text"])) throw py::type_error(where + ": 'text' must be a str");
+        Turn turn;
+        turn.role = d["role"].cast<std::string>();
+        turn.text = d["text"].cast<std::string>();
+        if (d.contains("images")) turn.images = image_inputs(py::reinterpret_borrow<py::object>(d["images"]));
+        turns.push_back(std::move(turn));
+    }
+    return turns;
+}
+
 // A video file, folder or frame list (a path), or its decoded frames (a sequence of images).
 std::optional<VideoInput> video_input(const py::object& video, double fps) {
     if (video.is_none()) return std::nullopt;
@@ -173,17 +198,20 @@ void def_request_method(Class& cls, const char* name, Answer answer, const char*
     cls.def(
         name,
         [answer](Self& self, const std::string& prompt, const py::object& images, const py::object& video, double fps,
-                 const std::optional<std::string>& system, std::optional<int> max_new_tokens, std::optional<float> temperature,
+                 const std::optional<std::string>& system, const py::object& history, std::optional<int> max_new_tokens,
+                 std::optional<int> min_new_tokens, std::optional<bool> ignore_eos, std::optional<float> temperature,
                  std::optional<float> top_p, std::optional<int> top_k, std::optional<float> min_p, std::optional<float> repetition_penalty,
                  std::optional<float> presence_penalty, std::optional<uint64_t> seed, std::vector<int> stop_token_ids,
                  const py::object& on_text, const py::object& on_progress) {
             Request r;
             r.prompt = prompt;
             r.system = system.value_or("");
+            r.history = history_turns(history);
             r.images = image_inputs(images);
             r.video = video_input(video, fps);
             Sampling& s = r.sampling;
-            s.max_new_tokens = max_new_tokens, s.temperature = temperature, s.top_p = top_p, s.top_k = top_k, s.min_p = min_p;
+            s.max_new_tokens = max_new_tokens, s.min_new_tokens = min_new_tokens, s.ignore_eos = ignore_eos;
+            s.temperature = temperature, s.top_p = top_p, s.top_k = top_k, s.min_p = min_p;
             s.repetition_penalty = repetition_penalty, s.presence_penalty = presence_penalty, s.seed = seed;
             s.stop_token_ids = std::move(stop_token_ids);
             return call_engine(on_text, on_progress, [&](const TextCallback& text, const ProgressCallback& progress) {
@@ -191,7 +219,8 @@ void def_request_method(Class& cls, const char* name, Answer answer, const char*
             });
         },
         py::arg("prompt") = "", py::kw_only(), py::arg("images") = py::none(), py::arg("video") = py::none(), py::arg("fps") = 0.0,
-        py::arg("system") = py::none(), py::arg("max_new_tokens") = py::none(), py::arg("temperature") = py::none(),
+        py::arg("system") = py::none(), py::arg("history") = py::none(), py::arg("max_new_tokens") = py::none(),
+        py::arg("min_new_tokens") = py::none(), py::arg("ignore_eos") = py::none(), py::arg("temperature") = py::none(),
         py::arg("top_p") = py::none(), py::arg("top_k") = py::none(), py::arg("min_p") = py::none(),
         py::arg("repetition_penalty") = py::none(), py::arg("presence_penalty") = py::none(), py::arg("seed") = py::none(),
         py::arg("stop_token_ids") = std::vector<int>(), py::arg("on_text") = py::none(), py::arg("on_progress") = py::none(), doc);
@@ -204,7 +233,10 @@ images: one image or a list: paths, PIL images or H x W x 3 uint8 numpy arrays.
 video: a video file, a folder of frames, a .txt list of frame files, or a list of frames (as
     images, all of one size); fps: the source's frame rate (0: the file's own, 2 for frames).
 system: a system message before the request (None: none).
-max_new_tokens, temperature (0: greedy), top_p, top_k, min_p, repetition_penalty,
+history: earlier turns after the system message, oldest first: dicts {"role": "user",
+    "assistant" or "system", "text": str, "images": images (user turns only)}.
+max_new_tokens, min_new_tokens (no end token before this many), ignore_eos (True: the reply
+    runs to max_new_tokens), temperature (0: greedy), top_p, top_k, min_p, repetition_penalty,
     presence_penalty, seed, stop_token_ids: sampling; None takes the model's
     generation_config.json.
 on_text(piece): called with the reply as it is produced; returning False stops it.

@@ -123,6 +123,24 @@ class ModuleTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "q5"):
             deepstack.Engine(MODEL, weights="q5")
 
+    def test_history_and_length_controls(self):
+        plain = self.caption(IMAGE)
+        history = [{"role": "user", "text": "Hello.", "images": [IMAGE]}, {"role": "assistant", "text": "Hi. What should I look at?"}]
+        with_history = self.caption(IMAGE, history=history)
+        # the earlier turns and their image come before the request
+        self.assertEqual(len(with_history.inputs), 2)
+        self.assertGreater(with_history.prompt_tokens, plain.prompt_tokens + with_history.inputs[0].visual_tokens)
+        long = self.engine.generate(PROMPT, images=[IMAGE], temperature=0, max_new_tokens=40, ignore_eos=True)
+        self.assertEqual(long.generated_tokens, 40)
+        at_least = self.engine.generate(PROMPT, images=[IMAGE], temperature=0, max_new_tokens=40, min_new_tokens=30)
+        self.assertGreaterEqual(at_least.generated_tokens, 30)
+        with self.assertRaisesRegex(TypeError, r"history\[0\]"):
+            self.caption(IMAGE, history=["user: hello"])
+        with self.assertRaisesRegex(ValueError, r"history\[1\]: unknown key 'content'"):
+            self.caption(IMAGE, history=[{"role": "user", "text": "a"}, {"role": "assistant", "content": "b"}])
+        with self.assertRaisesRegex(deepstack.Error, "role 'robot'"):
+            self.caption(IMAGE, history=[{"role": "robot", "text": "a"}])
+
     def test_two_threads_share_one_engine(self):
         texts = [None, None]
 
