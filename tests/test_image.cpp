@@ -512,4 +512,18 @@ TEST_CASE("decode: every kept format decodes; tiny files declaring huge pictures
     // The fuzzer's find once stb_image was instrumented: a table read past its segment's end.
     const std::vector<uint8_t> past = read_bytes(kData + "/fuzz/corpus/image/jpeg_dht_past_segment");
     CHECK_THROWS_WITH_AS(decode_image(past.data(), past.size(), "p.jpg"), doctest::Contains("p.jpg: corrupt JPEG (a Huffman table declares"), Error);
+    // stb_image skips 0xFF fill bytes before the start marker, so FF FF D8 is a JPEG too: its tables
+    // are checked, and a valid file with a fill byte decodes as without it.
+    const std::vector<uint8_t> fill = read_bytes(kData + "/fuzz/corpus/image/jpeg_fill_bytes_before_soi");
+    REQUIRE((fill.size() > 3 && fill[0] == 0xFF && fill[1] == 0xFF && fill[2] == 0xD8));
+    CHECK_THROWS_WITH_AS(decode_image(fill.data(), fill.size(), "f.jpg"), doctest::Contains("f.jpg: corrupt JPEG (a Huffman table declares"), Error);
+    // A scan naming a Huffman table the file never defined: an error, not a read of stb_image's
+    // uninitialized tables.
+    const std::vector<uint8_t> undefined = read_bytes(kData + "/fuzz/corpus/image/jpeg_scan_undefined_huffman_table");
+    CHECK_THROWS_WITH_AS(decode_image(undefined.data(), undefined.size(), "u.jpg"), "u.jpg: not a decodable image (bad huffman code)", Error);
+    std::vector<uint8_t> good;
+    REQUIRE(detail::stb::write_jpg_to_func(append_bytes, &good, noise.width, noise.height, 3, noise.rgb.data(), 90));
+    std::vector<uint8_t> good_fill = good;
+    good_fill.insert(good_fill.begin(), 0xFF);
+    CHECK(decode_image(good_fill.data(), good_fill.size(), "g.jpg").rgb == decode_image(good.data(), good.size(), "g.jpg").rgb);
 }

@@ -278,6 +278,15 @@ inline bool parse_pnm_header(const uint8_t* d, size_t size, PnmHeader& h) {
     return true;
 }
 
+// Whether stb_image takes the bytes for a JPEG: its marker reader skips any run of 0xFF fill bytes,
+// so FF FF D8 opens a JPEG as FF D8 does.
+inline bool is_jpeg(const uint8_t* d, size_t size) {
+    if (size < 2 || d[0] != 0xFF) return false;
+    size_t i = 1;
+    while (i < size && d[i] == 0xFF) ++i;
+    return i < size && d[i] == 0xD8;
+}
+
 // A JPEG Huffman table (DHT segment) with more than 256 codes, or the empty string. stb_image 2.27
 // writes a table's code lengths and values into arrays of 257 and 256 entries without checking the
 // count, so such a table would overwrite the decoder's memory (found by the sanitizers once stb_image
@@ -331,7 +340,7 @@ inline std::string payload_problem(const uint8_t* d, size_t size, int64_t w, int
                std::to_string(coded_bytes) + " " + bytes + " can code";
     };
     const int64_t pixels = w * h;
-    if (size >= 2 && d[0] == 0xFF && d[1] == 0xD8) {  // JPEG
+    if (is_jpeg(d, size)) {
         bool has_eoi = false;
         for (size_t i = size; i-- > 2 && !has_eoi;) has_eoi = d[i - 1] == 0xFF && d[i] == 0xD9;
         if (!has_eoi) return "truncated JPEG (no end-of-image marker)";
@@ -433,7 +442,7 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
     for (const auto& [magic, format] : refused)
         if (size >= std::strlen(magic) && std::memcmp(data, magic, std::strlen(magic)) == 0)
             throw Error(name + ": " + format + " images are not supported (JPEG, PNG, BMP, GIF, TGA, PGM and PPM are)");
-    if (size >= 2 && data[0] == 0xFF && data[1] == 0xD8) {  // before stb_image reads any table (its header scan builds them too)
+    if (detail::is_jpeg(data, size)) {  // before stb_image reads any table (its header scan builds them too)
         const std::string problem = detail::jpeg_huffman_problem(data, size);
         if (!problem.empty()) throw Error(name + ": " + problem);
     }

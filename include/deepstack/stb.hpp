@@ -34,6 +34,9 @@
 #pragma push_macro("STB_IMAGE_STATIC")
 #pragma push_macro("STBIDEF")
 #pragma push_macro("STBI_ASSERT")
+#pragma push_macro("STBI_MALLOC")
+#pragma push_macro("STBI_REALLOC")
+#pragma push_macro("STBI_FREE")
 #pragma push_macro("STBI_ONLY_JPEG")
 #pragma push_macro("STBI_ONLY_PNG")
 #pragma push_macro("STBI_ONLY_BMP")
@@ -78,6 +81,12 @@
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_STATIC
 #define STBI_ASSERT(x) assert(x)
+#undef STBI_MALLOC
+#undef STBI_REALLOC
+#undef STBI_FREE
+#define STBI_MALLOC(size) deepstack_stbi_allocate(size)
+#define STBI_REALLOC(p, size) realloc(p, size)
+#define STBI_FREE(p) free(p)
 #define STBI_ONLY_JPEG
 #define STBI_ONLY_PNG
 #define STBI_ONLY_BMP
@@ -177,8 +186,28 @@
 #define stbiw_convert_wchar_to_utf8 deepstack_stbiw_convert_wchar_to_utf8
 
 namespace deepstack::detail::stb {
+inline void* deepstack_stbi_allocate(size_t size);
+
 #include <stb_image.h>
 #include <stb_image_write.h>
+
+// stb_image's allocations, zeroed. The JPEG decoder keeps its tables in one allocation and fills
+// only those the file defines, yet a scan may name a Huffman table the file never defined: read
+// uninitialized, it turns bits into indexes far outside the table's values. In that allocation
+// every Huffman table starts as the table of no codes, from which any code is an error ("bad
+// huffman code"), so such a file fails to decode instead.
+inline void* deepstack_stbi_allocate(size_t size) {
+    void* memory = calloc(1, size);
+    if (memory && size == sizeof(stbi__jpeg)) {
+        stbi__jpeg* jpeg = static_cast<stbi__jpeg*>(memory);
+        for (int i = 0; i < 8; ++i) {
+            stbi__huffman& table = i < 4 ? jpeg->huff_dc[i] : jpeg->huff_ac[i - 4];
+            memset(table.fast, 255, sizeof(table.fast));  // no code of up to FAST_BITS bits
+            table.maxcode[17] = 0xffffffff;               // every longer code: not found
+        }
+    }
+    return memory;
+}
 
 inline const char* failure_reason() { return deepstack_stbi_failure_reason(); }
 inline int info_from_memory(const unsigned char* data, int size, int* w, int* h, int* comp) {
@@ -293,6 +322,9 @@ inline int write_tga_to_func(write_func* f, void* context, int w, int h, int com
 #pragma pop_macro("STBI_ONLY_BMP")
 #pragma pop_macro("STBI_ONLY_PNG")
 #pragma pop_macro("STBI_ONLY_JPEG")
+#pragma pop_macro("STBI_FREE")
+#pragma pop_macro("STBI_REALLOC")
+#pragma pop_macro("STBI_MALLOC")
 #pragma pop_macro("STBI_ASSERT")
 #pragma pop_macro("STBIDEF")
 #pragma pop_macro("STB_IMAGE_STATIC")
