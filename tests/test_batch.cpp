@@ -212,13 +212,13 @@ TEST_CASE("KV cache pool: a new session takes an ended session's arrays and gets
         Session s(m, with_pool);
         s.prefill(first);
         s.decode(11);
-        kept = s.cache().bf16() ? reinterpret_cast<const uint16_t*>(s.cache().k16[0].data())
-                                : reinterpret_cast<const uint16_t*>(s.cache().k[0].data());
+        kept = s.cache().bf16() ? reinterpret_cast<const uint16_t*>(s.cache().arrays.k16[0].data())
+                                : reinterpret_cast<const uint16_t*>(s.cache().arrays.k[0].data());
     }
     Session reused(m, with_pool), fresh(m, without);
     const std::vector<float> a = reused.prefill(second), b = fresh.prefill(second);
-    CHECK((reused.cache().bf16() ? reinterpret_cast<const uint16_t*>(reused.cache().k16[0].data())
-                                 : reinterpret_cast<const uint16_t*>(reused.cache().k[0].data())) == kept);
+    CHECK((reused.cache().bf16() ? reinterpret_cast<const uint16_t*>(reused.cache().arrays.k16[0].data())
+                                 : reinterpret_cast<const uint16_t*>(reused.cache().arrays.k[0].data())) == kept);
     CHECK(a == b);
     CHECK(reused.decode(3) == fresh.decode(3));
     // arrays of another geometry are not handed out; past max_kept an ended cache is freed

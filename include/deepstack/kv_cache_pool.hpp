@@ -29,8 +29,8 @@ struct KVArrays {
 class KVCachePool {
 public:
     // Keeps the arrays of up to max_kept ended sessions; of each array, the pages of its first
-    // kept_bytes stay committed, those after are given back to the system.
-    explicit KVCachePool(size_t max_kept, size_t kept_bytes = kHugePage) : max_kept_(max_kept), kept_bytes_(kept_bytes) {}
+    // kKeptBytes stay committed, those after are given back to the system.
+    explicit KVCachePool(size_t max_kept) : max_kept_(max_kept) {}
     KVCachePool(const KVCachePool&) = delete;
     KVCachePool& operator=(const KVCachePool&) = delete;
 
@@ -56,17 +56,19 @@ public:
     }
 
 private:
-    // Gives back the committed pages past kept_bytes_ of each array (2 MiB aligned: big_alloc).
+    static constexpr size_t kKeptBytes = kHugePage;  // 2 MiB: a layer's bf16 keys of 1024 tokens in the 2B
+
+    // Gives back the committed pages past kKeptBytes of each array (2 MiB aligned: big_alloc).
     template <typename T>
     void release_after_kept(std::vector<big_array<T>>& layers, size_t used) const {
         for (big_array<T>& a : layers) {
-            const size_t bytes = a.size() * sizeof(T), written = huge_round(used * sizeof(T)), from = huge_round(kept_bytes_);
+            const size_t bytes = a.size() * sizeof(T), written = huge_round(used * sizeof(T)), from = kKeptBytes;
             if (!huge_size(bytes) || written <= from) continue;
             ::madvise(reinterpret_cast<char*>(a.data()) + from, std::min(written, huge_round(bytes)) - from, MADV_DONTNEED);
         }
     }
 
-    const size_t max_kept_, kept_bytes_;
+    const size_t max_kept_;
     std::mutex mutex_;
     std::vector<KVArrays> kept_;
 };

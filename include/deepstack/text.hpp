@@ -19,10 +19,9 @@ struct KVCache {
     int64_t length = 0;      // tokens cached
     int64_t max_tokens = 0;  // hard limit (context size)
     int64_t row = 0;         // values per token and layer (Hkv * head_dim); 0 until reserved
-    std::vector<detail::big_array<float>> k, v;         // the fp32 cache, or
-    std::vector<detail::big_array<uint16_t>> k16, v16;  // the bf16 one
-    std::shared_ptr<KVCachePool> pool;                  // where the arrays come from and go back to; may be null
-    bool bf16() const { return !k16.empty(); }
+    KVArrays arrays;                    // per layer: [max_tokens, row] keys and values, fp32 or bf16
+    std::shared_ptr<KVCachePool> pool;  // where the arrays come from and go back to; may be null
+    bool bf16() const { return arrays.bf16(); }
 
     KVCache() = default;
     KVCache(KVCache&& o) noexcept { swap(o); }
@@ -31,17 +30,17 @@ struct KVCache {
         return *this;
     }
     KVCache(const KVCache& o) : length(o.length), max_tokens(o.max_tokens), row(o.row), pool(o.pool) {
-        copy_layers(o.k, k);
-        copy_layers(o.v, v);
-        copy_layers(o.k16, k16);
-        copy_layers(o.v16, v16);
+        copy_layers(o.arrays.k, arrays.k);
+        copy_layers(o.arrays.v, arrays.v);
+        copy_layers(o.arrays.k16, arrays.k16);
+        copy_layers(o.arrays.v16, arrays.v16);
     }
     KVCache& operator=(const KVCache& o) {
         if (this != &o) *this = KVCache(o);
         return *this;
     }
     ~KVCache() {
-        if (pool && row) pool->give(KVArrays{std::move(k), std::move(v), std::move(k16), std::move(v16)}, size_t(length * row));
+        if (pool && row) pool->give(std::move(arrays), size_t(length * row));
     }
 
     // Checks that `extra` more tokens fit; reserves the context at the first call, as bf16 or fp32.
@@ -52,26 +51,20 @@ struct KVCache {
                         std::to_string(max_tokens) + " (raise max_context)");
         if (row) return;
         const int64_t n = int64_t(c.num_key_value_heads) * c.head_dim;
-        if (pool) {
-            KVArrays kept = pool->take(size_t(c.num_hidden_layers), size_t(max_tokens * n), as_bf16);
-            if (!kept.empty()) {
-                k = std::move(kept.k), v = std::move(kept.v), k16 = std::move(kept.k16), v16 = std::move(kept.v16);
-                row = n;
-                return;
-            }
-        }
+        if (pool) arrays = pool->take(size_t(c.num_hidden_layers), size_t(max_tokens * n), as_bf16);
+        const bool kept = !arrays.empty();
         try {
-            for (int l = 0; l < c.num_hidden_layers; ++l) {
+            for (int l = 0; !kept && l < c.num_hidden_layers; ++l) {
                 if (as_bf16) {
-                    k16.emplace_back(size_t(max_tokens * n));
-                    v16.emplace_back(size_t(max_tokens * n));
+                    arrays.k16.emplace_back(size_t(max_tokens * n));
+                    arrays.v16.emplace_back(size_t(max_tokens * n));
                 } else {
-                    k.emplace_back(size_t(max_tokens * n));
-                    v.emplace_back(size_t(max_tokens * n));
+                    arrays.k.emplace_back(size_t(max_tokens * n));
+                    arrays.v.emplace_back(size_t(max_tokens * n));
                 }
             }
         } catch (const std::bad_alloc&) {
-            k.clear(), v.clear(), k16.clear(), v16.clear();
+            arrays = KVArrays();
             throw Error("cannot reserve address space for a KV cache of " + std::to_string(max_tokens) + " tokens (" +
                         std::to_string(2 * c.num_hidden_layers * max_tokens * n * int64_t(as_bf16 ? 2 : 4) >> 20) +
                         " MiB): lower Session::Options::max_context");
@@ -82,11 +75,11 @@ struct KVCache {
 private:
     void swap(KVCache& o) noexcept {
         std::swap(length, o.length), std::swap(max_tokens, o.max_tokens), std::swap(row, o.row);
-        k.swap(o.k), v.swap(o.v), k16.swap(o.k16), v16.swap(o.v16);
+        std::swap(arrays, o.arrays);
         pool.swap(o.pool);
     }
     template <typename T>
-    void copy_layers(const std::vector<detail::big_array<T>>& from, std::vector<detail::big_array<T>>& to) {
+    void copy_layers(const std::vector<big_array<T>>& from, std::vector<big_array<T>>& to) {
         for (const auto& layer : from) {
             to.emplace_back(layer.size());
             std::copy(layer.data(), layer.data() + length * row, to.back().data());
@@ -147,8 +140,8 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
     // workspace, then copied (or rounded to bf16) into each segment's cache
     const int64_t row = Hkv * hd;
     const bool direct = segments.size() == 1 && !segments[0].cache->bf16();
-    float* kc = direct ? segments[0].cache->k[size_t(layer)].data() + segments[0].cache->length * row : ws.new_keys.get(size_t(T * row));
-    float* vc = direct ? segments[0].cache->v[size_t(layer)].data() + segments[0].cache->length * row : ws.new_values.get(size_t(T * row));
+    float* kc = direct ? segments[0].cache->arrays.k[size_t(layer)].data() + segments[0].cache->length * row : ws.new_keys.get(size_t(T * row));
+    float* vc = direct ? segments[0].cache->arrays.v[size_t(layer)].data() + segments[0].cache->length * row : ws.new_values.get(size_t(T * row));
 
     rmsnorm(h, T, D, L.input_norm.data(), c.rms_norm_eps, a);
     const Matrix* qkv_w[] = {&L.q, &L.k, &L.v};
@@ -167,14 +160,14 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
         const float *ks = kc + s.first * row, *vs = vc + s.first * row, *qs = q + s.first * Hq * hd;
         float* os = o + s.first * Hq * hd;
         if (cache.bf16()) {
-            uint16_t* k16 = cache.k16[size_t(layer)].data();
-            uint16_t* v16 = cache.v16[size_t(layer)].data();
+            uint16_t* k16 = cache.arrays.k16[size_t(layer)].data();
+            uint16_t* v16 = cache.arrays.v16[size_t(layer)].data();
             round_to_bf16(ks, s.rows * row, k16 + past * row);
             round_to_bf16(vs, s.rows * row, v16 + past * row);
             attention_cached_bf16(qs, s.rows, k16, v16, past + s.rows, int(Hq), int(Hkv), int(hd), scale, os);
         } else {
-            float* k = cache.k[size_t(layer)].data();
-            float* v = cache.v[size_t(layer)].data();
+            float* k = cache.arrays.k[size_t(layer)].data();
+            float* v = cache.arrays.v[size_t(layer)].data();
             if (!direct) {
                 std::copy(ks, ks + s.rows * row, k + past * row);
                 std::copy(vs, vs + s.rows * row, v + past * row);
