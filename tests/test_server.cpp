@@ -12,8 +12,11 @@
 #include "test_util.hpp"
 #include <deepstack.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -172,6 +175,30 @@ void check_error(const HttpReply& r, int status, const std::string& message_part
     REQUIRE(j.contains("error"));
     for (const char* key : {"message", "type", "param", "code"}) CHECK_MESSAGE(j["error"].contains(key), key);
     CHECK(j["error"]["message"].get<std::string>().find(message_part) != std::string::npos);
+}
+
+// A client that sends a request's headers at once and then its body one byte per `interval`, as
+// long as the server reads; returns all the server sent back.
+std::string trickle_request(int port, const std::string& headers, size_t body_bytes, std::chrono::milliseconds interval) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(uint16_t(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+    const std::string head = headers + "Content-Length: " + std::to_string(body_bytes) + "\r\n\r\n";
+    REQUIRE(::send(fd, head.data(), head.size(), MSG_NOSIGNAL) == ssize_t(head.size()));
+    std::string reply;
+    for (size_t sent = 0; sent < body_bytes; ++sent) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, int(interval.count())) > 0) break;  // the server answered (or closed)
+        if (::send(fd, " ", 1, MSG_NOSIGNAL) != 1) break;
+    }
+    char buffer[4096];
+    for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) reply.append(buffer, size_t(n));
+    ::close(fd);
+    return reply;
 }
 
 // Why the end-to-end checks cannot run here; empty when they can.
@@ -359,7 +386,7 @@ TEST_CASE("deepstack-server: bad requests get their status and an OpenAI error o
 TEST_CASE("deepstack-server: API key, body and image limits, a full queue and a client that goes away" * doctest::skip(!missing().empty())) {
     ServerFixture& f = server_fixture();
     const ServerProcess strict({"--model", f.model.dir.string(), "--parallel", "1", "--queue", "0", "--api-key", "sesame", "--max-body-bytes",
-                                "65536", "--max-image-pixels", "1000"});
+                                "65536", "--max-image-pixels", "1000", "--timeout", "3"});
     const std::string chat = strict.url("/v1/chat/completions");
     const std::string key = "-H 'Authorization: Bearer sesame'";
     check_error(curl("GET", strict.url("/v1/models")), 401, "missing API key");
@@ -367,6 +394,21 @@ TEST_CASE("deepstack-server: API key, body and image limits, a full queue and a 
     CHECK(curl("GET", strict.url("/v1/models"), "", key).status == 200);
     check_error(curl("POST", chat, image_request(f.image, 4).dump(), key), 400, "above the decoder limit");
     check_error(curl("POST", chat, std::string(70000, ' ') + "{}", key), 413, "larger than the server's limit");
+
+    // A client sending its body a byte per 0.5 s never leaves a read waiting 3 s, but the whole
+    // body must arrive within --timeout 3: 408 after about 3 s, and the connection is closed.
+    const auto trickle_start = std::chrono::steady_clock::now();
+    const std::string trickled = trickle_request(strict.port,
+                                                 "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\n"
+                                                 "Content-Type: application/json\r\n",
+                                                 1000, std::chrono::milliseconds(500));
+    const double trickle_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - trickle_start).count();
+    INFO("reply: " << trickled);
+    CHECK(trickled.rfind("HTTP/1.1 408", 0) == 0);
+    CHECK(trickled.find("did not arrive within 3 s (--timeout)") != std::string::npos);
+    CHECK(trickled.find("Connection: close") != std::string::npos);
+    CHECK(trickle_seconds > 2.5);
+    CHECK(trickle_seconds < 10);
 
     // A long reply holds the only slot: the next request gets 503 with Retry-After. Its client
     // goes away after 3 s; the slot must be free again long before the reply would have ended.

@@ -10,6 +10,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <climits>
 #include <csignal>
@@ -45,7 +46,8 @@ POST /v1/chat/completions, GET /v1/models, GET /health.
   --max-image-pixels N     largest decoded image, width * height (default 16777216)
   --max-images N           images in one request (default 16)
   --allowed-media-dir DIR  accept file:// image and video URLs inside DIR (default: refused)
-  --timeout S              seconds the server waits on a silent client, reading a request or writing a reply (default 30)
+  --timeout S              seconds the server waits on a silent client, reading a request or writing a reply,
+                           and the most a request's body may take to arrive (default 30)
   -h, --help               this help
 The server never fetches http(s) URLs: images come inline as base64 data: URLs.
 )";
@@ -216,6 +218,10 @@ void whole_reply(httplib::Response& res, const std::shared_ptr<Job>& job, const 
         });
 }
 
+ApiError body_too_large() {
+    return ApiError(413, "invalid_request_error", "request body larger than the server's limit (--max-body-bytes)", "", "body_too_large");
+}
+
 class Server {
 public:
     Server(Args args, Engine engine)
@@ -259,7 +265,10 @@ private:
         http_.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
             if (authorized(req, res)) res.set_content(json_text(models_json(args_.model_name, created_)), "application/json");
         });
-        http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { chat(req, res); });
+        http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
+            std::string body;
+            if (receive_body(read, res, body)) chat(req, body, res);
+        });
         // Known paths with another method: 405; any other path: 404.
         const auto other = [](const httplib::Request& req, httplib::Response& res) {
             const bool known = req.path == "/health" || req.path == "/v1/models" || req.path == "/v1/chat/completions";
@@ -274,9 +283,9 @@ private:
         // The HTTP library's own refusals (a body over the limit: 413, a malformed request: 400).
         http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
             if (!res.body.empty()) return;
-            const std::string what = res.status == 413 ? "request body larger than the server's limit (--max-body-bytes)"
-                                                       : "the request could not be read (HTTP status " + std::to_string(res.status) + ")";
-            send_error(res, ApiError(res.status, "invalid_request_error", what, "", res.status == 413 ? "body_too_large" : ""));
+            send_error(res, res.status == 413 ? body_too_large()
+                                              : ApiError(res.status, "invalid_request_error",
+                                                         "the request could not be read (HTTP status " + std::to_string(res.status) + ")"));
         });
         http_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
             send_error(res, ApiError(500, "server_error", "internal error while answering the request"));
@@ -286,10 +295,28 @@ private:
         });
     }
 
-    void chat(const httplib::Request& req, httplib::Response& res) {
+    // The request's body into `body`, or false with the error sent. A client that stays silent
+    // fails one read (--timeout); one that trickles bytes would not, so the whole body must also
+    // arrive within --timeout seconds. Either gets 408, and the connection is closed.
+    bool receive_body(const httplib::ContentReader& read, httplib::Response& res, std::string& body) const {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(args_.timeout);
+        const bool whole = read([&](const char* data, size_t size) {
+            body.append(data, size);
+            return std::chrono::steady_clock::now() <= deadline;
+        });
+        if (whole) return true;
+        res.set_header("Connection", "close");
+        send_error(res, res.status == 413 ? body_too_large()
+                                          : ApiError(408, "invalid_request_error",
+                                                     "the request body did not arrive within " + std::to_string(args_.timeout) + " s (--timeout)",
+                                                     "", "request_timeout"));
+        return false;
+    }
+
+    void chat(const httplib::Request& req, const std::string& body, httplib::Response& res) {
         try {
             if (!authorized(req, res)) return;
-            auto job = std::make_shared<Job>(parse_chat_request(req.body, args_.limits));
+            auto job = std::make_shared<Job>(parse_chat_request(body, args_.limits));
             if (!scheduler_.submit(job)) {
                 res.set_header("Retry-After", "1");
                 throw ApiError(503, "server_error", "the server is busy: every slot is in use and the queue is full; retry later", "",
