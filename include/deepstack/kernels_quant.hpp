@@ -52,6 +52,7 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
     const bool q8 = qw.type == DType::Q8;
     const WeightPrefetch where = weight_prefetch();
     __m512i lane_group[4];  // lanes of widened bytes [16i, 16i + 16): groups 4i + lane / 4
+#pragma GCC unroll 8
     for (int i = 0; i < 4; ++i)
         lane_group[i] = _mm512_add_epi32(_mm512_set1_epi32(4 * i), _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 2));
     const __m512i shift = _mm512_set1_epi32(128);  // Q8's stored offset
@@ -60,29 +61,38 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
         const int8_t* wr = qw.q.data() + n * row_bytes;
         const uint16_t* ws = qw.scale.data() + n * G;  // bf16
         __m512 acc[MM];
+#pragma GCC unroll 8
         for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
         for (int64_t b = 0; b < blocks; ++b) {
             __m512 part[MM][4];  // lanes of groups 4i .. 4i + 3, summed over the block's lines
+#pragma GCC unroll 8
             for (int m = 0; m < MM; ++m)
+#pragma GCC unroll 8
                 for (int i = 0; i < 4; ++i) part[m][i] = _mm512_setzero_ps();
             const float* xb = xl + b * kQuantBlock * kQuantGroup;
             const int8_t* wb = wr + b * kQuantBlock * qw.group_bytes();
             if (q8) {
+#pragma GCC unroll 8
                 for (int j = 0; j < 8; ++j) {
                     simd::prefetch_ahead(wb + j * 64, where);
+#pragma GCC unroll 8
                     for (int i = 0; i < 4; ++i) {
                         const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + j * 64 + 16 * i)));
                         const __m512 q = _mm512_cvtepi32_ps(_mm512_sub_epi32(u, shift));
+#pragma GCC unroll 8
                         for (int m = 0; m < MM; ++m) part[m][i] = _mm512_fmadd_ps(q, _mm512_loadu_ps(xb + m * kpad + j * 64 + 16 * i), part[m][i]);
                     }
                 }
             } else {
+#pragma GCC unroll 8
                 for (int j = 0; j < 4; ++j) {
                     simd::prefetch_ahead(wb + j * 64, where);
+#pragma GCC unroll 8
                     for (int i = 0; i < 4; ++i) {
                         const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + j * 64 + 16 * i)));
                         const __m512 lo = _mm512_permutexvar_ps(u, q4_values);
                         const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(u, 4), q4_values);
+#pragma GCC unroll 8
                         for (int m = 0; m < MM; ++m) {
                             part[m][i] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb + m * kpad + 2 * j * 64 + 16 * i), part[m][i]);
                             part[m][i] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + m * kpad + (2 * j + 1) * 64 + 16 * i), part[m][i]);
@@ -92,11 +102,14 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
             }
             const __m512 scales = _mm512_castsi512_ps(
                 _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + b * kQuantBlock))), 16));
+#pragma GCC unroll 8
             for (int i = 0; i < 4; ++i) {
                 const __m512 s = _mm512_permutexvar_ps(lane_group[i], scales);
+#pragma GCC unroll 8
                 for (int m = 0; m < MM; ++m) acc[m] = _mm512_fmadd_ps(s, part[m][i], acc[m]);
             }
         }
+#pragma GCC unroll 8
         for (int m = 0; m < MM; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + tail_groups_dot(qw, n, x + m * K) + (bias ? bias[n] : 0.f);
     }
 }
@@ -116,10 +129,13 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
         const int8_t* wr = qw.q.data() + n * row_bytes;
         const uint16_t* ws = qw.scale.data() + n * G;  // bf16
         vf acc[MM];
+#pragma GCC unroll 8
         for (int m = 0; m < MM; ++m) acc[m] = zero();
         for (int64_t b = 0; b < blocks; ++b) {
             vf part[MM][LV];  // lane l of vector v: group (v W + l) / 4, summed over the block's lines
+#pragma GCC unroll 8
             for (int m = 0; m < MM; ++m)
+#pragma GCC unroll 8
                 for (int v = 0; v < LV; ++v) part[m][v] = zero();
             const float* xb = xl + b * kQuantBlock * kQuantGroup;
             const int8_t* wb = wr + b * kQuantBlock * qw.group_bytes();
@@ -127,7 +143,9 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
                 vf q[LV];
                 load_q8_group(line, q);
                 load_q8_group(line + 32, q + HV);
+#pragma GCC unroll 8
                 for (int m = 0; m < MM; ++m)
+#pragma GCC unroll 8
                     for (int v = 0; v < LV; ++v) part[m][v] = simd::fma(q[v], load(xline + m * kpad + v * W), part[m][v]);
             };
             alignas(64) int8_t lo[64], hi[64];
@@ -135,19 +153,25 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
                 prefetch_ahead(wb + j * 64, where);
                 const uint8_t* u = reinterpret_cast<const uint8_t*>(wb + j * 64);
                 if (q8) {
+#pragma GCC unroll 8
                     for (int i = 0; i < 64; ++i) lo[i] = int8_t(u[i] ^ 0x80u);
                     add_line(lo, xb + j * 64);
                 } else {
+#pragma GCC unroll 8
                     for (int i = 0; i < 64; ++i) lo[i] = int8_t(int(u[i] & 15u) - 8), hi[i] = int8_t(int(u[i] >> 4) - 8);
                     add_line(lo, xb + 2 * j * 64);
                     add_line(hi, xb + (2 * j + 1) * 64);
                 }
             }
             alignas(64) float lane_scale[64];
+#pragma GCC unroll 8
             for (int i = 0; i < 64; ++i) lane_scale[i] = bf16_to_f32(ws[b * kQuantBlock + i / 4]);
+#pragma GCC unroll 8
             for (int m = 0; m < MM; ++m)
+#pragma GCC unroll 8
                 for (int v = 0; v < LV; ++v) acc[m] = simd::fma(load(lane_scale + v * W), part[m][v], acc[m]);
         }
+#pragma GCC unroll 8
         for (int m = 0; m < MM; ++m) y[m * N + n] = hsum(acc[m]) + tail_groups_dot(qw, n, x + m * K) + (bias ? bias[n] : 0.f);
     }
 }
@@ -457,11 +481,13 @@ inline void gemv_fast_rows(const QuantWeights& qw, const float* sx, const int8_t
         const int8_t* wr = qw.q.data() + n * row_bytes;
         const uint16_t* ws = qw.scale.data() + n * G;  // bf16
         __m512 acc[MM];
+#pragma GCC unroll 8
         for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
         for (int64_t b = 0; b < blocks; ++b) {
             // four independent sums per activation row (one chain of 8 vpdpbusd would bound the loop
             // by their latency: 256 bytes of Q4 per ~40 cycles)
             __m512i d[MM][4];
+#pragma GCC unroll 8
             for (int m = 0; m < MM; ++m) {
                 d[m][0] = _mm512_loadu_si512(xneg + m * G + b * kQuantBlock);
                 d[m][1] = d[m][2] = d[m][3] = _mm512_setzero_si512();
@@ -470,22 +496,29 @@ inline void gemv_fast_rows(const QuantWeights& qw, const float* sx, const int8_t
             // u[i]: the unsigned weights of the block's 64-byte piece i, summed into d[m][i % 4]
             // against xb's piece i (Q8: step i; Q4: step i / 2, low nibbles for even i, high for odd)
             auto dot4 = [&](const __m512i* u, int piece0) {
+#pragma GCC unroll 8
                 for (int m = 0; m < MM; ++m)
+#pragma GCC unroll 8
                     for (int i = 0; i < 4; ++i)
                         d[m][i] = _mm512_dpbusd_epi32(d[m][i], u[i], _mm512_loadu_si512(xb + m * kpad + (piece0 + i) * 64));
             };
             if (q8) {
                 const int8_t* wb = wr + b * kQuantBlock * kQuantGroup;
+#pragma GCC unroll 8
                 for (int j = 0; j < 8; j += 4) {
                     __m512i u[4];
+#pragma GCC unroll 8
                     for (int i = 0; i < 4; ++i) simd::prefetch_ahead(wb + (j + i) * 64, where);
+#pragma GCC unroll 8
                     for (int i = 0; i < 4; ++i) u[i] = _mm512_loadu_si512(wb + (j + i) * 64);  // stored as q + 128
                     dot4(u, j);
                 }
             } else {
                 const int8_t* wb = wr + b * kQuantBlock * kQuantGroup / 2;
+#pragma GCC unroll 8
                 for (int j = 0; j < 4; j += 2) {
                     __m512i u[4];
+#pragma GCC unroll 8
                     for (int i = 0; i < 2; ++i) {
                         simd::prefetch_ahead(wb + (j + i) * 64, where);
                         const __m512i w = _mm512_loadu_si512(wb + (j + i) * 64);
@@ -497,6 +530,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const float* sx, const int8_t
             }
             const __m512 wsv = _mm512_castsi512_ps(
                 _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + b * kQuantBlock))), 16));
+#pragma GCC unroll 8
             for (int m = 0; m < MM; ++m) {
                 const __m512i dm = _mm512_add_epi32(_mm512_add_epi32(d[m][0], d[m][1]), _mm512_add_epi32(d[m][2], d[m][3]));
                 acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dm), _mm512_mul_ps(wsv, _mm512_loadu_ps(sx + m * G + b * kQuantBlock)), acc[m]);
@@ -509,6 +543,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const float* sx, const int8_t
             const __m512 wsv = _mm512_permutexvar_ps(
                 tail_lane_group,
                 _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(__mmask16((1u << groups) - 1), ws + g0)), 16)));
+#pragma GCC unroll 8
             for (int m = 0; m < MM; ++m) {
                 const TailStep& t = tail[m * steps + st];
                 __m512i d = _mm512_loadu_si512(t.neg);
@@ -521,6 +556,7 @@ inline void gemv_fast_rows(const QuantWeights& qw, const float* sx, const int8_t
                 acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(wsv, _mm512_loadu_ps(t.scale)), acc[m]);
             }
         }
+#pragma GCC unroll 8
         for (int m = 0; m < MM; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + (bias ? bias[n] : 0.f);
     }
 }
