@@ -467,98 +467,139 @@ inline void lay_out_tail_steps(const int8_t* xq, const float* sx, const int32_t*
     }
 }
 
-template <int MM>
-inline void gemv_fast_rows(const QuantWeights& qw, const float* sx, const int8_t* xl, const int32_t* xneg, const TailStep* tail, float* y,
-                           const float* bias, int64_t n0, int64_t n1) {
+// Weight rows n + r * gap (r < R) against MM activation rows: each 64-byte piece of the
+// activations is loaded once for the R rows, and each (activation row, weight row) pair sums in C
+// independent chains (one chain of 8 vpdpbusd per block would be bound by their latency). The
+// integer sums are exact and a row's float operations come in the same order for any R, C and
+// gap, so a row has the same bits whichever step computes it.
+template <int MM, int R, int C>
+inline void gemv_fast_step(const QuantWeights& qw, const float* sx, const int8_t* xl, const int32_t* xneg, const TailStep* tail, float* y,
+                           const float* bias, int64_t n, int64_t gap, WeightPrefetch where) {
     const int64_t N = qw.rows, kpad = qw.kpad, G = qw.groups(), blocks = G / kQuantBlock, row_bytes = qw.row_bytes();
     const bool q8 = qw.type == DType::Q8;
     const __m512i nib = _mm512_set1_epi8(15);
     // the tail: steps of `per` groups; lane L's group within its step
     const int64_t per = tail_groups_per_step(q8), first_tail = blocks * kQuantBlock, steps = (G - first_tail + per - 1) / per;
     const __m512i tail_lane_group = _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), q8 ? 3 : 2);
-    const WeightPrefetch where = weight_prefetch();
-    for (int64_t n = n0; n < n1; ++n) {
-        const int8_t* wr = qw.q.data() + n * row_bytes;
-        const uint16_t* ws = qw.scale.data() + n * G;  // bf16
-        __m512 acc[MM];
-#pragma GCC unroll 8
-        for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
-        for (int64_t b = 0; b < blocks; ++b) {
-            // four independent sums per activation row (one chain of 8 vpdpbusd would bound the loop
-            // by their latency: 256 bytes of Q4 per ~40 cycles)
-            __m512i d[MM][4];
-#pragma GCC unroll 8
-            for (int m = 0; m < MM; ++m) {
-                d[m][0] = _mm512_loadu_si512(xneg + m * G + b * kQuantBlock);
-                d[m][1] = d[m][2] = d[m][3] = _mm512_setzero_si512();
-            }
-            const int8_t* xb = xl + b * kQuantBlock * kQuantGroup;  // 512 bytes of activations per block
-            // u[i]: the unsigned weights of the block's 64-byte piece i, summed into d[m][i % 4]
-            // against xb's piece i (Q8: step i; Q4: step i / 2, low nibbles for even i, high for odd)
-            auto dot4 = [&](const __m512i* u, int piece0) {
-#pragma GCC unroll 8
-                for (int m = 0; m < MM; ++m)
-#pragma GCC unroll 8
-                    for (int i = 0; i < 4; ++i)
-                        d[m][i] = _mm512_dpbusd_epi32(d[m][i], u[i], _mm512_loadu_si512(xb + m * kpad + (piece0 + i) * 64));
-            };
-            if (q8) {
-                const int8_t* wb = wr + b * kQuantBlock * kQuantGroup;
-#pragma GCC unroll 8
-                for (int j = 0; j < 8; j += 4) {
-                    __m512i u[4];
-#pragma GCC unroll 8
-                    for (int i = 0; i < 4; ++i) simd::prefetch_ahead(wb + (j + i) * 64, where);
-#pragma GCC unroll 8
-                    for (int i = 0; i < 4; ++i) u[i] = _mm512_loadu_si512(wb + (j + i) * 64);  // stored as q + 128
-                    dot4(u, j);
-                }
-            } else {
-                const int8_t* wb = wr + b * kQuantBlock * kQuantGroup / 2;
-#pragma GCC unroll 8
-                for (int j = 0; j < 4; j += 2) {
-                    __m512i u[4];
-#pragma GCC unroll 8
-                    for (int i = 0; i < 2; ++i) {
-                        simd::prefetch_ahead(wb + (j + i) * 64, where);
-                        const __m512i w = _mm512_loadu_si512(wb + (j + i) * 64);
-                        u[2 * i] = _mm512_and_si512(w, nib);
-                        u[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
-                    }
-                    dot4(u, 2 * j);
-                }
-            }
-            const __m512 wsv = _mm512_castsi512_ps(
-                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + b * kQuantBlock))), 16));
-#pragma GCC unroll 8
-            for (int m = 0; m < MM; ++m) {
-                const __m512i dm = _mm512_add_epi32(_mm512_add_epi32(d[m][0], d[m][1]), _mm512_add_epi32(d[m][2], d[m][3]));
-                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dm), _mm512_mul_ps(wsv, _mm512_loadu_ps(sx + m * G + b * kQuantBlock)), acc[m]);
+    const int8_t* wr = qw.q.data() + n * row_bytes;  // row n + r * gap at wr + r * wgap
+    const uint16_t* ws = qw.scale.data() + n * G;    // bf16, row n + r * gap at ws + r * sgap
+    const int64_t wgap = gap * row_bytes, sgap = gap * G;
+    __m512 acc[MM][R];
+#pragma GCC unroll 4
+    for (int m = 0; m < MM; ++m)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+        __m512i d[MM][R][C];
+#pragma GCC unroll 4
+        for (int m = 0; m < MM; ++m) {
+            const __m512i neg = _mm512_loadu_si512(xneg + m * G + b * kQuantBlock);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+                d[m][r][0] = neg;
+#pragma GCC unroll 4
+                for (int c = 1; c < C; ++c) d[m][r][c] = _mm512_setzero_si512();
             }
         }
-        for (int64_t st = 0; st < steps; ++st) {
-            const int64_t g0 = first_tail + st * per, groups = std::min(per, G - g0);
-            const __m512i u = _mm512_maskz_loadu_epi8(groups * qw.group_bytes() == 64 ? ~0ull : (1ull << (groups * qw.group_bytes())) - 1,
-                                                      wr + g0 * qw.group_bytes());
-            const __m512 wsv = _mm512_permutexvar_ps(
-                tail_lane_group,
-                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(__mmask16((1u << groups) - 1), ws + g0)), 16)));
-#pragma GCC unroll 8
+        const int8_t* xb = xl + b * kQuantBlock * kQuantGroup;  // 512 bytes of activations per block
+        // u[r]: the unsigned weights of row r's piece i of the block (Q8: step i; Q4: step i / 2,
+        // low nibbles for even i, high for odd), dotted with xb's piece i into chain i % C
+        auto dot = [&](const __m512i* u, int i) {
+#pragma GCC unroll 4
             for (int m = 0; m < MM; ++m) {
-                const TailStep& t = tail[m * steps + st];
-                __m512i d = _mm512_loadu_si512(t.neg);
-                if (q8) {
-                    d = _mm512_dpbusd_epi32(d, u, _mm512_loadu_si512(t.x));
-                } else {
-                    d = _mm512_dpbusd_epi32(d, _mm512_and_si512(u, nib), _mm512_loadu_si512(t.x));
-                    d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(u, 4), nib), _mm512_loadu_si512(t.x + 64));
+                const __m512i xv = _mm512_loadu_si512(xb + m * kpad + i * 64);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) d[m][r][i % C] = _mm512_dpbusd_epi32(d[m][r][i % C], u[r], xv);
+            }
+        };
+        if (q8) {
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) {
+                __m512i u[R];
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) {
+                    const int8_t* line = wr + r * wgap + b * kQuantBlock * kQuantGroup + i * 64;
+                    simd::prefetch_ahead(line, where);
+                    u[r] = _mm512_loadu_si512(line);  // stored as q + 128
                 }
-                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(wsv, _mm512_loadu_ps(t.scale)), acc[m]);
+                dot(u, i);
+            }
+        } else {
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+                __m512i lo[R], hi[R];
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) {
+                    const int8_t* line = wr + r * wgap + b * kQuantBlock * kQuantGroup / 2 + j * 64;
+                    simd::prefetch_ahead(line, where);
+                    const __m512i w = _mm512_loadu_si512(line);
+                    lo[r] = _mm512_and_si512(w, nib);
+                    hi[r] = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
+                }
+                dot(lo, 2 * j);
+                dot(hi, 2 * j + 1);
             }
         }
-#pragma GCC unroll 8
-        for (int m = 0; m < MM; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + (bias ? bias[n] : 0.f);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+            const __m512 wsv = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + r * sgap + b * kQuantBlock))), 16));
+#pragma GCC unroll 4
+            for (int m = 0; m < MM; ++m) {
+                __m512i dm = d[m][r][0];
+#pragma GCC unroll 4
+                for (int c = 1; c < C; ++c) dm = _mm512_add_epi32(dm, d[m][r][c]);
+                acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dm), _mm512_mul_ps(wsv, _mm512_loadu_ps(sx + m * G + b * kQuantBlock)), acc[m][r]);
+            }
+        }
     }
+    for (int64_t st = 0; st < steps; ++st) {
+        const int64_t g0 = first_tail + st * per, groups = std::min(per, G - g0);
+        const __mmask64 bytes = groups * qw.group_bytes() == 64 ? ~0ull : (1ull << (groups * qw.group_bytes())) - 1;
+        __m512i u[R];
+        __m512 wsv[R];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+            u[r] = _mm512_maskz_loadu_epi8(bytes, wr + r * wgap + g0 * qw.group_bytes());
+            wsv[r] = _mm512_permutexvar_ps(tail_lane_group, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(__mmask16((1u << groups) - 1), ws + r * sgap + g0)), 16)));
+        }
+#pragma GCC unroll 4
+        for (int m = 0; m < MM; ++m) {
+            const TailStep& t = tail[m * steps + st];
+            const __m512i neg = _mm512_loadu_si512(t.neg), x0 = _mm512_loadu_si512(t.x);
+            const __m512 scale = _mm512_loadu_ps(t.scale);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+                __m512i d;
+                if (q8) {
+                    d = _mm512_dpbusd_epi32(neg, u[r], x0);
+                } else {
+                    d = _mm512_dpbusd_epi32(neg, _mm512_and_si512(u[r], nib), x0);
+                    d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(u[r], 4), nib), _mm512_loadu_si512(t.x + 64));
+                }
+                acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(wsv[r], scale), acc[m][r]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MM; ++m)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) y[m * N + n + r * gap] = _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r * gap] : 0.f);
+}
+
+// Rows [n0, n1) of y [MM, N] = x w^T (+ bias), the activations as gemv_fast lays them out. Two rows
+// per step, one from each half of the range (rows n and n + half): a thread then streams its
+// weights from two places at once, with twice the cache misses in flight of one sequential stream
+// (decode at high memory bandwidth is bound by those, not by the arithmetic). Two neighbouring
+// rows per step would not do: 1 KiB apart, their interleaved lines defeat the hardware prefetchers.
+template <int MM>
+inline void gemv_fast_rows(const QuantWeights& qw, const float* sx, const int8_t* xl, const int32_t* xneg, const TailStep* tail, float* y,
+                           const float* bias, int64_t n0, int64_t n1) {
+    const WeightPrefetch where = weight_prefetch();
+    const int64_t half = (n1 - n0) / 2;
+    for (int64_t n = n0; n < n0 + half; ++n) gemv_fast_step<MM, 2, MM == 1 ? 2 : 1>(qw, sx, xl, xneg, tail, y, bias, n, half, where);
+    if ((n1 - n0) % 2) gemv_fast_step<MM, 1, 4>(qw, sx, xl, xneg, tail, y, bias, n1 - 1, 0, where);
 }
 
 // One output of gemv_fast: y [M, w->rows] = x w^T (+ bias).
