@@ -189,9 +189,9 @@ inline void gemv_rows(const uint16_t* xb, int64_t kpad, const uint16_t* w, int64
     int64_t n = n0;
     for (; n + R <= n1; n += R) {
         __m512 acc[MM][R];
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
         for (int m = 0; m < MM; ++m)
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
         // row r, columns [k, k + 32): wr + r * rstep + k * kstep (in a tile: chunk after chunk of 8 rows)
         const uint16_t* wr = Tiled ? w + (n / kTileRows) * kTileRows * K + (n % kTileRows) * kTileCols : w + n * K;
@@ -199,31 +199,31 @@ inline void gemv_rows(const uint16_t* xb, int64_t kpad, const uint16_t* w, int64
         int64_t k = 0;
         for (; k + 32 <= K; k += 32) {
             __m512bh xv[MM];
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int m = 0; m < MM; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xb + m * kpad + k);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int r = 0; r < R; ++r) {
                 if (prefetch) simd::prefetch_ahead(wr + r * rstep + k * kstep, WeightPrefetch::L2);
                 const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + r * rstep + k * kstep);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                 for (int m = 0; m < MM; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv[m], wv);
             }
         }
         if (k < K) {
             const __mmask32 mk = __mmask32((uint64_t(1) << (K - k)) - 1);
             __m512bh xv[MM];
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int m = 0; m < MM; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xb + m * kpad + k);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int r = 0; r < R; ++r) {
                 const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr + r * rstep + k * kstep);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                 for (int m = 0; m < MM; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv[m], wv);
             }
         }
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
         for (int m = 0; m < MM; ++m)
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int r = 0; r < R; ++r) y[m * N + n + r] = simd::hsum(acc[m][r]) + (bias ? bias[n + r] : 0.f);
     }
     if (n < n1) gemv_rows<MM, 1, Tiled>(xb, kpad, w, K, y, N, bias, n, n1);

@@ -14,7 +14,9 @@
 // The GEMV kernels keep their sums in small arrays of vectors indexed by fixed-count loops; those
 // arrays stay in registers only once the loops are unrolled, which GCC does by itself at -O3 but not
 // at -O2 (a host's RelWithDebInfo build, say: the Q4 decode GEMV ran 2.5x slower). Such loops carry
-// `#pragma GCC unroll`, so the kernels run at full speed whatever optimisation level the host uses.
+// DEEPSTACK_UNROLL (#pragma GCC unroll), so the kernels run at full speed whatever optimisation
+// level the host uses. Sanitizer builds leave them rolled: unrolled, their instrumented code took a
+// quarter longer to compile, and unrolling changes no result.
 //
 // A build pinned to one level (DEEPSTACK_ARCH=avx2 / avx512 / native: -m flags on every unit) still
 // holds every level; the flags then also let the compiler use those instructions outside the kernels.
@@ -47,6 +49,12 @@
 // intrinsics) once inlined at -O3, and -Wpsabi notes that a vector type changes the ABI of functions
 // built without the level's flags (all of them are inline, in the level's namespace): silenced for the
 // kernel bodies only.
+#if defined(__SANITIZE_ADDRESS__)
+#define DEEPSTACK_UNROLL
+#else
+#define DEEPSTACK_UNROLL _Pragma("GCC unroll 8")
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -153,6 +161,8 @@
 #pragma GCC pop_options
 #endif
 #endif
+
+#undef DEEPSTACK_UNROLL
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop

@@ -52,7 +52,7 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
     const bool q8 = qw.type == DType::Q8;
     const WeightPrefetch where = weight_prefetch();
     __m512i lane_group[4];  // lanes of widened bytes [16i, 16i + 16): groups 4i + lane / 4
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
     for (int i = 0; i < 4; ++i)
         lane_group[i] = _mm512_add_epi32(_mm512_set1_epi32(4 * i), _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 2));
     const __m512i shift = _mm512_set1_epi32(128);  // Q8's stored offset
@@ -61,38 +61,38 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
         const int8_t* wr = qw.q.data() + n * row_bytes;
         const uint16_t* ws = qw.scale.data() + n * G;  // bf16
         __m512 acc[MM];
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
         for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
         for (int64_t b = 0; b < blocks; ++b) {
             __m512 part[MM][4];  // lanes of groups 4i .. 4i + 3, summed over the block's lines
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int m = 0; m < MM; ++m)
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                 for (int i = 0; i < 4; ++i) part[m][i] = _mm512_setzero_ps();
             const float* xb = xl + b * kQuantBlock * kQuantGroup;
             const int8_t* wb = wr + b * kQuantBlock * qw.group_bytes();
             if (q8) {
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                 for (int j = 0; j < 8; ++j) {
                     simd::prefetch_ahead(wb + j * 64, where);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                     for (int i = 0; i < 4; ++i) {
                         const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + j * 64 + 16 * i)));
                         const __m512 q = _mm512_cvtepi32_ps(_mm512_sub_epi32(u, shift));
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                         for (int m = 0; m < MM; ++m) part[m][i] = _mm512_fmadd_ps(q, _mm512_loadu_ps(xb + m * kpad + j * 64 + 16 * i), part[m][i]);
                     }
                 }
             } else {
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                 for (int j = 0; j < 4; ++j) {
                     simd::prefetch_ahead(wb + j * 64, where);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                     for (int i = 0; i < 4; ++i) {
                         const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + j * 64 + 16 * i)));
                         const __m512 lo = _mm512_permutexvar_ps(u, q4_values);
                         const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(u, 4), q4_values);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                         for (int m = 0; m < MM; ++m) {
                             part[m][i] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb + m * kpad + 2 * j * 64 + 16 * i), part[m][i]);
                             part[m][i] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + m * kpad + (2 * j + 1) * 64 + 16 * i), part[m][i]);
@@ -102,14 +102,14 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
             }
             const __m512 scales = _mm512_castsi512_ps(
                 _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + b * kQuantBlock))), 16));
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int i = 0; i < 4; ++i) {
                 const __m512 s = _mm512_permutexvar_ps(lane_group[i], scales);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                 for (int m = 0; m < MM; ++m) acc[m] = _mm512_fmadd_ps(s, part[m][i], acc[m]);
             }
         }
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
         for (int m = 0; m < MM; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + tail_groups_dot(qw, n, x + m * K) + (bias ? bias[n] : 0.f);
     }
 }
@@ -129,13 +129,13 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
         const int8_t* wr = qw.q.data() + n * row_bytes;
         const uint16_t* ws = qw.scale.data() + n * G;  // bf16
         vf acc[MM];
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
         for (int m = 0; m < MM; ++m) acc[m] = zero();
         for (int64_t b = 0; b < blocks; ++b) {
             vf part[MM][LV];  // lane l of vector v: group (v W + l) / 4, summed over the block's lines
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int m = 0; m < MM; ++m)
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                 for (int v = 0; v < LV; ++v) part[m][v] = zero();
             const float* xb = xl + b * kQuantBlock * kQuantGroup;
             const int8_t* wb = wr + b * kQuantBlock * qw.group_bytes();
@@ -143,9 +143,9 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
                 vf q[LV];
                 load_q8_group(line, q);
                 load_q8_group(line + 32, q + HV);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                 for (int m = 0; m < MM; ++m)
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                     for (int v = 0; v < LV; ++v) part[m][v] = simd::fma(q[v], load(xline + m * kpad + v * W), part[m][v]);
             };
             alignas(64) int8_t lo[64], hi[64];
@@ -153,25 +153,25 @@ inline void gemv_quant_blocks(const QuantWeights& qw, const float* xl, const flo
                 prefetch_ahead(wb + j * 64, where);
                 const uint8_t* u = reinterpret_cast<const uint8_t*>(wb + j * 64);
                 if (q8) {
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                     for (int i = 0; i < 64; ++i) lo[i] = int8_t(u[i] ^ 0x80u);
                     add_line(lo, xb + j * 64);
                 } else {
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                     for (int i = 0; i < 64; ++i) lo[i] = int8_t(int(u[i] & 15u) - 8), hi[i] = int8_t(int(u[i] >> 4) - 8);
                     add_line(lo, xb + 2 * j * 64);
                     add_line(hi, xb + (2 * j + 1) * 64);
                 }
             }
             alignas(64) float lane_scale[64];
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int i = 0; i < 64; ++i) lane_scale[i] = bf16_to_f32(ws[b * kQuantBlock + i / 4]);
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int m = 0; m < MM; ++m)
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
                 for (int v = 0; v < LV; ++v) acc[m] = simd::fma(load(lane_scale + v * W), part[m][v], acc[m]);
         }
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
         for (int m = 0; m < MM; ++m) y[m * N + n] = hsum(acc[m]) + tail_groups_dot(qw, n, x + m * K) + (bias ? bias[n] : 0.f);
     }
 }
@@ -485,19 +485,19 @@ inline void gemv_fast_step(const QuantWeights& qw, const float* sx, const int8_t
     const uint16_t* ws = qw.scale.data() + n * G;    // bf16, row n + r * gap at ws + r * sgap
     const int64_t wgap = gap * row_bytes, sgap = gap * G;
     __m512 acc[MM][R];
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
     for (int m = 0; m < MM; ++m)
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
         for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; ++b) {
         __m512i d[MM][R][C];
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
         for (int m = 0; m < MM; ++m) {
             const __m512i neg = _mm512_loadu_si512(xneg + m * G + b * kQuantBlock);
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
             for (int r = 0; r < R; ++r) {
                 d[m][r][0] = neg;
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
                 for (int c = 1; c < C; ++c) d[m][r][c] = _mm512_setzero_si512();
             }
         }
@@ -505,18 +505,18 @@ inline void gemv_fast_step(const QuantWeights& qw, const float* sx, const int8_t
         // u[r]: the unsigned weights of row r's piece i of the block (Q8: step i; Q4: step i / 2,
         // low nibbles for even i, high for odd), dotted with xb's piece i into chain i % C
         auto dot = [&](const __m512i* u, int i) {
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
             for (int m = 0; m < MM; ++m) {
                 const __m512i xv = _mm512_loadu_si512(xb + m * kpad + i * 64);
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
                 for (int r = 0; r < R; ++r) d[m][r][i % C] = _mm512_dpbusd_epi32(d[m][r][i % C], u[r], xv);
             }
         };
         if (q8) {
-#pragma GCC unroll 8
+DEEPSTACK_UNROLL
             for (int i = 0; i < 8; ++i) {
                 __m512i u[R];
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
                 for (int r = 0; r < R; ++r) {
                     const int8_t* line = wr + r * wgap + b * kQuantBlock * kQuantGroup + i * 64;
                     simd::prefetch_ahead(line, where);
@@ -525,10 +525,10 @@ inline void gemv_fast_step(const QuantWeights& qw, const float* sx, const int8_t
                 dot(u, i);
             }
         } else {
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
             for (int j = 0; j < 4; ++j) {
                 __m512i lo[R], hi[R];
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
                 for (int r = 0; r < R; ++r) {
                     const int8_t* line = wr + r * wgap + b * kQuantBlock * kQuantGroup / 2 + j * 64;
                     simd::prefetch_ahead(line, where);
@@ -540,14 +540,14 @@ inline void gemv_fast_step(const QuantWeights& qw, const float* sx, const int8_t
                 dot(hi, 2 * j + 1);
             }
         }
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
         for (int r = 0; r < R; ++r) {
             const __m512 wsv = _mm512_castsi512_ps(_mm512_slli_epi32(
                 _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + r * sgap + b * kQuantBlock))), 16));
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
             for (int m = 0; m < MM; ++m) {
                 __m512i dm = d[m][r][0];
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
                 for (int c = 1; c < C; ++c) dm = _mm512_add_epi32(dm, d[m][r][c]);
                 acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dm), _mm512_mul_ps(wsv, _mm512_loadu_ps(sx + m * G + b * kQuantBlock)), acc[m][r]);
             }
@@ -558,18 +558,18 @@ inline void gemv_fast_step(const QuantWeights& qw, const float* sx, const int8_t
         const __mmask64 bytes = groups * qw.group_bytes() == 64 ? ~0ull : (1ull << (groups * qw.group_bytes())) - 1;
         __m512i u[R];
         __m512 wsv[R];
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
         for (int r = 0; r < R; ++r) {
             u[r] = _mm512_maskz_loadu_epi8(bytes, wr + r * wgap + g0 * qw.group_bytes());
             wsv[r] = _mm512_permutexvar_ps(tail_lane_group, _mm512_castsi512_ps(_mm512_slli_epi32(
                                                                 _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(__mmask16((1u << groups) - 1), ws + r * sgap + g0)), 16)));
         }
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
         for (int m = 0; m < MM; ++m) {
             const TailStep& t = tail[m * steps + st];
             const __m512i neg = _mm512_loadu_si512(t.neg), x0 = _mm512_loadu_si512(t.x);
             const __m512 scale = _mm512_loadu_ps(t.scale);
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
             for (int r = 0; r < R; ++r) {
                 __m512i d;
                 if (q8) {
@@ -582,9 +582,9 @@ inline void gemv_fast_step(const QuantWeights& qw, const float* sx, const int8_t
             }
         }
     }
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
     for (int m = 0; m < MM; ++m)
-#pragma GCC unroll 4
+DEEPSTACK_UNROLL
         for (int r = 0; r < R; ++r) y[m * N + n + r * gap] = _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r * gap] : 0.f);
 }
 
