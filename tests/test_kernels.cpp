@@ -362,6 +362,42 @@ TEST_CASE("attention over a bf16 KV cache: the bits of the fp32 call on the same
     }
 }
 
+TEST_CASE("decode attention of several sequences at once: each gets the bits of its own call") {
+    // caches of different lengths (one key, under one chunk, several chunks, enough for threads)
+    const int Hq = 16, Hkv = 8, d = 128;
+    const int64_t row = int64_t(Hkv) * d, lengths[] = {1, 63, 300, 1000, 65, 2};
+    const float scale = 1.f / std::sqrt(float(d));
+    std::vector<std::vector<uint16_t>> k16, v16;
+    std::vector<std::vector<float>> q, want, got;
+    std::vector<DecodeQueryBf16> queries;
+    uint32_t seed = 900;
+    for (int64_t n : lengths) {
+        auto to_bf16 = [](const std::vector<float>& x) {
+            std::vector<uint16_t> b(x.size());
+            for (size_t i = 0; i < x.size(); ++i) b[i] = f32_to_bf16(x[i]);
+            return b;
+        };
+        k16.push_back(to_bf16(randn(size_t(n * row), seed++)));
+        v16.push_back(to_bf16(randn(size_t(n * row), seed++)));
+        q.push_back(randn(size_t(Hq * d), seed++));
+        want.emplace_back(size_t(Hq * d), NAN);
+        got.emplace_back(size_t(Hq * d), NAN);
+        attention_cached_bf16(q.back().data(), 1, k16.back().data(), v16.back().data(), n, Hq, Hkv, d, scale, want.back().data());
+    }
+    for (size_t i = 0; i < q.size(); ++i) queries.push_back({q[i].data(), k16[i].data(), v16[i].data(), lengths[i], got[i].data()});
+    for (int count : {1, 2, 6}) {
+        for (auto& g : got) std::fill(g.begin(), g.end(), NAN);
+        attention_decode_bf16(queries.data(), count, Hq, Hkv, d, scale);
+        for (int i = 0; i < 6; ++i) {
+            INFO("count=" << count << " sequence " << i << " keys " << lengths[i]);
+            if (i < count)
+                CHECK(std::memcmp(got[size_t(i)].data(), want[size_t(i)].data(), size_t(Hq * d) * sizeof(float)) == 0);
+            else
+                CHECK(std::isnan(got[size_t(i)][0]));  // not written
+        }
+    }
+}
+
 TEST_CASE("residual add fused with the norm after it: the same bits as add_inplace and the norm") {
     // sizes from one row to enough rows for threads (worth_threads: 2^16 elements)
     for (int64_t n : {1, 33, 1024, 2048})

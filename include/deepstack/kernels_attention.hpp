@@ -210,12 +210,14 @@ inline void attention_task(const float* q, int64_t qstride, const float* k, int6
 }
 
 // Decode attention fetches the K / V rows this many keys ahead (prefetch_row): the hardware
-// prefetchers alone keep too few cache lines in flight for one sequential stream per thread.
+// prefetchers alone keep too few cache lines in flight for one sequential stream per thread. Into
+// L2 (T1), not L1: 4 sequences' caches at 256 keys (112 MB, a 2B step, 2 threads on Zen 4) took
+// 6.6 ms with T0 and 4.7-5.1 ms with T1; a longer distance did not help.
 constexpr int64_t kPrefetchKeys = 4;
 template <typename T>
 inline void prefetch_row(const T* p, int n) {
     const char* b = reinterpret_cast<const char*>(p);
-    for (int64_t i = 0; i < int64_t(n) * int64_t(sizeof(T)); i += 64) __builtin_prefetch(b + i, 0, 3);  // into L1 (T0), any ISA
+    for (int64_t i = 0; i < int64_t(n) * int64_t(sizeof(T)); i += 64) __builtin_prefetch(b + i, 0, 2);  // T1, any ISA
 }
 
 // Decode attention takes this many keys per pass (key_scores, value_rows): each query vector or
@@ -308,59 +310,80 @@ inline void value_rows(const typename KV::T* vr, int64_t kvstride, const float* 
     }
 }
 
-// One query row per head (decode), keys [0, n_keys): the keys are split into chunks, one task
-// each, and a task streams its K rows, then its V rows, for all heads at once - a position's heads
-// are contiguous in the cache, so every task reads two sequential streams (a task per head would
-// read small pieces far apart). Each chunk keeps its own
-// softmax (max m, sum l, unnormalised output o per head); the chunks are then merged by their maxima.
-// q [Hq, d], k/v rows of stride kvstride (>= Hkv * d; KV::T values, as key_scores), out [Hq, d].
+// The key chunks of a decode query over n_keys keys whose own work would take nt threads: each
+// chunk is one task. A query gets the same chunks, and so the same bits, in any batch.
+inline int64_t decode_chunks(int64_t n_keys, int nt) { return std::max<int64_t>(1, std::min<int64_t>(n_keys / 64, 4 * nt)); }
+
+// Decode attention of `count` sequences, one query row per head each, against its own cache (rows
+// kvstride apart, >= Hkv * d; KV::T values, as key_scores), in one parallel region: the tasks are the
+// sequences' key chunks. A task streams its K rows, then its V rows, for all heads at once - a
+// position's heads are contiguous in the cache, so every task reads two sequential streams (a task
+// per head would read small pieces far apart) - and keeps its own softmax (max m, sum l,
+// unnormalised output o per head). Then each (sequence, head) merges its chunks by their maxima.
 template <typename KV>
-inline void attention_one_query(const float* q, const typename KV::T* k, const typename KV::T* v, int64_t kvstride, int64_t n_keys, int Hq, int Hkv, int d,
-                                float scale, float* out, int nt) {
+inline void attention_decode(const DecodeQueryOf<typename KV::T>* queries, int count, int64_t kvstride, int Hq, int Hkv, int d, float scale) {
     using namespace simd;
     const int G = Hq / Hkv;
-    const int64_t hd = int64_t(Hq) * d;
-    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n_keys / 64, 4 * nt)), per = (n_keys + chunks - 1) / chunks;
-    // per chunk: o [Hq][d], then m [Hq], l [Hq]
-    float* part = thread_workspace<AttentionWorkspace>().partials.get(size_t(chunks * (hd + 2 * Hq)));
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && chunks > 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t j0 = c * per, len = std::max<int64_t>(0, std::min(n_keys, j0 + per) - j0);
-        float* o = part + c * (hd + 2 * Hq);
-        float* m = o + hd;
-        float* l = m + Hq;
-        float* p = thread_workspace<AttentionWorkspace>().scores.get(size_t(Hq * per));  // [Hq][per] scores, then probabilities
-        const typename KV::T* kc = k + j0 * kvstride;  // the chunk's first key and value rows
-        const typename KV::T* vc = v + j0 * kvstride;
-        int64_t j = 0;
-        for (; j + kKeysPerPass <= len; j += kKeysPerPass)
-            key_scores<KV, kKeysPerPass>(q, G, Hkv, kc + j * kvstride, kvstride, d, scale, p + j, per, j + kKeysPerPass + kPrefetchKeys <= len);
-        for (; j < len; ++j) key_scores<KV, 1>(q, G, Hkv, kc + j * kvstride, kvstride, d, scale, p + j, per, false);
-        for (int h = 0; h < Hq; ++h) {
-            float* ph = p + int64_t(h) * per;
-            m[h] = len > 0 ? row_max(ph, len) : -INFINITY;
-            l[h] = len > 0 ? exp_shifted_sum(ph, len, m[h]) : 0.f;
-        }
-        std::fill(o, o + hd, 0.f);
-        for (j = 0; j + kKeysPerPass <= len; j += kKeysPerPass)
-            value_rows<KV, kKeysPerPass>(vc + j * kvstride, kvstride, p + j, per, G, Hkv, d, o, j + kKeysPerPass + kPrefetchKeys <= len);
-        for (; j < len; ++j) value_rows<KV, 1>(vc + j * kvstride, kvstride, p + j, per, G, Hkv, d, o, false);
+    const int64_t hd = int64_t(Hq) * d, part_floats = hd + 2 * Hq;  // per chunk: o [Hq][d], then m [Hq], l [Hq]
+    std::vector<int64_t> first(size_t(count) + 1, 0);  // query i's chunks are tasks [first[i], first[i + 1])
+    double flops = 0;
+    for (int i = 0; i < count; ++i) {
+        const double f = 2.0 * double(queries[i].n_keys) * double(Hq) * double(d);  // Q K^T and P V
+        first[size_t(i) + 1] = first[size_t(i)] + decode_chunks(queries[i].n_keys, omp_threads_for(f));
+        flops += f;
     }
-    for (int h = 0; h < Hq; ++h) {
-        float mmax = -INFINITY, lsum = 0.f;
-        for (int64_t c = 0; c < chunks; ++c) mmax = std::max(mmax, part[c * (hd + 2 * Hq) + hd + h]);
-        float* dst = out + int64_t(h) * d;
-        std::fill(dst, dst + d, 0.f);
-        if (mmax == -INFINITY) continue;  // no key visible
-        for (int64_t c = 0; c < chunks; ++c) {
-            const float* pc = part + c * (hd + 2 * Hq);
-            const float w = std::exp(pc[hd + h] - mmax);  // 0 for an empty chunk (m = -inf)
-            if (w == 0.f) continue;
-            lsum += w * pc[hd + Hq + h];
-            for (int t = 0; t < d; ++t) dst[t] += w * pc[int64_t(h) * d + t];
+    const int64_t tasks = first[size_t(count)];
+    const int nt = omp_threads_for(flops);
+    float* part = thread_workspace<AttentionWorkspace>().partials.get(size_t(tasks * part_floats));
+#pragma omp parallel num_threads(nt) if (nt > 1 && tasks > 1)
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < tasks; ++task) {
+            const size_t i = size_t(std::upper_bound(first.begin(), first.end(), task) - first.begin()) - 1;
+            const DecodeQueryOf<typename KV::T>& qr = queries[i];
+            const int64_t chunks = first[i + 1] - first[i], per = (qr.n_keys + chunks - 1) / chunks;
+            const int64_t j0 = (task - first[i]) * per, len = std::max<int64_t>(0, std::min(qr.n_keys, j0 + per) - j0);
+            float* o = part + task * part_floats;
+            float* m = o + hd;
+            float* l = m + Hq;
+            float* p = thread_workspace<AttentionWorkspace>().scores.get(size_t(Hq * per));  // [Hq][per] scores, then probabilities
+            const typename KV::T* kc = qr.k + j0 * kvstride;  // the chunk's first key and value rows
+            const typename KV::T* vc = qr.v + j0 * kvstride;
+            int64_t j = 0;
+            for (; j + kKeysPerPass <= len; j += kKeysPerPass)
+                key_scores<KV, kKeysPerPass>(qr.q, G, Hkv, kc + j * kvstride, kvstride, d, scale, p + j, per, j + kKeysPerPass + kPrefetchKeys <= len);
+            for (; j < len; ++j) key_scores<KV, 1>(qr.q, G, Hkv, kc + j * kvstride, kvstride, d, scale, p + j, per, false);
+            for (int h = 0; h < Hq; ++h) {
+                float* ph = p + int64_t(h) * per;
+                m[h] = len > 0 ? row_max(ph, len) : -INFINITY;
+                l[h] = len > 0 ? exp_shifted_sum(ph, len, m[h]) : 0.f;
+            }
+            std::fill(o, o + hd, 0.f);
+            for (j = 0; j + kKeysPerPass <= len; j += kKeysPerPass)
+                value_rows<KV, kKeysPerPass>(vc + j * kvstride, kvstride, p + j, per, G, Hkv, d, o, j + kKeysPerPass + kPrefetchKeys <= len);
+            for (; j < len; ++j) value_rows<KV, 1>(vc + j * kvstride, kvstride, p + j, per, G, Hkv, d, o, false);
         }
-        const float inv = 1.f / lsum;
-        for (int t = 0; t < d; ++t) dst[t] *= inv;
+#pragma omp for schedule(static)
+        for (int64_t ih = 0; ih < int64_t(count) * Hq; ++ih) {
+            const size_t i = size_t(ih / Hq);
+            const int h = int(ih % Hq);
+            const float* pi = part + first[i] * part_floats;  // query i's chunks
+            const int64_t chunks = first[i + 1] - first[i];
+            float mmax = -INFINITY, lsum = 0.f;
+            for (int64_t c = 0; c < chunks; ++c) mmax = std::max(mmax, pi[c * part_floats + hd + h]);
+            float* dst = queries[i].out + int64_t(h) * d;
+            std::fill(dst, dst + d, 0.f);
+            if (mmax == -INFINITY) continue;  // no key visible
+            for (int64_t c = 0; c < chunks; ++c) {
+                const float* pc = pi + c * part_floats;
+                const float w = std::exp(pc[hd + h] - mmax);  // 0 for an empty chunk (m = -inf)
+                if (w == 0.f) continue;
+                lsum += w * pc[hd + Hq + h];
+                for (int t = 0; t < d; ++t) dst[t] += w * pc[int64_t(h) * d + t];
+            }
+            const float inv = 1.f / lsum;
+            for (int t = 0; t < d; ++t) dst[t] *= inv;
+        }
     }
 }
 
@@ -383,7 +406,10 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
     const int64_t tasks = nqb * Hkv;
     const size_t work_floats = size_t(2 * attn::BQP * int64_t(d) + attn::BQP * attn::BK + 2 * attn::BQ);
     const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));  // Q K^T and P V
-    if (Tq == 1) return attn::attention_one_query<simd::F32Src>(q, k, v, kvstride, causal ? std::min(Tk, std::max<int64_t>(0, q_offset + 1)) : Tk, Hq, Hkv, d, scale, out, nt);
+    if (Tq == 1) {
+        const DecodeQueryOf<float> query{q, k, v, causal ? std::min(Tk, std::max<int64_t>(0, q_offset + 1)) : Tk, out};
+        return attn::attention_decode<simd::F32Src>(&query, 1, kvstride, Hq, Hkv, d, scale);
+    }
     // With many queries, copy K and V once per call and share the copies: K transposed into
     // [Hkv][nkb][d][BK] (zero padded), V into [Hkv][Tk][d]. A head's value rows in v lie Hkv * d
     // floats apart, 4 KB for 16 heads of 64 or 8 of 128: a key block's rows all fall into the same

@@ -21,6 +21,7 @@ struct KernelSet {
     void (*attention_in_mode)(const float*, int64_t, const float*, const float*, int64_t, int, int, int, float, bool, int64_t, float*, Compute,
                               int64_t, int64_t);
     void (*attention_cached_bf16)(const float*, int64_t, const uint16_t*, const uint16_t*, int64_t, int, int, int, float, float*);
+    void (*attention_decode_bf16)(const DecodeQueryBf16*, int, int, int, int, float);
     bool has_dpbf16;
     bool has_amx;  // the AMX tile kernels are compiled in (they run where amx_active())
     void (*round_to_bf16)(const float*, int64_t, uint16_t*);
@@ -44,7 +45,8 @@ struct KernelSet {
 #define DEEPSTACK_KERNEL_SET(level)                                                                                           \
     KernelSet {                                                                                                               \
         level::matmul_exact, level::matmul_in_mode, level::matmul_bf16, level::matmul_quant_fast, level::matmul_shared_input,   \
-            level::attention, level::attention_in_mode, level::attention_cached_bf16, level::kHasDpbf16, level::kHasAmx,            \
+            level::attention, level::attention_in_mode, level::attention_cached_bf16, level::attention_decode_bf16,             \
+            level::kHasDpbf16, level::kHasAmx,                                                                                  \
             level::round_to_bf16, level::layernorm, level::rmsnorm, level::add_layernorm, level::add_rmsnorm,                   \
             level::gelu_tanh_inplace, level::gelu_erf_inplace, level::silu_inplace, level::silu_mul, level::add_inplace,        \
             level::peaks::fma_loop, level::peaks::dpbf16_loop, level::peaks::dpbusd_loop, level::peaks::amx_loop,               \
@@ -124,6 +126,11 @@ inline void attention(const float* q, int64_t Tq, const float* k, const float* v
 inline void attention_cached_bf16(const float* q, int64_t Tq, const uint16_t* k, const uint16_t* v, int64_t Tk, int Hq, int Hkv, int d,
                                   float scale, float* out) {
     kernels().attention_cached_bf16(q, Tq, k, v, Tk, Hq, Hkv, d, scale, out);
+}
+// Decode attention of several sequences over their bf16 caches at once (one query row per head
+// each); each gets the bits attention_cached_bf16 gives it alone.
+inline void attention_decode_bf16(const DecodeQueryBf16* queries, int count, int Hq, int Hkv, int d, float scale) {
+    kernels().attention_decode_bf16(queries, count, Hq, Hkv, d, scale);
 }
 // Whether the active level has bf16 dot products (VDPBF16PS): fast mode's bf16 GEMM, which reads
 // pair panels in place, and its bf16 attention.

@@ -162,8 +162,10 @@ inline void attention_cached_bf16(const float* q, int64_t Tq, const uint16_t* k,
     if (Tq <= 0 || Hq <= 0 || d <= 0) return;
     if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
     const int64_t row = int64_t(Hkv) * d, q_offset = Tk - Tq;
-    const int nt = omp_threads_for(2.0 * double(Tq) * double(Tk) * double(Hq) * double(d));
-    if (Tq == 1) return attn::attention_one_query<simd::BF16Src>(q, k, v, row, Tk, Hq, Hkv, d, scale, out, nt);
+    if (Tq == 1) {
+        const DecodeQueryBf16 query{q, k, v, Tk, out};
+        return attn::attention_decode<simd::BF16Src>(&query, 1, row, Hq, Hkv, d, scale);
+    }
 #if defined(DEEPSTACK_HAVE_DPBF16)
     if (Tq >= 8) return attention_bf16<simd::BF16Src>(q, Tq, k, v, Tk, Hq, Hkv, d, scale, true, q_offset, out);
 #endif
@@ -171,6 +173,15 @@ inline void attention_cached_bf16(const float* q, int64_t Tq, const uint16_t* k,
     float* vf = thread_workspace<AttentionWorkspace>().values_f32.get(size_t(Tk * row));
     for (int64_t i = 0; i < Tk * row; ++i) kf[i] = bf16_to_f32(k[i]), vf[i] = bf16_to_f32(v[i]);
     attention(q, Tq, kf, vf, Tk, Hq, Hkv, d, scale, true, q_offset, out);
+}
+
+// Decode attention of several sequences, one query row per head each, over their bf16 caches, in
+// one parallel region (a batched decode step's layer): each query gets the bits attention_cached_bf16
+// gives it alone.
+inline void attention_decode_bf16(const DecodeQueryBf16* queries, int count, int Hq, int Hkv, int d, float scale) {
+    if (count <= 0 || Hq <= 0 || d <= 0) return;
+    if (Hkv <= 0 || Hq % Hkv != 0) throw Error("attention: Hq must be a multiple of Hkv");
+    attn::attention_decode<simd::BF16Src>(queries, count, int64_t(Hkv) * d, Hq, Hkv, d, scale);
 }
 
 }  // namespace DEEPSTACK_KERNEL_LEVEL

@@ -26,6 +26,18 @@ constexpr int kGemvRows = 8, kGemvChunk = 4;
 // 6144 x 2048 at 20 rows 1.2 ms against 3.5 ms, at 128 rows 7.3 against 8.0).
 constexpr int kQuantGemvMaxRows = 128;
 
+// One sequence's query in a decode step: its query row per head q [Hq, d], the keys and values of
+// its cache [n_keys, Hkv * d] (its own new row last; T: float, or uint16_t holding bf16), out [Hq, d].
+template <typename T>
+struct DecodeQueryOf {
+    const float* q;
+    const T* k;
+    const T* v;
+    int64_t n_keys;
+    float* out;
+};
+using DecodeQueryBf16 = DecodeQueryOf<uint16_t>;
+
 
 // A weight matrix [rows, cols] in PyTorch [out, in] layout, in its stored dtype (a view into the
 // mapped file) or in a quantized format made at load time (then `storage` owns the bytes).

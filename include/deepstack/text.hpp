@@ -154,6 +154,7 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
         for (int64_t hh = 0; hh < Hkv; ++hh) rope_rotate_half(kc + (t * Hkv + hh) * hd, int(hd), cos_t + t * hd / 2, sin_t + t * hd / 2);
     }
     const float scale = 1.f / std::sqrt(float(hd));
+    std::vector<DecodeQueryBf16> decode_queries;  // the one-row segments on bf16 caches, attended together
     for (const Segment& s : segments) {
         KVCache& cache = *s.cache;
         const int64_t past = cache.length;
@@ -164,7 +165,10 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
             uint16_t* v16 = cache.arrays.v16[size_t(layer)].data();
             round_to_bf16(ks, s.rows * row, k16 + past * row);
             round_to_bf16(vs, s.rows * row, v16 + past * row);
-            attention_cached_bf16(qs, s.rows, k16, v16, past + s.rows, int(Hq), int(Hkv), int(hd), scale, os);
+            if (s.rows == 1)
+                decode_queries.push_back({qs, k16, v16, past + 1, os});
+            else
+                attention_cached_bf16(qs, s.rows, k16, v16, past + s.rows, int(Hq), int(Hkv), int(hd), scale, os);
         } else {
             float* k = cache.arrays.k[size_t(layer)].data();
             float* v = cache.arrays.v[size_t(layer)].data();
@@ -175,6 +179,7 @@ inline void decoder_layer(float* h, int64_t T, const TextLayerWeights& L, const 
             attention(qs, s.rows, k, v, past + s.rows, int(Hq), int(Hkv), int(hd), scale, true, past, os, mode);
         }
     }
+    if (!decode_queries.empty()) attention_decode_bf16(decode_queries.data(), int(decode_queries.size()), int(Hq), int(Hkv), int(hd), scale);
     matmul(o, T, L.o, y, nullptr, mode);
     add_rmsnorm(h, y, T, D, L.post_norm.data(), c.rms_norm_eps, a);  // h += y; a = RMSNorm(h)
     if (L.moe) {
