@@ -576,7 +576,10 @@ DEEPSTACK_UNROLL
 DEEPSTACK_UNROLL
         for (int m = 0; m < MM; ++m) {
             const TailStep& t = tail[m * steps + st];
-            const __m512i neg = _mm512_loadu_si512(t.neg), x0 = _mm512_loadu_si512(t.x);
+            const __m512i neg = _mm512_loadu_si512(t.neg);
+            __m512i x0 = _mm512_loadu_si512(t.x), x1 = _mm512_loadu_si512(t.x + 64);
+            keep_in_register(x0);
+            keep_in_register(x1);
             const __m512 scale = _mm512_loadu_ps(t.scale);
 DEEPSTACK_UNROLL
             for (int r = 0; r < R; ++r) {
@@ -585,7 +588,7 @@ DEEPSTACK_UNROLL
                     d = _mm512_dpbusd_epi32(neg, u[r], x0);
                 } else {
                     d = _mm512_dpbusd_epi32(neg, _mm512_and_si512(u[r], nib), x0);
-                    d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(u[r], 4), nib), _mm512_loadu_si512(t.x + 64));
+                    d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(u[r], 4), nib), x1);
                 }
                 acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(wsv[r], scale), acc[m][r]);
             }
