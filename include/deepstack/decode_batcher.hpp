@@ -17,8 +17,8 @@
 
 namespace deepstack::detail {
 
-// The batcher runs the engine's work on a thread of its own: every prefill (exclusive()) and every
-// decode step, so all of it shares one OpenMP team whose threads spin between parallel regions
+// The batcher runs the engine's work on a thread of its own: the model's load and every prefill
+// (exclusive()) and every decode step, so all of it shares one OpenMP team whose threads spin between parallel regions
 // (teams of several threads taking turns would each sleep and be woken at every region, and a
 // decode step runs hundreds of regions).
 // A reply takes a Seat once its prompt is prefilled and leaves it when it ends (done, stopped by
