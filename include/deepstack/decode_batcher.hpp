@@ -17,10 +17,10 @@
 
 namespace deepstack::detail {
 
-// The batcher runs the engine's work on a thread of its own: the model's load and every prefill
-// (exclusive()) and every decode step, so all of it shares one OpenMP team whose threads spin between parallel regions
-// (teams of several threads taking turns would each sleep and be woken at every region, and a
-// decode step runs hundreds of regions).
+// The batcher runs the engine's work on a thread of its own: the model's load, every prefill
+// (exclusive()) and every decode step, so all of it shares one OpenMP team whose threads spin
+// between parallel regions (teams of several threads taking turns would each sleep and be woken
+// at every region, and a decode step runs hundreds of regions).
 // A reply takes a Seat once its prompt is prefilled and leaves it when it ends (done, stopped by
 // its callback, or failed). At each decode step its thread hands in (session, token) and waits.
 // Once every seated sequence has handed in its token (or left), the worker runs the step for all

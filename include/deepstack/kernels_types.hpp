@@ -38,7 +38,6 @@ struct DecodeQueryOf {
 };
 using DecodeQueryBf16 = DecodeQueryOf<uint16_t>;
 
-
 // A weight matrix [rows, cols] in PyTorch [out, in] layout, in its stored dtype (a view into the
 // mapped file) or in a quantized format made at load time (then `storage` owns the bytes).
 //
